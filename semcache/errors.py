@@ -1,0 +1,71 @@
+"""The exceptions semcache raises.
+
+Every error derives from :class:`SemcacheError`::
+
+    SemcacheError
+    ├── ConfigurationError        bad settings, unknown URL scheme, sync/async mismatch
+    ├── InvalidInputError         bad arguments to a call (also a ValueError)
+    │   ├── SerializationError    a value that cannot be stored, or a stored blob that cannot be read
+    │   └── EmbeddingError        an embedder returned NaN/inf, a wrong shape or a wrong dimension
+    ├── BackendError              a tier failed (translated from the driver's exception)
+    │   └── BackendUnavailable    a tier is down or marked down after a failure
+    ├── SchemaVersionError        the SQL schema is older than this package expects
+    └── MissingDependencyError    an optional extra is not installed (also an ImportError)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "EmbeddingError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "SchemaVersionError",
+    "SemcacheError",
+    "SerializationError",
+]
+
+
+class SemcacheError(Exception):
+    """Base class of every semcache error."""
+
+
+class ConfigurationError(SemcacheError):
+    """The cache, a tier or a decorator was configured in a way that cannot work."""
+
+
+class InvalidInputError(SemcacheError, ValueError):
+    """An argument to a call is invalid (negative TTL, empty prompt, ...)."""
+
+
+class SerializationError(InvalidInputError):
+    """A value cannot be serialised, or a stored value cannot be read back."""
+
+
+class EmbeddingError(InvalidInputError):
+    """An embedder produced an unusable vector (NaN, wrong shape or dimension)."""
+
+
+class BackendError(SemcacheError):
+    """A storage tier raised an error; the driver's exception is the ``__cause__``."""
+
+
+class BackendUnavailable(BackendError):
+    """A storage tier is unreachable or is in its back-off window after a failure."""
+
+
+class SchemaVersionError(SemcacheError):
+    """The SQL database is at an older (or unknown) schema revision."""
+
+
+class MissingDependencyError(SemcacheError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is required for this feature: pip install 'semcache[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
