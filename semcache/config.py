@@ -1,0 +1,269 @@
+"""Configuration objects: frozen, keyword-only, validated on construction.
+
+Constructors do no I/O; a cache starts work in ``open()`` or ``with``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "UNSET",
+    "CacheConfig",
+    "IndexConfig",
+    "MemoryConfig",
+    "Policy",
+    "RedisConfig",
+    "SQLConfig",
+    "redact_url",
+]
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: "Use the default": distinct from ``None`` (which, for a TTL, means never expire).
+UNSET = _Unset.UNSET
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _check_ttl(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryConfig:
+    """L1: in-process memory, bounded by entry count and by bytes (LRU eviction)."""
+
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_ttl_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive_int("MemoryConfig.max_entries", self.max_entries)
+        _check_positive_int("MemoryConfig.max_bytes", self.max_bytes)
+        _check_ttl("MemoryConfig.max_ttl_seconds", self.max_ttl_seconds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """L2: Redis, shared by every process. ``url`` is a redis:// or rediss:// URL."""
+
+    url: str
+    prefix: str = "semcache:"
+    max_ttl_seconds: float | None = None
+    socket_timeout_seconds: float = 0.5
+    #: Carry invalidations and index updates to other replicas over Redis pub/sub.
+    pubsub: bool = True
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(
+                f"unknown Redis URL scheme {scheme!r}: use redis://host:port/db, rediss:// or unix://"
+            )
+        _check_ttl("RedisConfig.max_ttl_seconds", self.max_ttl_seconds)
+        if self.socket_timeout_seconds <= 0:
+            raise ConfigurationError("RedisConfig.socket_timeout_seconds must be positive")
+
+    def __repr__(self) -> str:
+        return f"RedisConfig(url={redact_url(self.url)!r}, prefix={self.prefix!r}, max_ttl_seconds={self.max_ttl_seconds!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SQLConfig:
+    """L3: SQL through SQLAlchemy 2 (``sqlite:///path.db`` or ``postgresql+psycopg://...``).
+
+    A new, empty database is created by running the Alembic revisions when
+    ``create_if_empty`` is true; a database at an older revision raises
+    :class:`~semcache.errors.SchemaVersionError` unless ``auto_upgrade`` is true.
+    """
+
+    url: str = "sqlite:///semcache.db"
+    max_ttl_seconds: float | None = None
+    create_if_empty: bool = True
+    auto_upgrade: bool = False
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme.split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ConfigurationError(
+                f"unknown SQL URL scheme {scheme!r}: use sqlite:///path.db or postgresql+psycopg://user@host/db"
+            )
+        _check_ttl("SQLConfig.max_ttl_seconds", self.max_ttl_seconds)
+
+    def __repr__(self) -> str:
+        return f"SQLConfig(url={redact_url(self.url)!r}, max_ttl_seconds={self.max_ttl_seconds!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """The in-process FAISS index: exact inner product per scope, HNSW once a scope is large."""
+
+    hnsw_min_entries: int = 20_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 96
+    #: Candidates fetched per search (more than one: the nearest may fail a guard).
+    top_k: int = 4
+    #: Rebuild a scope's HNSW graph once this share of its ids are deleted.
+    compact_ratio: float = 0.25
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_min_entries", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "top_k"):
+            _check_positive_int(f"IndexConfig.{name}", getattr(self, name))
+        if not 0 < self.compact_ratio < 1:
+            raise ConfigurationError("IndexConfig.compact_ratio must be in (0, 1)")
+
+
+LongPrompt = Literal["exact_only", "truncate", "error"]
+OnBackendError = Literal["miss", "raise"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """Decisions: TTLs, thresholds, guards, expiry and failure handling."""
+
+    default_ttl_seconds: float | None = 7 * 24 * 3600
+    #: Cosine similarity a semantic candidate must reach (see README for how it was chosen).
+    similarity_threshold: float = 0.92
+    #: Per-namespace thresholds, overriding ``similarity_threshold``.
+    namespace_thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: Guard names (see :mod:`semcache.guards`); ``None`` means the measured defaults.
+    guards: tuple[str, ...] | None = None
+    semantic: bool = True
+    #: What to do with prompts longer than the embedder's window: keep them exact-only
+    #: (no semantic match on a truncated text), embed the truncated text, or raise.
+    long_prompt: LongPrompt = "exact_only"
+    sliding_expiry: bool = False
+    on_backend_error: OnBackendError = "miss"
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_ttl("Policy.default_ttl_seconds", self.default_ttl_seconds)
+        for name, t in [("similarity_threshold", self.similarity_threshold), *self.namespace_thresholds.items()]:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (-1.0 <= t <= 1.0):
+                raise ConfigurationError(f"threshold for {name} must be a cosine similarity in [-1, 1], got {t!r}")
+        if self.long_prompt not in ("exact_only", "truncate", "error"):
+            raise ConfigurationError("Policy.long_prompt must be 'exact_only', 'truncate' or 'error'")
+        if self.on_backend_error not in ("miss", "raise"):
+            raise ConfigurationError("Policy.on_backend_error must be 'miss' or 'raise'")
+        if self.backoff_initial_seconds <= 0 or self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ConfigurationError("back-off must satisfy 0 < initial <= max")
+
+
+def _env_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("none", "never"):
+        return None
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """The whole cache: which tiers, the index, the embedder and the policy.
+
+    Any tier may be ``None``. The embedded default is L1 + L3 on SQLite with an
+    in-process index and needs no server; naming a Redis URL adds L2.
+    ``embedder`` is ``"default"`` (all-MiniLM-L6-v2, ONNX when available), ``None``
+    (exact matching only), a sentence-transformers model name or path, or any object
+    implementing :class:`~semcache.embedders.base.Embedder`.
+    """
+
+    memory: MemoryConfig | None = field(default_factory=MemoryConfig)
+    redis: RedisConfig | None = None
+    sql: SQLConfig | None = field(default_factory=SQLConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    embedder: Any = "default"
+    policy: Policy = field(default_factory=Policy)
+
+    def __post_init__(self) -> None:
+        if self.memory is None and self.redis is None and self.sql is None:
+            raise ConfigurationError("configure at least one tier (memory, redis or sql)")
+
+    @classmethod
+    def from_urls(
+        cls,
+        *,
+        redis_url: str | None = None,
+        sql_url: str | None = "sqlite:///semcache.db",
+        memory: bool = True,
+        **kwargs: Any,
+    ) -> CacheConfig:
+        """Build a config from tier URLs (``None`` leaves a tier out)."""
+        return cls(
+            memory=MemoryConfig() if memory else None,
+            redis=RedisConfig(url=redis_url) if redis_url else None,
+            sql=SQLConfig(url=sql_url) if sql_url else None,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_env(cls, prefix: str = "SEMCACHE_", environ: Mapping[str, str] | None = None) -> CacheConfig:
+        """Build a config from environment variables.
+
+        ``{prefix}REDIS_URL``, ``{prefix}SQL_URL`` (``none`` to leave L3 out),
+        ``{prefix}L1`` (``0`` to leave L1 out), ``{prefix}L1_MAX_ENTRIES``,
+        ``{prefix}TTL_SECONDS``, ``{prefix}THRESHOLD``, ``{prefix}EMBEDDER``
+        (``default``, ``none`` or a model name).
+        """
+        env = os.environ if environ is None else environ
+        sql_url = env.get(prefix + "SQL_URL", "sqlite:///semcache.db")
+        memory = env.get(prefix + "L1", "1") not in ("0", "false", "no")
+        mem_entries = env.get(prefix + "L1_MAX_ENTRIES")
+        policy_kwargs: dict[str, Any] = {}
+        if (prefix + "TTL_SECONDS") in env:
+            policy_kwargs["default_ttl_seconds"] = _env_float(env, prefix + "TTL_SECONDS")
+        thr = _env_float(env, prefix + "THRESHOLD")
+        if thr is not None:
+            policy_kwargs["similarity_threshold"] = thr
+        embedder: Any = env.get(prefix + "EMBEDDER", "default")
+        if embedder.lower() == "none":
+            embedder = None
+        return cls(
+            memory=(MemoryConfig(max_entries=int(mem_entries)) if mem_entries else MemoryConfig()) if memory else None,
+            redis=RedisConfig(url=env[prefix + "REDIS_URL"]) if env.get(prefix + "REDIS_URL") else None,
+            sql=SQLConfig(url=sql_url) if sql_url.lower() != "none" else None,
+            embedder=embedder,
+            policy=Policy(**policy_kwargs),
+        )

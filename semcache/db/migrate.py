@@ -1,0 +1,112 @@
+"""Alembic, driven in code: find the revisions, upgrade, and check the schema version.
+
+The revisions live in the repository's ``migrations/`` folder and are installed
+inside the package as ``semcache/_migrations`` (hatch ``force-include``). The
+packaged copy is tried first, then the checkout (editable installs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, inspect
+
+from ..errors import ConfigurationError, SchemaVersionError
+
+__all__ = ["alembic_config", "current_revision", "head_revision", "script_location", "upgrade", "ensure_schema"]
+
+
+def script_location() -> Path:
+    """The folder holding ``env.py`` and ``versions/``."""
+    pkg = Path(__file__).resolve().parent.parent
+    for candidate in (pkg / "_migrations", pkg.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise ConfigurationError("semcache's migrations are missing from this installation; reinstall semcache")
+
+
+def alembic_config(url: str, engine: Engine | None = None) -> Any:
+    """An Alembic ``Config`` for ``url`` (and an open engine to reuse, if given)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    # ConfigParser interpolation: a literal % in a password must be doubled
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision this package ships."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(script_location()))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (``None`` for an unmigrated database)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(url: str, revision: str = "head", engine: Engine | None = None) -> str:
+    """Apply the revisions up to ``revision``; return the revision reached."""
+    from alembic import command
+
+    cfg = alembic_config(url, engine)
+    command.upgrade(cfg, revision)
+    if engine is None:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(url)
+        try:
+            return current_revision(engine) or ""
+        finally:
+            engine.dispose()
+    return current_revision(engine) or ""
+
+
+def ensure_schema(engine: Engine, url: str, *, create_if_empty: bool, auto_upgrade: bool) -> None:
+    """Make sure the database is at the head revision, or say what to run.
+
+    Raises:
+        SchemaVersionError: the database is older (or newer) than this package.
+    """
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return
+    if current is None:
+        tables = set(inspect(engine).get_table_names())
+        if "semcache_entries" in tables:
+            raise SchemaVersionError(
+                "the database has semcache tables but no Alembic revision; "
+                "run `semcache db upgrade` against it after checking it is a semcache database"
+            )
+        if create_if_empty:
+            upgrade(url, "head", engine)
+            return
+        raise SchemaVersionError(f"the database has no semcache schema: run `semcache db upgrade --url {url}`")
+    from alembic.script import ScriptDirectory
+
+    known = {rev.revision for rev in ScriptDirectory(str(script_location())).walk_revisions()}
+    if current not in known:
+        raise SchemaVersionError(
+            f"the database is at revision {current}, which this semcache does not know "
+            "(newer than this package?): upgrade semcache"
+        )
+    if auto_upgrade:
+        upgrade(url, "head", engine)
+        return
+    raise SchemaVersionError(
+        f"the database is at schema revision {current} but this semcache needs {head}: "
+        "run `semcache db upgrade` (with --url for a non-default database)"
+    )

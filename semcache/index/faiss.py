@@ -1,0 +1,192 @@
+"""FAISS in process: one index per scope, exact inner product while a scope is small,
+HNSW once it is large.
+
+Scoping is a hard partition — a search runs only over its scope's index — so the
+nearest entry of another tenant or model can never hide (or become) the answer.
+Vectors are unit-norm, so inner product is cosine similarity. Flat indexes delete
+in place; HNSW cannot, so deleted ids become tombstones filtered at search time
+and the scope is rebuilt once ``compact_ratio`` of it is dead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import IndexConfig
+from ..errors import EmbeddingError, MissingDependencyError
+
+__all__ = ["FaissIndex"]
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError("faiss-cpu", "embed") from exc
+    return faiss
+
+
+class _Scope:
+    __slots__ = ("index", "hnsw", "ids", "dead")
+
+    def __init__(self, index: Any, hnsw: bool) -> None:
+        self.index = index
+        self.hnsw = hnsw
+        self.ids: set[int] = set()  # live int ids
+        self.dead: set[int] = set()  # tombstones (HNSW only)
+
+
+class FaissIndex:
+    """A :class:`~semcache.index.base.VectorIndex` on faiss-cpu. Thread-safe."""
+
+    def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
+        self.dim = dim
+        self.config = config or IndexConfig()
+        self._faiss = _faiss()
+        self._lock = threading.RLock()
+        self._scopes: dict[str, _Scope] = {}
+        self._key_to: dict[str, tuple[str, int]] = {}
+        self._id_to_key: dict[int, str] = {}
+        self._next = 1
+
+    # -- construction -------------------------------------------------------
+    def _new_index(self, hnsw: bool) -> Any:
+        f = self._faiss
+        if hnsw:
+            inner = f.IndexHNSWFlat(self.dim, self.config.hnsw_m, f.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = self.config.hnsw_ef_construction
+            inner.hnsw.efSearch = self.config.hnsw_ef_search
+        else:
+            inner = f.IndexFlatIP(self.dim)
+        return f.IndexIDMap2(inner)
+
+    def _check(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if v.ndim == 1:
+            v = v.reshape(1, -1)
+        if v.shape != (n, self.dim):
+            raise EmbeddingError(f"expected vectors of shape ({n}, {self.dim}), got {v.shape}")
+        if not np.isfinite(v).all():
+            raise EmbeddingError("vectors contain NaN or infinite values")
+        return v
+
+    def _rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> _Scope:
+        live = np.fromiter(sorted(sc.ids), dtype=np.int64, count=len(sc.ids))
+        new = _Scope(self._new_index(hnsw), hnsw)
+        if len(live):
+            vecs = np.vstack([sc.index.reconstruct(int(i)) for i in live]).astype(np.float32)
+            new.index.add_with_ids(vecs, live)
+            new.ids = set(int(i) for i in live)
+        self._scopes[scope] = new
+        return new
+
+    # -- protocol -----------------------------------------------------------
+    def add(self, scope: str, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Add or replace vectors under ``keys`` in ``scope``."""
+        v = self._check(vectors, len(keys))
+        if not len(keys):
+            return
+        with self._lock:
+            # replacing a key: drop its old vector first (it may live in another scope)
+            self._remove_locked([k for k in keys if k in self._key_to])
+            sc = self._scopes.get(scope)
+            if sc is None:
+                sc = _Scope(self._new_index(False), False)
+                self._scopes[scope] = sc
+            ids = np.arange(self._next, self._next + len(keys), dtype=np.int64)
+            self._next += len(keys)
+            if not sc.hnsw and len(sc.ids) + len(keys) >= self.config.hnsw_min_entries:
+                sc = self._rebuild(scope, sc, hnsw=True)
+            sc.index.add_with_ids(v, ids)
+            for k, i in zip(keys, ids.tolist()):
+                sc.ids.add(i)
+                self._key_to[k] = (scope, i)
+                self._id_to_key[i] = k
+
+    def _remove_locked(self, keys: Sequence[str]) -> int:
+        by_scope: dict[str, list[int]] = {}
+        for k in keys:
+            loc = self._key_to.pop(k, None)
+            if loc is None:
+                continue
+            self._id_to_key.pop(loc[1], None)
+            by_scope.setdefault(loc[0], []).append(loc[1])
+        n = 0
+        for scope, ids in by_scope.items():
+            sc = self._scopes[scope]
+            sc.ids.difference_update(ids)
+            n += len(ids)
+            if sc.hnsw:
+                sc.dead.update(ids)
+                total = len(sc.ids) + len(sc.dead)
+                if len(sc.dead) > self.config.compact_ratio * total:
+                    self._rebuild(scope, sc, hnsw=len(sc.ids) >= self.config.hnsw_min_entries // 2)
+            else:
+                sc.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            if not self._scopes[scope].ids:
+                del self._scopes[scope]
+        return n
+
+    def remove(self, keys: Sequence[str]) -> int:
+        """Remove vectors by key; unknown keys are ignored."""
+        with self._lock:
+            return self._remove_locked(keys)
+
+    def search(self, scope: str, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Nearest keys in ``scope`` only, best first, with cosine similarity."""
+        v = self._check(vector, 1)
+        with self._lock:
+            sc = self._scopes.get(scope)
+            if sc is None or not sc.ids:
+                return []
+            # over-fetch past tombstones so deleted ids do not crowd out live ones
+            kk = min(k + len(sc.dead), len(sc.ids) + len(sc.dead), k + 64)
+            sims, ids = sc.index.search(v, kk)
+            out: list[tuple[str, float]] = []
+            for s, i in zip(sims[0].tolist(), ids[0].tolist()):
+                if i < 0 or i in sc.dead:
+                    continue
+                key = self._id_to_key.get(i)
+                if key is not None:
+                    out.append((key, float(s)))
+                    if len(out) == k:
+                        break
+            return out
+
+    def scope_of(self, key: str) -> str | None:
+        """The scope a key is indexed under, if any."""
+        loc = self._key_to.get(key)
+        return None if loc is None else loc[0]
+
+    def clear(self) -> None:
+        """Remove everything."""
+        with self._lock:
+            self._scopes.clear()
+            self._key_to.clear()
+            self._id_to_key.clear()
+
+    def keys(self) -> set[str]:
+        """Every indexed key."""
+        with self._lock:
+            return set(self._key_to)
+
+    def __len__(self) -> int:
+        return len(self._key_to)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_to
+
+    def stats(self) -> dict[str, Any]:
+        """Entries, scopes and how many scopes use HNSW."""
+        with self._lock:
+            return {
+                "entries": len(self._key_to),
+                "scopes": len(self._scopes),
+                "hnsw_scopes": sum(1 for s in self._scopes.values() if s.hnsw),
+                "tombstones": sum(len(s.dead) for s in self._scopes.values()),
+                "bytes_estimate": len(self._key_to) * self.dim * 4,
+            }

@@ -1,0 +1,110 @@
+"""Serialisation of responses and whole entries. Pure, no I/O.
+
+A response payload is one tag byte and a body: ``j`` + UTF-8 JSON for
+JSON-serialisable values, ``b`` + raw bytes for ``bytes``. An entry blob (what L2
+stores) is the entry's JSON header, a NUL byte, then the payload; JSON never
+contains a raw NUL, so the split is unambiguous.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+from .errors import SerializationError
+from .types import Entry
+
+__all__ = ["dumps", "loads", "entry_to_blob", "entry_from_blob"]
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise a response value.
+
+    Raises:
+        SerializationError: the value is neither bytes nor JSON-serialisable (NaN included).
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return b"b" + bytes(value)
+    try:
+        return b"j" + json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"cannot cache a {type(value).__name__}: store bytes or a JSON-serialisable value ({exc})"
+        ) from exc
+
+
+def loads(payload: bytes) -> Any:
+    """Deserialise a response payload.
+
+    Raises:
+        SerializationError: the payload is corrupt.
+    """
+    if not payload:
+        raise SerializationError("empty payload")
+    tag, body = payload[:1], payload[1:]
+    if tag == b"b":
+        return bytes(body)
+    if tag == b"j":
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SerializationError(f"corrupt JSON payload: {exc}") from exc
+    raise SerializationError(f"unknown payload tag {tag!r}")
+
+
+def entry_to_blob(entry: Entry, *, with_embedding: bool = False) -> bytes:
+    """Serialise a whole entry to one blob (the L2 format)."""
+    header = {
+        "k": entry.key,
+        "s": entry.scope,
+        "p": entry.prompt,
+        "c": entry.created_at,
+        "e": entry.expires_at,
+        "n": entry.namespace,
+        "m": entry.model,
+        "t": list(entry.tags),
+        "md": entry.metadata,
+        "ei": entry.embedder_id,
+        "ttl": entry.ttl_seconds,
+    }
+    if with_embedding and entry.embedding is not None:
+        header["v"] = base64.b64encode(entry.embedding).decode("ascii")
+    return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\x00" + entry.payload
+
+
+def entry_from_blob(blob: bytes) -> Entry:
+    """Inverse of :func:`entry_to_blob`.
+
+    Raises:
+        SerializationError: the blob is corrupt.
+    """
+    try:
+        sep = blob.index(b"\x00")
+        h = json.loads(blob[:sep])
+        payload = bytes(blob[sep + 1 :])
+        if not payload or payload[:1] not in (b"j", b"b"):
+            raise ValueError("bad payload tag")
+        created = float(h["c"])
+        expires = None if h.get("e") is None else float(h["e"])
+        if math.isnan(created) or (expires is not None and math.isnan(expires)):
+            raise ValueError("NaN timestamp")
+        emb = base64.b64decode(h["v"]) if h.get("v") else None
+        return Entry(
+            key=str(h["k"]),
+            scope=str(h["s"]),
+            prompt=str(h["p"]),
+            payload=payload,
+            created_at=created,
+            expires_at=expires,
+            namespace=h.get("n"),
+            model=h.get("m"),
+            tags=tuple(h.get("t") or ()),
+            metadata=dict(h.get("md") or {}),
+            embedding=emb,
+            embedder_id=h.get("ei"),
+            ttl_seconds=None if h.get("ttl") is None else float(h["ttl"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SerializationError(f"corrupt cache entry: {exc}") from exc
