@@ -138,6 +138,23 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 rm -f "$STAMP"
+# hatchling refuses to build when [project].readme names a missing file;
+# say so plainly instead of a long pip traceback.
+missing_readme="$("$VPY" - <<'EOF'
+import os
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: skip the check
+    raise SystemExit(0)
+with open("pyproject.toml", "rb") as f:
+    readme = tomllib.load(f).get("project", {}).get("readme")
+path = readme if isinstance(readme, str) else (readme or {}).get("file")
+if path and not os.path.exists(path):
+    print(path)
+EOF
+)" || missing_readme=""
+[[ -z "$missing_readme" ]] \
+    || die "pyproject.toml names readme '$missing_readme', which does not exist (commit it)"
 start=$SECONDS
 log "installing $TORCH_SPEC (CPU wheel) into .venv"
 "$VPY" -m pip install -q "$TORCH_SPEC"
