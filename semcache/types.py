@@ -32,7 +32,7 @@ class Entry:
     model: str | None = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
-    embedding: bytes | None = None
+    embedding: bytes | None = field(default=None, repr=False)
     embedder_id: str | None = None
     #: The TTL the entry was stored with (used by sliding expiry).
     ttl_seconds: float | None = None
@@ -78,7 +78,7 @@ class Hit:
     prompt: str
     age_seconds: float
     ttl_seconds_left: float | None
-    entry: Entry
+    entry: Entry = field(repr=False)
 
     @property
     def entry_id(self) -> str:

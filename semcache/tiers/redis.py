@@ -159,6 +159,13 @@ class RedisBackend:
         except self._errors as exc:
             raise self._translate(exc) from exc
 
+    def publish(self, channel: str, message: str) -> int:
+        """PUBLISH a message (invalidations and index updates for other replicas)."""
+        try:
+            return int(self.client.publish(channel, message))
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
     def ping(self) -> bool:
         """Whether Redis answers."""
         try:

@@ -81,6 +81,7 @@ class SQLBackend:
     """L3 tier. ``open()`` (or the first call) connects and checks the schema."""
 
     name = "l3"
+    stores_embeddings = True
 
     def __init__(
         self,
