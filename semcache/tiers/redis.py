@@ -100,6 +100,8 @@ class RedisBackend:
             if px <= 0:
                 return
         try:
+            if until != entry.expires_at:
+                entry = entry.with_expiry(until)  # the blob carries the capped life too
             self.client.set(self._k(entry.key), entry_to_blob(entry), px=px)
         except self._errors as exc:
             raise self._translate(exc) from exc

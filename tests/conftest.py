@@ -1,0 +1,106 @@
+"""Pure fixtures shared by every test: a fake clock, the hashing embedder, caches on
+SQLite in a temporary directory. Nothing here starts a server or loads a model."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig
+from semcache.embedders import HashingEmbedder
+
+
+class FakeClock:
+    """A settable clock: ``clock()`` returns the time, ``clock.advance(s)`` moves it."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def hashing_embedder() -> HashingEmbedder:
+    return HashingEmbedder(dim=64)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/semcache.db"
+
+
+@pytest.fixture
+def key_prefix(request) -> str:
+    """A Redis key prefix unique to this test (and xdist worker): no test ever flushes Redis."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-120:]
+    return f"semcache-test:{worker}:{name}:"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("SEMCACHE_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("SEMCACHE_TEST_REDIS_URL is not set")
+    return url
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get("SEMCACHE_TEST_PG_URL")
+    if not url:
+        pytest.skip("SEMCACHE_TEST_PG_URL is not set")
+    return url
+
+
+@pytest.fixture
+def make_cache(clock, sqlite_url, hashing_embedder) -> Iterator:
+    """Build open caches (closed at teardown); defaults: L1 + SQLite + hashing embedder."""
+    made: list[SemanticCache] = []
+
+    def make(**overrides) -> SemanticCache:
+        kwargs = dict(
+            memory=MemoryConfig(),
+            sql=SQLConfig(url=sqlite_url),
+            embedder=hashing_embedder,
+            policy=Policy(similarity_threshold=0.8),
+        )
+        kwargs.update(overrides)
+        cache = SemanticCache(CacheConfig(**kwargs), timer=clock).open()
+        made.append(cache)
+        return cache
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def pg_schema_url(pg_url, request) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    import uuid
+    from urllib.parse import quote
+
+    from sqlalchemy import create_engine, text
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in pg_url else "?"
+    yield f"{pg_url}{sep}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
