@@ -7,9 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import EmbeddingError
+from ..errors import EmbeddingError, InvalidInputError
 
-__all__ = ["Embedder", "check_embeddings", "normalize_rows"]
+__all__ = ["Embedder", "check_embeddings", "check_texts", "normalize_rows"]
 
 
 @runtime_checkable
@@ -23,8 +23,18 @@ class Embedder(Protocol):
     """
 
     model_id: str
-    dim: int
-    max_tokens: int | None
+
+    # Read-only properties, so lazily loading embedders may compute them on first access
+    # (a plain attribute also satisfies a read-only protocol member).
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors."""
+        ...
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Model window in tokens, or None when unbounded."""
+        ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return an ``(len(texts), dim)`` float32 matrix of unit-norm rows."""
@@ -41,6 +51,18 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(m, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return np.ascontiguousarray(m / norms, dtype=np.float32)
+
+
+def check_texts(texts: object) -> list[str]:
+    """Validate ``embed()`` input: a sequence of ``str`` (not a bare str); return it as a list."""
+    # A bare str is itself a Sequence[str]; embedding it character by character is never meant.
+    if isinstance(texts, (str, bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise InvalidInputError(f"texts must be a sequence of str, got {type(texts).__name__}")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InvalidInputError(f"texts[{i}] must be a str, got {type(t).__name__}")
+    return out
 
 
 def check_embeddings(matrix: object, n: int, dim: int) -> np.ndarray:
