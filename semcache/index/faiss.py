@@ -47,6 +47,7 @@ class FaissIndex:
         self.dim = dim
         self.config = config or IndexConfig()
         self._faiss = _faiss()
+        self._faiss.omp_set_num_threads(self.config.faiss_threads)
         self._lock = threading.RLock()
         self._scopes: dict[str, _Scope] = {}
         self._key_to: dict[str, tuple[str, int]] = {}
