@@ -353,30 +353,37 @@ class SemanticCache:
         return v
 
     # -- reads ---------------------------------------------------------------
-    def _fetch(self, key: str, now: float, upto: int | None = None) -> tuple[Entry, _Slot] | None:
-        """Find a live entry by key, top tier first, promoting it upward."""
-        slots = self._slots if upto is None else self._slots[:upto]
-        for i, slot in enumerate(slots):
+    def _find(self, key: str, now: float) -> tuple[Entry, int] | None:
+        """Find a live entry by key, top tier first, without promoting it."""
+        for i, slot in enumerate(self._slots):
             try:
                 entry = self._call(slot, "get", key, now)
             except _Skip:
                 continue
-            if entry is None or entry.expired(now) or entry.key != key:
-                continue
-            if self.config.policy.sliding_expiry and entry.ttl_seconds is not None:
-                entry = entry.with_expiry(now + entry.ttl_seconds)
-                targets = self._slots  # move the expiry in every tier
-            else:
-                targets = self._slots[:i]
-            for upper in targets:
-                if upper is slot and not self.config.policy.sliding_expiry:
-                    continue
-                try:
-                    self._call(upper, "set", entry, now)
+            if entry is not None and not entry.expired(now) and entry.key == key:
+                return entry, i
+        return None
+
+    def _fetch(self, key: str, now: float) -> tuple[Entry, _Slot] | None:
+        """Find a live entry by key, top tier first, promoting it upward."""
+        found = self._find(key, now)
+        return None if found is None else self._promote(found[0], found[1], now)
+
+    def _promote(self, entry: Entry, i: int, now: float) -> tuple[Entry, _Slot]:
+        """Copy an entry found in tier ``i`` into the tiers above (remaining TTL)."""
+        slot = self._slots[i]
+        targets = self._slots[:i]
+        if self.config.policy.sliding_expiry and entry.ttl_seconds is not None:
+            entry = entry.with_expiry(now + entry.ttl_seconds)
+            targets = self._slots  # the new expiry goes to every tier
+        for upper in targets:
+            try:
+                self._call(upper, "set", entry, now)
+                if upper is not slot:
                     self._stats.inc(f"promotions_{upper.name}")
-                except _Skip:
-                    pass
-            return entry, slot
+            except _Skip:
+                pass
+        return entry, slot
         return None
 
     def get_entry(self, key: str) -> Entry | None:
@@ -490,11 +497,11 @@ class SemanticCache:
         for key, sim in self._candidates(request, v):
             if sim < thr:
                 break
-            found = self._fetch(key, now)
+            found = self._find(key, now)
             if found is None:
                 self.index.remove([key])  # expired or deleted elsewhere
                 continue
-            entry, slot = found
+            entry, tier = found
             if entry.scope != request.scope:
                 continue
             results = [g(request.text, entry.prompt) for g in self._guards]
@@ -503,8 +510,10 @@ class SemanticCache:
                 for r in failed:
                     self._stats.inc(f"guard_rejections_{r.name}")
                 # the nearest candidate is a different question; anything further away
-                # is less likely to be the same one, so this is a miss
+                # is less likely to be the same one, so this is a miss (and a rejected
+                # candidate is not promoted)
                 return None
+            entry, slot = self._promote(entry, tier, now)
             return self._hit(entry, slot.name, "semantic", min(1.0, sim), now)
         return None
 
@@ -677,17 +686,18 @@ class SemanticCache:
         """Store a response for a prepared request (``embedding`` may be precomputed)."""
         self._ensure_open()
         now = self.timer()
-        # validate everything before anything is written
-        self._make_entry(request, value, ttl_seconds=ttl_seconds, tags=tags, metadata=metadata, now=now, embedding=None)
-        if embedding is None and self.index is not None:
-            embedding = self._embed(request)
-        elif embedding is not None:
+        # validate (and serialise) everything before embedding or writing anything
+        entry = self._make_entry(request, value, ttl_seconds=ttl_seconds, tags=tags, metadata=metadata, now=now, embedding=None)
+        if embedding is not None:
             from .embedders.base import check_embeddings
 
+            if self.index is None:
+                raise ConfigurationError("this cache has no embedder (semantic matching is off)")
             embedding = check_embeddings(embedding, 1, self.index.dim)[0]
-        entry = self._make_entry(
-            request, value, ttl_seconds=ttl_seconds, tags=tags, metadata=metadata, now=now, embedding=embedding
-        )
+        elif self.index is not None:
+            embedding = self._embed(request)
+        if embedding is not None:
+            entry = replace(entry, embedding=np.asarray(embedding, dtype=np.float32).tobytes(), embedder_id=self.embedder.model_id)
         self._write([entry], now)
         return entry
 
@@ -974,16 +984,21 @@ class SemanticCache:
         slot = self._redis_slot()
         if slot is None or self.config.redis is None or not self.config.redis.pubsub:
             return
-        for e in entries:
-            self._publish(
-                {
-                    "op": "add",
-                    "key": e.key,
-                    "scope": e.scope,
-                    "ei": e.embedder_id,
-                    "v": base64.b64encode(e.embedding).decode("ascii") if e.embedding else None,
-                }
-            )
+        # one message per write (a set_many batch is one message, not one per entry)
+        self._publish(
+            {
+                "op": "add",
+                "items": [
+                    {
+                        "key": e.key,
+                        "scope": e.scope,
+                        "ei": e.embedder_id,
+                        "v": base64.b64encode(e.embedding).decode("ascii") if e.embedding else None,
+                    }
+                    for e in entries
+                ],
+            }
+        )
 
     def _start_listener(self) -> None:
         t = threading.Thread(target=self._listen, name="semcache-events", daemon=True)
@@ -1044,13 +1059,18 @@ class SemanticCache:
                 else:
                     self.index.remove(keys)
         elif op == "add":
-            key = str(msg.get("key"))
-            if mem is not None:
-                mem.delete([key])  # another replica replaced it: our copy is stale
-            if self.index is not None and msg.get("v") and msg.get("ei") == self.embedder.model_id:
-                v = np.frombuffer(base64.b64decode(msg["v"]), dtype=np.float32)
-                if v.shape == (self.index.dim,) and np.isfinite(v).all():
-                    self.index.add(str(msg["scope"]), [key], v.reshape(1, -1))
+            for item in msg.get("items") or ():
+                key = str(item.get("key"))
+                if mem is not None:
+                    mem.delete([key])  # another replica replaced it: our copy is stale
+                if self.index is None:
+                    continue
+                if item.get("v") and item.get("ei") == self.embedder.model_id:
+                    v = np.frombuffer(base64.b64decode(item["v"]), dtype=np.float32)
+                    if v.shape == (self.index.dim,) and np.isfinite(v).all():
+                        self.index.add(str(item["scope"]), [key], v.reshape(1, -1))
+                elif key in self.index:
+                    self.index.remove([key])  # replaced by an entry this index cannot use
 
     # -- stats -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -228,3 +228,25 @@ def test_hnsw_scope_with_deletes(sqlite_url, minilm):
         cache.delete(cache.request(texts[10]).key)
         ex = cache.explain(texts[10] + " please")
         assert all(c["entry_id"] != cache.request(texts[10]).key for c in ex["candidates"])
+
+
+@pytest.mark.redis
+def test_index_updates_reach_other_replicas(tmp_path, minilm, redis_url, key_prefix):
+    import time
+
+    sql = f"sqlite:///{tmp_path}/shared.db"
+    c = cfg(sql, minilm, redis=RedisConfig(url=redis_url, prefix=key_prefix))
+    with SemanticCache(c) as a, SemanticCache(c) as b:
+        time.sleep(0.3)  # both listeners subscribed
+        a.set_many([{"prompt": Q, "value": "from a"}, {"prompt": "What is the tallest mountain?", "value": "Everest"}])
+        deadline = time.time() + 5
+        while time.time() < deadline and len(b.index) < 2:
+            time.sleep(0.05)
+        assert len(b.index) == 2  # b's index learnt a's vectors without a rebuild
+        assert b.get(PARA).value == "from a"
+        a.invalidate(prompt_pattern="How do I*")
+        deadline = time.time() + 5
+        while time.time() < deadline and len(b.index) > 1:
+            time.sleep(0.05)
+        assert len(b.index) == 1 and b.get(PARA) is None
+        a.flush()
