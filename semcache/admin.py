@@ -1,0 +1,102 @@
+"""Read-only inspection shared by the sidecar and the CLI: list, count and describe entries.
+
+The cache's read path answers one prompt; inspection walks many entries. It reads the
+lowest tier that can list (L3, else L2), because L1 holds only a hot subset.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from .errors import InvalidInputError
+from .types import Entry, Selector
+
+__all__ = ["count_matching", "entry_view", "list_entries", "listing_tier", "value_fields"]
+
+#: Most entries a dry run counts by scanning L2 (L3 counts in SQL, without a cap).
+_SCAN_CAP = 1_000_000
+
+
+def listing_tier(cache: Any) -> Any:
+    """The tier backend used for listing (L3 if present, else L2), or ``None``."""
+    tiers = getattr(cache, "sync", cache).tiers
+    for t in tiers:
+        if hasattr(t, "list_entries"):
+            return t
+    for t in tiers:
+        if hasattr(t, "iter_entries"):
+            return t
+    return None
+
+
+def list_entries(cache: Any, selector: Selector | None, now: float, *, limit: int = 50, offset: int = 0) -> list[Entry]:
+    """Live entries matching ``selector`` (``None``: all), newest first, one page.
+
+    Raises:
+        InvalidInputError: no tier can list (L1 only).
+    """
+    tier = listing_tier(cache)
+    if tier is None:
+        raise InvalidInputError("listing entries needs L2 (Redis) or L3 (SQL); this cache has neither")
+    if hasattr(tier, "list_entries"):
+        return list(tier.list_entries(selector, now, limit=limit, offset=offset))
+    found = [
+        e
+        for e in tier.iter_entries()
+        if not e.expired(now) and (selector is None or selector.all or selector.is_empty() or selector.matches(e, now))
+    ]
+    found.sort(key=lambda e: (-e.created_at, e.key))
+    return found[offset : offset + limit]
+
+
+def count_matching(cache: Any, selector: Selector, now: float) -> int:
+    """How many entries an invalidation with ``selector`` would remove (nothing is removed).
+
+    Raises:
+        InvalidInputError: no tier can count (L1 only).
+    """
+    if selector.is_empty():
+        return 0
+    tier = listing_tier(cache)
+    if tier is None:
+        raise InvalidInputError("a dry run needs L2 (Redis) or L3 (SQL) to count from; this cache has neither")
+    if hasattr(tier, "select_keys"):
+        if selector.all:
+            return int(tier.count())
+        return len(tier.select_keys(selector, now))
+    n = 0
+    for e in tier.iter_entries():
+        if selector.all or selector.matches(e, now):
+            n += 1
+            if n >= _SCAN_CAP:
+                break
+    return n
+
+
+def value_fields(value: Any) -> dict[str, Any]:
+    """``{"value": v}``, or ``{"value": None, "value_base64": …}`` for bytes (JSON has none)."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"value": None, "value_base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return {"value": value}
+
+
+def entry_view(entry: Entry, now: float, *, include_value: bool = False) -> dict[str, Any]:
+    """A JSON-friendly description of an entry."""
+    out: dict[str, Any] = {
+        "entry_id": entry.key,
+        "prompt": entry.prompt,
+        "scope": entry.scope,
+        "namespace": entry.namespace,
+        "model": entry.model,
+        "tags": list(entry.tags),
+        "created_at": entry.created_at,
+        "expires_at": entry.expires_at,
+        "age_seconds": round(max(0.0, now - entry.created_at), 3),
+        "ttl_seconds_left": None if entry.expires_at is None else round(max(0.0, entry.expires_at - now), 3),
+        "metadata": dict(entry.metadata),
+        "embedder": entry.embedder_id,
+    }
+    if include_value:
+        out.update(value_fields(entry.value))
+    return out
