@@ -165,7 +165,7 @@ class Policy:
 
     default_ttl_seconds: float | None = 7 * 24 * 3600
     #: Cosine similarity a semantic candidate must reach (see README for how it was chosen).
-    similarity_threshold: float = 0.92
+    similarity_threshold: float = 0.95
     #: Per-namespace thresholds, overriding ``similarity_threshold``.
     namespace_thresholds: Mapping[str, float] = field(default_factory=dict)
     #: Guard names (see :mod:`semcache.guards`); ``None`` means the measured defaults.
@@ -221,10 +221,17 @@ class CacheConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     embedder: Any = "default"
     policy: Policy = field(default_factory=Policy)
+    #: USD per million tokens by model, to report money saved by hits (see :mod:`semcache.pricing`).
+    prices: Any = None
 
     def __post_init__(self) -> None:
         if self.memory is None and self.redis is None and self.sql is None:
             raise ConfigurationError("configure at least one tier (memory, redis or sql)")
+        if self.prices is not None:
+            from .pricing import PriceTable
+
+            if not isinstance(self.prices, PriceTable):
+                object.__setattr__(self, "prices", PriceTable(self.prices))
 
     @classmethod
     def from_urls(
