@@ -475,13 +475,25 @@ class SemanticCache:
         )
 
     def _count_savings(self, entry: Entry) -> None:
-        usage = entry.metadata.get("usage") if entry.metadata else None
+        self._count_saved(entry.metadata, entry.model)
+
+    def count_saved_call(self, metadata: Mapping[str, Any] | None = None, *, model: str | None = None) -> None:
+        """Count a call saved without a hit (it waited for an identical call), with its tokens and cost."""
+        self._stats.inc("coalesced_calls")
+        self._count_saved(metadata, model)
+
+    def _count_saved(self, metadata: Mapping[str, Any] | None, model: str | None) -> None:
+        meta = metadata or {}
+        usage = meta.get("usage")
         if isinstance(usage, Mapping):
             for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 v = usage.get(k)
                 if isinstance(v, int) and v >= 0:
                     self._stats.inc(f"saved_{k}", v)
-        cost = entry.metadata.get("cost") if entry.metadata else None
+        cost = meta.get("cost")
+        if not isinstance(cost, (int, float)) and self.config.prices is not None:
+            # priced at hit time, so a price table set later also covers older entries
+            cost = self.config.prices.cost_usd(model or meta.get("response_model"), usage)
         if isinstance(cost, (int, float)) and cost > 0:
             self._stats.inc("saved_cost_microusd", int(round(cost * 1e6)))
 
@@ -1090,6 +1102,9 @@ class SemanticCache:
             "long_prompts_exact_only": c.get("long_prompts_exact_only", 0),
             "saved_tokens": c.get("saved_total_tokens", 0),
             "saved_cost_usd": c.get("saved_cost_microusd", 0) / 1e6,
+            # a hit, or a call that waited for an identical one, is an LLM call not made
+            "saved_calls": sum(hits.values()) + c.get("coalesced_calls", 0),
+            "coalesced_calls": c.get("coalesced_calls", 0),
             "tiers": {},
         }
         for tier in ("l1", "l2", "l3"):
@@ -1134,6 +1149,46 @@ class SemanticCache:
     def tiers(self) -> list[Any]:
         """The tier backends, top first."""
         return [s.backend for s in self._slots]
+
+    # -- the decorator (semcache/decorator.py) ------------------------------------
+    def cached(self, fn: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        """Cache a sync function that calls an LLM: ``@cache.cached`` or ``@cache.cached(...)``.
+
+        Args:
+            fn: the function (omit it to get a decorator).
+            **kwargs: see :class:`~semcache.decorator.CachedFunction` (``model``,
+                ``namespace``, ``ttl_seconds``, ``threshold``, ``tags``, ``should_cache``,
+                ``lock``, ...).
+
+        Returns:
+            The wrapped function, or a decorator.
+
+        Raises:
+            ConfigurationError: ``fn`` is async, or its prompt cannot be read.
+        """
+        from .decorator import make_cached
+
+        return make_cached(self, fn, **kwargs)
+
+    def wrap(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Return a cached version of an existing callable, e.g. ``client.chat.completions.create``.
+
+        Raises:
+            ConfigurationError: as for :meth:`cached`.
+        """
+        from .decorator import make_cached
+
+        return make_cached(self, fn, **kwargs)
+
+    def options(self, **kwargs: Any) -> Any:
+        """Per-call controls for this cache's cached functions, as a ``with`` block.
+
+        ``bypass``, ``lookup``, ``store``, ``semantic``, ``ttl_seconds``, ``threshold``,
+        ``tags``, ``namespace``: see :func:`semcache.decorator.options`.
+        """
+        from .decorator import options
+
+        return options(self, **kwargs)
 
 
 def _want_progress(flag: bool | None) -> bool:
@@ -1299,3 +1354,25 @@ class AsyncSemanticCache:
     def stats(self) -> dict[str, Any]:
         """Same as :meth:`SemanticCache.stats` (no I/O)."""
         return self.sync.stats()
+
+    def cached(self, fn: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        """Cache an async function (or async generator) that calls an LLM; see :meth:`SemanticCache.cached`.
+
+        Raises:
+            ConfigurationError: ``fn`` is not async, or its prompt cannot be read.
+        """
+        from .decorator import make_cached
+
+        return make_cached(self, fn, **kwargs)
+
+    def wrap(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Return a cached version of an existing async callable (``AsyncOpenAI().chat.completions.create``)."""
+        from .decorator import make_cached
+
+        return make_cached(self, fn, **kwargs)
+
+    def options(self, **kwargs: Any) -> Any:
+        """Per-call controls for this cache's cached functions (see :meth:`SemanticCache.options`)."""
+        from .decorator import options
+
+        return options(self.sync, **kwargs)
