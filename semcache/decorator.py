@@ -351,7 +351,12 @@ class CachedFunction:
             log.debug("%s: not cached: %s", self.name, exc)
             return opts, None, None
         stream = arguments.get("stream")
-        return opts, req, stream if isinstance(stream, bool) else None
+        if isinstance(stream, bool):
+            return opts, req, stream
+        # a function that takes ``stream`` (the OpenAI SDK's create) and was not given
+        # it does not stream; for others the stored form decides
+        has_param = self.signature is not None and "stream" in self.signature.parameters
+        return opts, req, False if has_param else None
 
     def _lookup_kwargs(self, opts: CallOptions) -> dict[str, Any]:
         threshold = opts.threshold if opts.threshold is not UNSET else self.threshold

@@ -335,7 +335,8 @@ class RedisLock(_LockBase):
     ) -> tuple[str | None, T | None]:
         """Take the lock, or wait for its holder's result.
 
-        ``poll`` checks the cache and returns the stored result or ``None``. Returns
+        ``poll`` checks the cache and returns the stored result or ``None``; it runs
+        after every attempt, a successful one included (double-checked). Returns
         ``(token, None)`` once we hold the lock, ``(None, result)`` when ``poll``
         found the holder's result, ``(None, None)`` when ``wait_seconds`` (default:
         the lock's timeout) passed.
@@ -346,9 +347,12 @@ class RedisLock(_LockBase):
         deadline = time.monotonic() + (self.timeout_seconds if wait_seconds is None else wait_seconds)
         while True:
             token = self.acquire(key)
+            found = poll()  # after taking the lock too: the holder before us may have just stored
             if token is not None:
+                if found is not None:
+                    self.release(key, token)
+                    return None, found
                 return token, None
-            found = poll()
             if found is not None:
                 return None, found
             if time.monotonic() >= deadline:
@@ -433,11 +437,14 @@ class AsyncRedisLock(_LockBase):
         deadline = time.monotonic() + (self.timeout_seconds if wait_seconds is None else wait_seconds)
         while True:
             token = await self.acquire(key)
-            if token is not None:
-                return token, None
-            found = poll()
+            found = poll()  # after taking the lock too: the holder before us may have just stored
             if inspect.isawaitable(found):
                 found = await found
+            if token is not None:
+                if found is not None:
+                    await self.release(key, token)
+                    return None, found
+                return token, None
             if found is not None:
                 return None, found
             if time.monotonic() >= deadline:
