@@ -1,0 +1,169 @@
+"""A LangChain ``BaseCache`` backed by semcache (``pip install 'semcache[langchain]'``).
+
+::
+
+    from langchain_core.globals import set_llm_cache
+    from semcache.contrib.langchain import SemcacheLangChainCache
+
+    set_llm_cache(SemcacheLangChainCache(cache))        # or ChatModel(cache=SemcacheLangChainCache(cache))
+
+LangChain hands a cache ``(prompt, llm_string)``. For a chat model the prompt is
+the serialised message list; it is read back into OpenAI-style messages, so the
+key rules of :mod:`semcache.keys` apply (system prompt and earlier turns exact,
+the last user turn matched semantically). ``llm_string`` (the model and its
+params) is part of the scope and must match exactly. Generations are stored with
+LangChain's own serialisation and come back equal. ``clear()`` removes this
+adapter's namespace (default ``"langchain"``), not the rest of the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..config import UNSET
+from ..errors import InvalidInputError, MissingDependencyError
+from ..keys import Request, build_request
+
+try:
+    from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+    from langchain_core.load import dumps, loads
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError("langchain-core", "langchain") from exc
+
+__all__ = ["SemcacheLangChainCache"]
+
+#: The entry metadata ``format`` of stored LangChain generations.
+FORMAT = "langchain.generations"
+
+
+def _messages(prompt: str) -> list[dict[str, Any]] | None:
+    """The OpenAI-style messages a chat model's serialised prompt holds, or ``None`` for plain text."""
+    if not prompt.startswith("["):
+        return None
+    try:
+        raw = json.loads(prompt)
+    except ValueError:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) and m.get("lc") for m in raw):
+        return None
+    from langchain_core.messages import convert_to_openai_messages
+
+    try:
+        return list(convert_to_openai_messages(loads(prompt, allowed_objects="messages")))
+    except Exception:  # not a message list after all: match the text as it is
+        return None
+
+
+def _usage(generations: Sequence[Any]) -> dict[str, int] | None:
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    seen = False
+    for g in generations:
+        um = getattr(getattr(g, "message", None), "usage_metadata", None)
+        if um:
+            seen = True
+            total["prompt_tokens"] += int(um.get("input_tokens", 0))
+            total["completion_tokens"] += int(um.get("output_tokens", 0))
+            total["total_tokens"] += int(um.get("total_tokens", 0))
+    return total if seen else None
+
+
+class SemcacheLangChainCache(BaseCache):
+    """LangChain's ``BaseCache`` on a :class:`~semcache.SemanticCache` or :class:`~semcache.AsyncSemanticCache`.
+
+    Args:
+        cache: the semcache cache (an async one serves ``alookup``/``aupdate`` natively).
+        namespace: the namespace its entries live in (``clear()`` removes exactly these).
+        semantic: ``False`` for exact matching only.
+        threshold: the similarity threshold for lookups (default: the cache's).
+        ttl_seconds: the TTL of stored generations (default: the cache's).
+        tags: tags put on every stored entry.
+    """
+
+    def __init__(
+        self,
+        cache: Any,
+        *,
+        namespace: str = "langchain",
+        semantic: bool = True,
+        threshold: Any = UNSET,
+        ttl_seconds: Any = UNSET,
+        tags: Iterable[str] = (),
+    ) -> None:
+        from ..cache import AsyncSemanticCache
+
+        if not namespace or not isinstance(namespace, str):
+            raise InvalidInputError("namespace must be a non-empty string")
+        self.acache = cache if isinstance(cache, AsyncSemanticCache) else None
+        self.cache = cache.sync if self.acache is not None else cache
+        self.namespace = namespace
+        self.semantic = semantic
+        self.threshold = threshold
+        self.ttl_seconds = ttl_seconds
+        self.tags = tuple(tags)
+
+    def _request(self, prompt: str, llm_string: str) -> Request:
+        messages = _messages(prompt)
+        params = {"llm_string": llm_string}
+        if messages is not None:
+            try:
+                return build_request(messages=messages, params=params, namespace=self.namespace)
+            except InvalidInputError:
+                pass  # e.g. no user turn: fall back to the serialised prompt as text
+        return build_request(prompt, params=params, namespace=self.namespace)
+
+    @staticmethod
+    def _decode(value: Any) -> list[Any] | None:
+        if not isinstance(value, dict) or not isinstance(value.get("generations"), list):
+            return None
+        return [loads(g, allowed_objects="core") for g in value["generations"]]
+
+    def _encode(self, return_val: RETURN_VAL_TYPE) -> tuple[dict[str, Any], dict[str, Any]]:
+        meta: dict[str, Any] = {"format": FORMAT}
+        usage = _usage(return_val)
+        if usage:
+            meta["usage"] = usage
+        return {"generations": [dumps(g) for g in return_val]}, meta
+
+    def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """Look up generations for ``prompt`` under ``llm_string`` (exact, then semantic)."""
+        hit = self.cache.lookup(self._request(prompt, llm_string), threshold=self.threshold, semantic=self.semantic)
+        return None if hit is None else self._decode(hit.value)
+
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Store ``return_val`` for ``prompt`` under ``llm_string``."""
+        value, meta = self._encode(return_val)
+        self.cache.store(
+            self._request(prompt, llm_string), value, ttl_seconds=self.ttl_seconds, tags=self.tags, metadata=meta
+        )
+
+    def clear(self, **kwargs: Any) -> None:
+        """Remove every entry this adapter stored (its namespace)."""
+        self.cache.invalidate(namespace=self.namespace)
+
+    async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """Async :meth:`lookup` (off the event loop)."""
+        if self.acache is None:
+            return await super().alookup(prompt, llm_string)
+        hit = await self.acache.lookup(
+            self._request(prompt, llm_string), threshold=self.threshold, semantic=self.semantic
+        )
+        return None if hit is None else self._decode(hit.value)
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Async :meth:`update` (off the event loop)."""
+        if self.acache is None:
+            return await super().aupdate(prompt, llm_string, return_val)
+        value, meta = self._encode(return_val)
+        await self.acache.store(
+            self._request(prompt, llm_string), value, ttl_seconds=self.ttl_seconds, tags=self.tags, metadata=meta
+        )
+        return None
+
+    async def aclear(self, **kwargs: Any) -> None:
+        """Async :meth:`clear`."""
+        if self.acache is None:
+            return await super().aclear(**kwargs)
+        await self.acache.invalidate(namespace=self.namespace)
+        return None
