@@ -104,8 +104,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 cache.set_many({"prompt": p, "value": f"answer {i}"} for i, p in enumerate(prompts))
                 rate = n / (time.perf_counter() - t0)
-                picks = rng.sample(prompts, args.n)
-                hit_q = [reword(p) for p in picks]
+                sample = rng.sample(prompts, 2 * args.n)
+                # distinct stored prompts for the exact and the semantic probes, so the
+                # exact probes' promotion into L1 does not flatter the semantic ones
+                picks, para_of = sample[: args.n], sample[args.n :]
+                hit_q = [reword(p) for p in para_of]
                 miss_q = [f"{rng.choice(['How do I', 'What is the best way to', 'Any tips to'])} {t} ({i})?"
                           for i, t in zip(range(args.n), itertools.cycle(MISS_TOPICS))]
                 # interleave the baseline with the lookups so both see the same machine load

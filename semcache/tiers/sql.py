@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, or_, select
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -73,8 +73,12 @@ def _row_to_entry(row: Any) -> Entry:
     )
 
 
-def _live(now: float) -> Any:
+def _live(now: Any) -> Any:
     return or_(_E.c.expires_at.is_(None), _E.c.expires_at > now)
+
+
+# built once: the hot read is a cached statement with two bound parameters
+_GET = select(*_COLS_NO_EMB).where(_E.c.key == bindparam("key"), _live(bindparam("now")))
 
 
 class SQLBackend:
@@ -143,7 +147,7 @@ class SQLBackend:
         """Read a live entry (without its embedding)."""
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(select(*_COLS_NO_EMB).where(_E.c.key == key, _live(now))).first()
+                row = conn.execute(_GET, {"key": key, "now": now}).first()
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         if row is None:
