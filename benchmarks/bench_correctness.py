@@ -134,9 +134,9 @@ def fmt_row(r: dict[str, float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Hit correctness of semcache on labeled data.")
     ap.add_argument("datasets", nargs="+", type=Path)
-    ap.add_argument("--step", type=float, default=0.02)
+    ap.add_argument("--step", type=float, default=0.01)
     ap.add_argument("--lo", type=float, default=0.70)
-    ap.add_argument("--hi", type=float, default=0.98)
+    ap.add_argument("--hi", type=float, default=0.999)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semcache.embedders import default_embedder
@@ -145,7 +145,9 @@ def main() -> None:
     emb.embed(["warm-up"])
     default_thr = Policy().similarity_threshold
     thresholds = np.round(np.arange(args.lo, args.hi + 1e-9, args.step), 4)
-    thresholds = np.unique(np.append(thresholds, default_thr))
+    # a finer grid at the top, where the strict operating points are
+    fine = np.round(np.arange(0.95, args.hi + 1e-9, 0.0025), 4)
+    thresholds = np.unique(np.concatenate([thresholds, fine, [default_thr, args.hi]]))
     header = f"{'thr':>6} {'correct':>7} {'wrong':>6} {'false':>6} {'FHR':>6} {'precision':>9} {'recall':>7} {'F1':>6}"
     for folder in args.datasets:
         print(f"\n=== {folder.name} ===")

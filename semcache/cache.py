@@ -32,7 +32,6 @@ from .config import UNSET, CacheConfig
 from .errors import (
     BackendError,
     ConfigurationError,
-    EmbeddingError,
     InvalidInputError,
     SerializationError,
 )
@@ -347,7 +346,7 @@ class SemanticCache:
         if not self.embeddable(request.text):
             return None
         t0 = time.perf_counter()
-        v = self.embed_many([request.text])[0]
+        v: np.ndarray = self.embed_many([request.text])[0]
         self._stats.inc("embeddings")
         self._stats.inc("embed_us", int((time.perf_counter() - t0) * 1e6))
         return v
@@ -834,9 +833,13 @@ class SemanticCache:
             InvalidInputError: no criterion given (use :meth:`flush` to remove everything).
         """
         all_keys = tuple(keys) + ((key,) if key is not None else ())
-        if older_than_seconds is not None:
-            if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) or older_than_seconds < 0 or math.isnan(older_than_seconds):
-                raise InvalidInputError("older_than_seconds must be a non-negative number")
+        if older_than_seconds is not None and (
+            isinstance(older_than_seconds, bool)
+            or not isinstance(older_than_seconds, (int, float))
+            or math.isnan(older_than_seconds)
+            or older_than_seconds < 0
+        ):
+            raise InvalidInputError("older_than_seconds must be a non-negative number")
         sel = Selector(
             keys=all_keys,
             scope=scope,
@@ -925,8 +928,8 @@ class SemanticCache:
                 for scope, (ks, vs) in by_scope.items():
                     mat = np.frombuffer(b"".join(vs), dtype=np.float32).reshape(len(ks), -1)
                     if not np.isfinite(mat).all():
-                        good = np.isfinite(mat).all(axis=1)
-                        ks = [k for k, g in zip(ks, good) if g]
+                        good = np.asarray(np.isfinite(mat).all(axis=1), dtype=bool)
+                        ks = [k for k, g in zip(ks, good.tolist()) if g]  # skip corrupt vectors
                         mat = mat[good]
                     self.index.add(scope, ks, mat)
                 bar.update(len(batch))

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import SerializationError
 from .types import Entry
 
-__all__ = ["dumps", "loads", "entry_to_blob", "entry_from_blob"]
+__all__ = ["dumps", "entry_from_blob", "entry_to_blob", "loads"]
 
 
 def dumps(value: Any) -> bytes:

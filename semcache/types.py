@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Entry", "Hit", "Selector", "Candidate"]
+__all__ = ["Candidate", "Entry", "Hit", "Selector"]
 
 Tier = Literal["l1", "l2", "l3"]
 Kind = Literal["exact", "semantic"]

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, inspect
 
 from ..errors import ConfigurationError, SchemaVersionError
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "script_location", "upgrade", "ensure_schema"]
+__all__ = ["alembic_config", "current_revision", "ensure_schema", "head_revision", "script_location", "upgrade"]
 
 
 def script_location() -> Path:

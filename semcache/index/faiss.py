@@ -31,7 +31,7 @@ def _faiss() -> Any:
 
 
 class _Scope:
-    __slots__ = ("index", "hnsw", "ids", "dead")
+    __slots__ = ("dead", "hnsw", "ids", "index")
 
     def __init__(self, index: Any, hnsw: bool) -> None:
         self.index = index

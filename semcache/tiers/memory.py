@@ -15,7 +15,7 @@ __all__ = ["MemoryBackend"]
 
 
 class _Slot:
-    __slots__ = ("entry", "until", "size")
+    __slots__ = ("entry", "size", "until")
 
     def __init__(self, entry: Entry, until: float | None, size: int) -> None:
         self.entry = entry

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, or_, select
+from sqlalchemy import Engine, Table, bindparam, create_engine, delete, event, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -24,8 +24,8 @@ from .base import tier_expiry
 
 __all__ = ["SQLBackend", "make_engine"]
 
-_E = EntryRow.__table__
-_T = TagRow.__table__
+_E = cast(Table, EntryRow.__table__)
+_T = cast(Table, TagRow.__table__)
 _COLS_NO_EMB = [c for c in _E.c if c.name != "embedding"]
 _BATCH = 500
 
