@@ -12,7 +12,7 @@ the serialised message list; it is read back into OpenAI-style messages, so the
 key rules of :mod:`semcache.keys` apply (system prompt and earlier turns exact,
 the last user turn matched semantically). ``llm_string`` (the model and its
 params) is part of the scope and must match exactly. Generations are stored with
-LangChain's own serialisation and come back equal. ``clear()`` removes this
+their fields (messages through LangChain's ``message_to_dict``) and come back equal. ``clear()`` removes this
 adapter's namespace (default ``"langchain"``), not the rest of the cache.
 """
 
@@ -46,14 +46,54 @@ def _messages(prompt: str) -> list[dict[str, Any]] | None:
         raw = json.loads(prompt)
     except ValueError:
         return None
-    if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) and m.get("lc") for m in raw):
+    if not isinstance(raw, list) or not raw:
         return None
-    from langchain_core.messages import convert_to_openai_messages
+    import langchain_core.messages as lc_messages
 
-    try:
-        return list(convert_to_openai_messages(loads(prompt, allowed_objects="messages")))
-    except Exception:  # not a message list after all: match the text as it is
-        return None
+    # rebuild the message objects from LangChain's serialised form (what load.loads
+    # does, without its beta warning on every lookup), then let LangChain convert them
+    msgs = []
+    for item in raw:
+        ident = item.get("id") if isinstance(item, dict) and item.get("type") == "constructor" else None
+        name = ident[-1] if isinstance(ident, list) and ident else None
+        if name not in _MESSAGE_CLASSES or not isinstance(item.get("kwargs"), dict):
+            return None
+        try:
+            msgs.append(getattr(lc_messages, name)(**item["kwargs"]))
+        except Exception:  # not a message list after all: match the text as it is
+            return None
+    return list(lc_messages.convert_to_openai_messages(msgs))
+
+
+_MESSAGE_CLASSES = frozenset(
+    f"{kind}Message{chunk}"
+    for kind in ("Human", "AI", "System", "Tool", "Function", "Chat")
+    for chunk in ("", "Chunk")
+)
+
+
+def _generation_to_dict(g: Any) -> dict[str, Any]:
+    from langchain_core.messages import message_to_dict
+    from langchain_core.outputs import ChatGeneration, Generation
+
+    kind = type(g).__name__
+    if type(g) in (ChatGeneration,):
+        return {"kind": kind, "message": message_to_dict(g.message), "generation_info": g.generation_info}
+    if type(g) in (Generation,):
+        return {"kind": kind, "text": g.text, "generation_info": g.generation_info}
+    # anything else (chunks, subclasses): LangChain's own serialisation
+    return {"kind": "lc", "lc": dumps(g)}
+
+
+def _generation_from_dict(d: Any) -> Any:
+    from langchain_core.messages import messages_from_dict
+    from langchain_core.outputs import ChatGeneration, Generation
+
+    if d.get("kind") == "ChatGeneration":
+        return ChatGeneration(message=messages_from_dict([d["message"]])[0], generation_info=d.get("generation_info"))
+    if d.get("kind") == "Generation":
+        return Generation(text=d["text"], generation_info=d.get("generation_info"))
+    return loads(d["lc"], allowed_objects="core")
 
 
 def _usage(generations: Sequence[Any]) -> dict[str, int] | None:
@@ -117,14 +157,14 @@ class SemcacheLangChainCache(BaseCache):
     def _decode(value: Any) -> list[Any] | None:
         if not isinstance(value, dict) or not isinstance(value.get("generations"), list):
             return None
-        return [loads(g, allowed_objects="core") for g in value["generations"]]
+        return [_generation_from_dict(g) for g in value["generations"]]
 
     def _encode(self, return_val: RETURN_VAL_TYPE) -> tuple[dict[str, Any], dict[str, Any]]:
         meta: dict[str, Any] = {"format": FORMAT}
         usage = _usage(return_val)
         if usage:
             meta["usage"] = usage
-        return {"generations": [dumps(g) for g in return_val]}, meta
+        return {"generations": [_generation_to_dict(g) for g in return_val]}, meta
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Look up generations for ``prompt`` under ``llm_string`` (exact, then semantic)."""

@@ -191,3 +191,13 @@ def _serialised(msgs: list) -> str:
 
 def _llm_string(model: FakeListChatModel) -> str:
     return model._get_llm_string()
+
+
+def test_other_generation_types_round_trip(make_cache) -> None:
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk
+
+    lc = SemcacheLangChainCache(make_cache())
+    gens = [ChatGenerationChunk(message=AIMessageChunk("partial")), ChatGeneration(message=AIMessage("whole"))]
+    lc.update("p", "llm", gens)
+    assert lc.lookup("p", "llm") == gens
