@@ -1,0 +1,165 @@
+"""Prometheus metrics for a cache and the sidecar, each set in its own registry.
+
+A registry per :class:`CacheMetrics` (never the process-wide default) lets several apps
+live in one process, as tests do, without "Duplicated timeseries" errors.
+
+Counters kept by the cache itself (hits by tier and kind, misses, tier errors, tokens
+and money saved) are read from ``cache.stats()`` at scrape time by a collector, so
+they cover every way into the cache, not only HTTP. Latencies and batch sizes are
+observed by the sidecar as they happen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import MissingDependencyError
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise MissingDependencyError("prometheus-client", "server") from exc
+
+__all__ = ["CONTENT_TYPE_LATEST", "CacheMetrics", "CacheStatsCollector", "PrometheusMiddleware"]
+
+#: Lookup latencies span 20 µs (an L1 exact hit) to seconds (a cold model, a slow tier).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
+
+
+class CacheStatsCollector(Collector):
+    """Exposes a cache's own counters (``stats()``) as Prometheus metrics at scrape time."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the metric families (called by the registry on every scrape)."""
+        try:
+            s = self.cache.stats()
+        except Exception:  # a scrape must not fail because a tier's stats did
+            return
+        hits = CounterMetricFamily("semcache_hits", "Cache hits by tier and kind.", labels=["tier", "kind"])
+        for name, n in sorted(s.get("hits_by", {}).items()):
+            tier, _, kind = name.partition("_")
+            hits.add_metric([tier, kind], n)
+        yield hits
+        yield CounterMetricFamily("semcache_misses", "Lookups that found nothing.", value=s.get("misses", 0))
+        yield CounterMetricFamily("semcache_sets", "Entries stored.", value=s.get("sets", 0))
+        yield CounterMetricFamily("semcache_invalidated", "Entries removed by invalidation.", value=s.get("invalidated", 0))
+        yield CounterMetricFamily(
+            "semcache_semantic_lookups", "Lookups that searched the index.", value=s.get("semantic_lookups", 0)
+        )
+        errors = CounterMetricFamily("semcache_tier_errors", "Tier failures (counted, served as misses).", labels=["tier"])
+        for tier, n in sorted(s.get("tier_errors", {}).items()):
+            errors.add_metric([tier], n)
+        yield errors
+        guards = CounterMetricFamily(
+            "semcache_guard_rejections", "Semantic candidates rejected by a guard.", labels=["guard"]
+        )
+        for guard, n in sorted(s.get("guard_rejections", {}).items()):
+            guards.add_metric([guard], n)
+        yield guards
+        yield CounterMetricFamily(
+            "semcache_saved_tokens", "LLM tokens not spent thanks to hits.", value=s.get("saved_tokens", 0)
+        )
+        yield CounterMetricFamily(
+            "semcache_saved_cost_dollars", "Money not spent thanks to hits (USD).", value=s.get("saved_cost_usd", 0.0)
+        )
+        index = s.get("index")
+        if isinstance(index, dict) and "entries" in index:
+            yield GaugeMetricFamily("semcache_index_vectors", "Vectors in the in-process index.", value=index["entries"])
+        yield GaugeMetricFamily("semcache_l1_bytes", "Bytes held by L1.", value=s.get("l1_bytes", 0))
+
+
+class CacheMetrics:
+    """The sidecar's metrics, in a private registry.
+
+    Args:
+        cache: a :class:`~semcache.cache.SemanticCache` or its async facade whose
+            ``stats()`` feed the hit, miss, error and savings counters (optional).
+        registry: where to register (default: a new :class:`CollectorRegistry`).
+    """
+
+    def __init__(self, cache: Any = None, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.lookup_seconds = Histogram(
+            "semcache_lookup_seconds",
+            "Lookup latency inside the sidecar, by route and result.",
+            ["route", "result"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.embedding_batch_size = Histogram(
+            "semcache_embedding_batch_size",
+            "Texts embedded per micro-batch.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "semcache_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "semcache_http_request_seconds",
+            "HTTP request latency by route template.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "semcache_upstream_requests",
+            "Calls forwarded to the upstream LLM API, by status (0: unreachable).",
+            ["status"],
+            registry=self.registry,
+        )
+        if cache is not None:
+            self.registry.register(CacheStatsCollector(getattr(cache, "sync", cache)))
+
+    def observe_lookup(self, route: str, result: str, seconds: float) -> None:
+        """Record one lookup's latency (``result``: ``exact``, ``semantic`` or ``miss``)."""
+        self.lookup_seconds.labels(route, result).observe(seconds)
+
+    def observe_batch(self, size: int) -> None:
+        """Record the size of one embedding micro-batch."""
+        self.embedding_batch_size.observe(size)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return bytes(generate_latest(self.registry))
+
+
+class PrometheusMiddleware:
+    """ASGI middleware counting requests by route template (not raw path: ids would explode labels)."""
+
+    def __init__(self, app: Any, metrics: CacheMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Handle one ASGI call."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(template, scope.get("method", ""), str(status[0])).inc()
+            self.metrics.http_seconds.labels(template).observe(time.perf_counter() - t0)

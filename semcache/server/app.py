@@ -1,0 +1,465 @@
+"""The sidecar: an ASGI app built by :func:`create_app` from a :class:`ServerConfig`.
+
+No module-level state: every app owns its cache, batcher, metrics registry, token
+table and upstream client, opened in the app's lifespan and closed with it. Blocking
+work (SQL, Redis, embedding, FAISS) runs in worker threads; only an exact L1 hit is
+answered on the event loop.
+
+Routes (the OpenAPI document at ``/openapi.json`` has the details)::
+
+    GET  /healthz  /readyz  /metrics
+    POST /v1/lookup    POST /v1/explain    POST /v1/entries    GET /v1/entries
+    GET  /v1/entries/{id}    DELETE /v1/entries/{id}
+    POST /v1/invalidate    POST /v1/flush    GET /v1/stats
+    POST /v1/index/rebuild    GET /v1/index/check
+    POST /v1/chat/completions          (OpenAI-compatible proxy)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from ..cache import AsyncSemanticCache
+from ..config import UNSET
+from ..errors import (
+    BackendError,
+    ConfigurationError,
+    InvalidInputError,
+    MissingDependencyError,
+    SchemaVersionError,
+    SemcacheError,
+)
+from ..keys import build_request
+from ..types import Selector
+from .auth import AuthError, Principal
+from .config import ServerConfig
+from .models import (
+    EntryList,
+    EntryView,
+    ErrorBody,
+    ExplainRequest,
+    FlushResponse,
+    HealthResponse,
+    InvalidateRequest,
+    InvalidateResponse,
+    LookupRequest,
+    LookupResponse,
+    ReadyResponse,
+    StoreRequest,
+    StoreResponse,
+)
+
+try:
+    import httpx
+    from fastapi import APIRouter, FastAPI, Path, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise MissingDependencyError(getattr(exc, "name", None) or "fastapi", "server") from exc
+
+from .sidecar import PrincipalDep, Sidecar, SidecarDep, error_response
+
+__all__ = ["Sidecar", "create_app"]
+
+log = logging.getLogger("semcache.server")
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or invalid token."},
+    403: {"model": ErrorBody, "description": "The token may not do this."},
+    413: {"model": ErrorBody, "description": "The request body is too large."},
+    422: {"model": ErrorBody, "description": "Malformed JSON or invalid fields."},
+}
+
+
+class BodyLimitMiddleware:
+    """Answer 413 for request bodies over ``max_bytes`` (declared or streamed), before any handler runs.
+
+    Starlette's own ``max_body_size`` answers in ``text/plain``; this one answers in the
+    same JSON error shape as every other error, which the ``openai`` client parses.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Handle one ASGI call."""
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+        # buffer the body (every route reads it whole anyway) so that a chunked body
+        # growing past the limit is refused too
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls wait for the disconnect, as Starlette expects
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
+        resp = error_response(413, f"the request body is larger than {self.max_bytes} bytes", "request_too_large")
+        await resp(scope, receive, send)
+
+
+def _hit_fields(hit: Any, include_value: bool) -> dict[str, Any]:
+    from ..admin import value_fields
+
+    out = {"hit": True, **hit.as_dict()}
+    if include_value:
+        out.update(value_fields(hit.value))
+    return out
+
+
+def _selector(sc: Sidecar, principal: Principal, body: InvalidateRequest) -> Selector:
+    ns = principal.namespace(body.namespace)
+    keys = list(body.keys)
+    if body.entry_id is not None:
+        keys.append(body.entry_id)
+    if body.prompt is not None or body.messages is not None:
+        req = build_request(body.prompt, messages=body.messages, model=body.model, params=body.params, namespace=ns)
+        keys.append(req.key)
+    return Selector(
+        keys=tuple(dict.fromkeys(keys)),
+        scope=body.scope,
+        namespace=ns,
+        model=body.model,
+        tag=body.tag,
+        older_than_seconds=body.older_than_seconds,
+        prompt_pattern=body.prompt_pattern,
+    )
+
+
+def _named_something(body: InvalidateRequest) -> bool:
+    return bool(
+        body.keys
+        or body.entry_id
+        or body.prompt is not None
+        or body.messages is not None
+        or body.scope is not None
+        or body.namespace is not None
+        or body.model is not None
+        or body.tag is not None
+        or body.older_than_seconds is not None
+        or body.prompt_pattern is not None
+    )
+
+
+def _api_router() -> APIRouter:
+    router = APIRouter(responses=_ERROR_RESPONSES)
+
+    @router.get("/healthz", response_model=HealthResponse, tags=["health"], responses={})
+    async def healthz() -> Any:
+        """Liveness: the process answers."""
+        return JSONResponse({"status": "ok"})
+
+    @router.get(
+        "/readyz",
+        response_model=ReadyResponse,
+        tags=["health"],
+        responses={503: {"model": ReadyResponse, "description": "Not ready: starting, or every tier is down."}},
+    )
+    async def readyz(sc: SidecarDep) -> Any:
+        """Readiness: each tier's state; 503 while starting or when every tier is down."""
+        if not sc.ready:
+            return JSONResponse({"status": "starting", "tiers": {}}, status_code=503)
+        health = await sc.run(sc.cache.sync.health)
+        # only "ok"/"down": error texts can name hosts, and this route needs no token
+        tiers = {name: "ok" if state == "ok" else "down" for name, state in health.items()}
+        up = [s for s in tiers.values() if s == "ok"]
+        status = "ready" if len(up) == len(tiers) else ("degraded" if up else "down")
+        sync = sc.cache.sync
+        body = {
+            "status": status,
+            "tiers": tiers,
+            "index": None if sync.index is None else {"vectors": len(sync.index)},
+            "embedder": None if sync.embedder is None else sync.embedder.model_id,
+        }
+        return JSONResponse(body, status_code=503 if status == "down" else 200)
+
+    @router.get("/metrics", tags=["health"], response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics(sc: SidecarDep) -> Response:
+        """Prometheus metrics (no token needed, like most scrape targets)."""
+        from ..contrib.prometheus import CONTENT_TYPE_LATEST
+
+        body = await sc.run(sc.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @router.post("/v1/lookup", response_model=LookupResponse, tags=["cache"])
+    async def lookup(body: LookupRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Look a prompt up: exact first, then semantic within its scope (tenant included)."""
+        ns = principal.namespace(body.namespace)
+        req = build_request(body.prompt, messages=body.messages, model=body.model, params=body.params, namespace=ns)
+        thr = UNSET if body.threshold is None else body.threshold
+        t0 = time.perf_counter()
+        result = await sc.batcher.lookup(req, threshold=thr, semantic=body.semantic)
+        hit = result.hit
+        sc.metrics.observe_lookup("/v1/lookup", hit.kind if hit else "miss", time.perf_counter() - t0)
+        if hit is None:
+            return JSONResponse({"hit": False, "key": req.key})
+        return JSONResponse({"key": req.key, **_hit_fields(hit, body.include_value)})
+
+    @router.post("/v1/explain", tags=["cache"])
+    async def explain(body: ExplainRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Explain a lookup: the exact key, the nearest candidates with similarity and checks, the decision."""
+        ns = principal.namespace(body.namespace)
+        thr = UNSET if body.threshold is None else body.threshold
+        out = await sc.run(
+            sc.cache.sync.explain,
+            body.prompt,
+            messages=body.messages,
+            model=body.model,
+            params=body.params,
+            namespace=ns,
+            threshold=thr,
+            k=body.k,
+        )
+        return JSONResponse(out)
+
+    @router.post("/v1/entries", response_model=StoreResponse, status_code=201, tags=["cache"])
+    async def store(body: StoreRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Store a response for a prompt in every tier and the index."""
+        ns = principal.namespace(body.namespace)
+        req = build_request(body.prompt, messages=body.messages, model=body.model, params=body.params, namespace=ns)
+        # omitted: the policy's default TTL; an explicit null: never expire
+        ttl = body.ttl_seconds if "ttl_seconds" in body.model_fields_set else UNSET
+        entry = await sc.run(
+            sc.cache.sync.store, req, body.value, ttl_seconds=ttl, tags=body.tags, metadata=body.metadata
+        )
+        return JSONResponse(
+            {
+                "entry_id": entry.key,
+                "scope": entry.scope,
+                "namespace": entry.namespace,
+                "created_at": entry.created_at,
+                "expires_at": entry.expires_at,
+            },
+            status_code=201,
+        )
+
+    @router.get("/v1/entries", response_model=EntryList, tags=["entries"])
+    async def list_entries(
+        sc: SidecarDep,
+        principal: PrincipalDep,
+        namespace: Annotated[str | None, Query(description="Filter: namespace (tenants: their own).")] = None,
+        model: str | None = None,
+        tag: str | None = None,
+        scope: str | None = None,
+        older_than_seconds: Annotated[float | None, Query(ge=0, le=1e12)] = None,
+        prompt_pattern: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+        include_values: bool = False,
+    ) -> Any:
+        """List live entries, newest first, filtered and paginated."""
+        from ..admin import entry_view
+        from ..admin import list_entries as _list
+
+        ns = principal.namespace(namespace)
+        sel = Selector(
+            scope=scope,
+            namespace=ns,
+            model=model,
+            tag=tag,
+            older_than_seconds=older_than_seconds,
+            prompt_pattern=prompt_pattern,
+        )
+        now = sc.cache.sync.timer()
+        entries = await sc.run(_list, sc.cache, None if sel.is_empty() else sel, now, limit=limit, offset=offset)
+        views = [entry_view(e, now, include_value=include_values) for e in entries]
+        return JSONResponse({"entries": views, "limit": limit, "offset": offset})
+
+    @router.get(
+        "/v1/entries/{entry_id}",
+        response_model=EntryView,
+        tags=["entries"],
+        responses={404: {"model": ErrorBody, "description": "No such entry (for this token)."}},
+    )
+    async def get_entry(
+        entry_id: Annotated[str, Path(min_length=1, max_length=256)], sc: SidecarDep, principal: PrincipalDep
+    ) -> Any:
+        """One entry, with its value."""
+        from ..admin import entry_view
+
+        entry = await sc.run(sc.cache.sync.get_entry, entry_id)
+        if entry is None or (principal.tenant is not None and entry.namespace != principal.tenant):
+            # another tenant's entry is indistinguishable from a missing one
+            return error_response(404, "no such entry", "not_found")
+        return JSONResponse(entry_view(entry, sc.cache.sync.timer(), include_value=True))
+
+    @router.delete(
+        "/v1/entries/{entry_id}",
+        response_model=InvalidateResponse,
+        tags=["entries"],
+        responses={404: {"model": ErrorBody, "description": "No such entry (for this token)."}},
+    )
+    async def delete_entry(
+        entry_id: Annotated[str, Path(min_length=1, max_length=256)], sc: SidecarDep, principal: PrincipalDep
+    ) -> Any:
+        """Delete one entry from every tier and the index."""
+        # the tenant is an AND term of the selector: another tenant's entry is never touched
+        sel = Selector(keys=(entry_id,), namespace=principal.tenant)
+        removed = await sc.run(sc.cache.sync.invalidate_selector, sel)
+        if not removed:
+            return error_response(404, "no such entry", "not_found")
+        return JSONResponse({"removed": removed, "matched": None, "dry_run": False})
+
+    @router.post("/v1/invalidate", response_model=InvalidateResponse, tags=["entries"])
+    async def invalidate(body: InvalidateRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Remove entries by id, exact prompt, scope, tag, model, pattern or age (criteria AND); or count them."""
+        if not _named_something(body):
+            raise InvalidInputError("name at least one criterion (or use /v1/flush)")
+        sel = _selector(sc, principal, body)
+        if body.dry_run:
+            from ..admin import count_matching
+
+            n = await sc.run(count_matching, sc.cache, sel, sc.cache.sync.timer())
+            return JSONResponse({"removed": 0, "matched": n, "dry_run": True})
+        removed = await sc.run(sc.cache.sync.invalidate_selector, sel)
+        return JSONResponse({"removed": removed, "matched": None, "dry_run": False})
+
+    @router.post("/v1/flush", response_model=FlushResponse, tags=["entries"])
+    async def flush(sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Remove every entry: all of them for the admin, the tenant's own for a tenant token."""
+        if principal.tenant is None:
+            removed = await sc.run(sc.cache.sync.flush)
+        else:
+            removed = await sc.run(sc.cache.sync.invalidate_selector, Selector(namespace=principal.tenant))
+        return JSONResponse({"removed": removed})
+
+    @router.get("/v1/stats", tags=["admin"])
+    async def stats(sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Cache counters: hits by tier and kind, misses, sets, errors, savings, index (admin)."""
+        principal.require_admin()
+        return JSONResponse(sc.cache.stats())
+
+    @router.post("/v1/index/rebuild", tags=["admin"])
+    async def index_rebuild(sc: SidecarDep, principal: PrincipalDep, reembed: bool = False) -> Any:
+        """Rebuild the in-process index from L3, optionally re-embedding entries without vectors (admin)."""
+        principal.require_admin()
+        n = await sc.run(sc.cache.sync.rebuild_index, reembed=reembed, progress=False)
+        return JSONResponse({"vectors": n})
+
+    @router.get("/v1/index/check", tags=["admin"])
+    async def index_check(sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Compare the index with L3 (admin)."""
+        principal.require_admin()
+        return JSONResponse(await sc.run(sc.cache.sync.check_index))
+
+    return router
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.message, "authentication_error" if exc.status == 401 else "permission_error", headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"][1:] if first["loc"][:1] == ["body"] else first["loc"])
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+        return error_response(422, message, "invalid_request_error", details=details)
+
+    @app.exception_handler(InvalidInputError)
+    async def _invalid(request: Request, exc: InvalidInputError) -> JSONResponse:
+        return error_response(422, str(exc), "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SemcacheError)
+    async def _semcache(request: Request, exc: SemcacheError) -> JSONResponse:
+        if isinstance(exc, (BackendError, SchemaVersionError)):
+            log.warning("%s: %s", type(exc).__name__, exc)
+            return error_response(503, str(exc), "backend_unavailable")
+        if isinstance(exc, ConfigurationError):
+            return error_response(409, str(exc), "configuration_error")
+        return error_response(400, str(exc), "semcache_error")
+
+
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    cache: AsyncSemanticCache | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the sidecar app. Nothing is opened until the app's lifespan starts.
+
+    Args:
+        config: the sidecar's configuration (default: ``ServerConfig()``).
+        cache: an unopened cache to use instead of building one from ``config.cache``.
+        upstream_transport: an ``httpx`` transport for the upstream (tests).
+
+    Returns:
+        A FastAPI (ASGI) application; ``app.state.sidecar`` holds its :class:`Sidecar`.
+    """
+    from ..contrib.prometheus import PrometheusMiddleware
+    from .proxy import proxy_router
+
+    cfg = config if config is not None else ServerConfig()
+    sidecar = Sidecar(cfg, cache=cache, upstream_transport=upstream_transport)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await sidecar.open()
+        try:
+            yield
+        finally:
+            await sidecar.aclose()
+
+    from .._version import __version__
+
+    app = FastAPI(
+        title="semcache sidecar",
+        version=__version__,
+        summary="A multi-level semantic cache for LLM calls: JSON API and OpenAI-compatible proxy.",
+        lifespan=lifespan,
+    )
+    app.state.sidecar = sidecar
+    app.include_router(_api_router())
+    app.include_router(proxy_router())
+    _install_error_handlers(app)
+    # added last = outermost: metrics see every response, 413s included
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(PrometheusMiddleware, metrics=sidecar.metrics)
+    return app
+

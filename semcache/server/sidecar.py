@@ -1,0 +1,113 @@
+"""What one sidecar app owns (:class:`Sidecar`), and the FastAPI dependencies that reach it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import httpx
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+
+from ..cache import AsyncSemanticCache
+from .auth import Principal, TokenAuth
+from .batching import MicroBatcher
+from .config import ServerConfig
+
+__all__ = ["PrincipalDep", "Sidecar", "SidecarDep", "error_response"]
+
+log = logging.getLogger("semcache.server")
+T = TypeVar("T")
+
+
+def error_response(status: int, message: str, type_: str, *, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error in the OpenAI shape, which the ``openai`` client understands."""
+    err: dict[str, Any] = {"message": message, "type": type_, "code": status}
+    if details is not None:
+        err["details"] = details
+    return JSONResponse({"error": err}, status_code=status, headers=headers)
+
+
+class Sidecar:
+    """Everything one app owns; created by :func:`create_app`, opened by its lifespan."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        cache: AsyncSemanticCache | None = None,
+        upstream_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        from ..contrib.prometheus import CacheMetrics
+
+        self.config = config
+        self.cache = cache if cache is not None else AsyncSemanticCache(config.cache)
+        self.auth = TokenAuth(config.tokens, config.admin_token, enabled=config.auth)
+        self.metrics = CacheMetrics(self.cache)
+        self.batcher = MicroBatcher(
+            self.cache,
+            window_seconds=config.batch_window_ms / 1000.0,
+            max_batch=config.batch_max,
+            concurrency=config.batch_concurrency,
+            enabled=config.batching,
+            on_batch=self.metrics.observe_batch,
+        )
+        self._upstream_transport = upstream_transport
+        self.upstream: httpx.AsyncClient | None = None
+        self.ready = False
+        self.proxy: Any = None
+
+    async def open(self) -> None:
+        """Open the cache (tiers, schema, index) and warm the embedder, off the event loop."""
+        await self.cache.open()
+        if self.cache.sync.embedder is not None:
+            # load the model now, not inside the first caller's request
+            await anyio.to_thread.run_sync(self.cache.sync.embed_many, ["semcache warm-up"])
+        if self.config.upstream_url is not None:
+            self.upstream = httpx.AsyncClient(
+                base_url=self.config.upstream_url.rstrip("/") + "/",
+                timeout=httpx.Timeout(self.config.upstream_timeout_seconds, connect=10.0),
+                transport=self._upstream_transport,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            )
+        from .proxy import Proxy
+
+        self.proxy = Proxy(self)
+        self.ready = True
+
+    async def aclose(self) -> None:
+        """Finish batches in flight, close the upstream client and the cache."""
+        self.ready = False
+        await self.batcher.aclose()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        await self.cache.aclose()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking cache work in a worker thread."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def _sidecar(request: Request) -> Sidecar:
+    return request.app.state.sidecar  # type: ignore[no-any-return]
+
+
+_bearer = HTTPBearer(auto_error=False, description="A tenant token, or the admin token.")
+
+
+def _principal(
+    request: Request,
+    _doc: Annotated[Any, Depends(_bearer)] = None,
+    x_semcache_token: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """Resolve the caller (a FastAPI dependency)."""
+    sc = _sidecar(request)
+    return sc.auth.resolve(request.headers.get("authorization"), x_semcache_token)
+
+
+SidecarDep = Annotated[Sidecar, Depends(_sidecar)]
+PrincipalDep = Annotated[Principal, Depends(_principal)]
