@@ -14,8 +14,8 @@ import threading
 import time
 
 import openai
-
 from _standin import StandIn
+
 from semcache import CacheConfig, SemanticCache, SQLConfig
 
 

@@ -57,6 +57,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 from . import openai_compat as oc
@@ -65,9 +66,15 @@ from .errors import ConfigurationError, InvalidInputError, SemcacheError, Serial
 from .keys import Request, build_request, canonical_json
 from .serde import dumps, loads
 from .singleflight import AsyncRedisLock, FlightAbandoned, RedisLock, SingleFlight
-from .streaming import AsyncRecordingStream, AsyncReplayStream, RecordingStream, ReplayStream, is_stream
+from .streaming import (
+    AsyncRecordingStream,
+    AsyncReplayStream,
+    RecordingStream,
+    ReplayStream,
+    is_stream,
+)
 
-__all__ = ["CallOptions", "CachedFunction", "current_options", "make_cached", "options"]
+__all__ = ["CachedFunction", "CallOptions", "current_options", "make_cached", "options"]
 
 log = logging.getLogger("semcache")
 
@@ -89,7 +96,7 @@ class CallOptions:
 _OPTION_NAMES = frozenset(f.name for f in fields(CallOptions))
 # {id(cache) or None (every cache): CallOptions}; replaced, never mutated
 _OPTIONS: contextvars.ContextVar[Mapping[int | None, CallOptions]] = contextvars.ContextVar(
-    "semcache_options", default={}
+    "semcache_options", default=MappingProxyType({})
 )
 
 
@@ -142,7 +149,8 @@ def current_options(owner: Any = None) -> CallOptions:
 
 def _fn_kind(fn: Callable[..., Any]) -> str:
     """``"async"`` for coroutine and async-generator functions (seen through wrappers), else ``"sync"``."""
-    for candidate in (fn, inspect.unwrap(fn), getattr(type(fn), "__call__", None)):
+    call_method = type(fn).__dict__.get("__call__") if not inspect.isroutine(fn) else None
+    for candidate in (fn, inspect.unwrap(fn), call_method):
         if candidate is None:
             continue
         target = inspect.unwrap(candidate)
@@ -218,7 +226,7 @@ class CachedFunction:
         if not callable(fn):
             raise ConfigurationError(f"cached() needs a function, got {type(fn).__name__}")
         self.is_async = isinstance(cache, AsyncSemanticCache)
-        self.acache = cache if self.is_async else None
+        self.acache: Any = cache if self.is_async else None
         self.cache = cache.sync if self.is_async else cache
         self.fn = fn
         kind = _fn_kind(fn)
@@ -524,7 +532,7 @@ class CachedFunction:
         if opts.store and meta is not None and self._cacheable(value, stream=stream):
             try:
                 self.cache.store(req, stored, **self._store_kwargs(opts, meta))
-            except Exception as exc:  # a tier outage must never fail a working call
+            except Exception as exc:  # noqa: BLE001 - a tier outage must never fail a working call
                 log.warning("%s: could not store the response (%s)", self.name, exc)
         return shared
 
@@ -631,7 +639,7 @@ class CachedFunction:
         if opts.store and meta is not None and self._cacheable(value, stream=stream):
             try:
                 await self.acache.store(req, stored, **self._store_kwargs(opts, meta))
-            except Exception as exc:  # a tier outage must never fail a working call
+            except Exception as exc:  # noqa: BLE001 - a tier outage must never fail a working call
                 log.warning("%s: could not store the response (%s)", self.name, exc)
         return shared
 

@@ -34,8 +34,8 @@ from .errors import MissingDependencyError, SerializationError
 
 __all__ = [
     "FORMATS",
-    "FORMAT_CHAT_COMPLETION",
     "FORMAT_CHAT_CHUNK",
+    "FORMAT_CHAT_COMPLETION",
     "FORMAT_COMPLETION",
     "FORMAT_JSON",
     "FORMAT_KEY",

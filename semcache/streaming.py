@@ -109,7 +109,7 @@ class _Recorder:
         try:
             if getattr(self, "_state", None) == "open":
                 self._abandon(None)
-        except Exception:  # pragma: no cover - interpreter shutdown
+        except Exception:  # noqa: BLE001,S110 # pragma: no cover - interpreter shutdown
             pass
 
 

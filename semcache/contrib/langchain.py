@@ -60,7 +60,7 @@ def _messages(prompt: str) -> list[dict[str, Any]] | None:
             return None
         try:
             msgs.append(getattr(lc_messages, name)(**item["kwargs"]))
-        except Exception:  # not a message list after all: match the text as it is
+        except Exception:  # noqa: BLE001 - not a message list after all: match the text as it is
             return None
     return list(lc_messages.convert_to_openai_messages(msgs))
 

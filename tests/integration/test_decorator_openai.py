@@ -17,9 +17,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
-from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from semcache import (  # noqa: E402
+from semcache import (
     AsyncSemanticCache,
     CacheConfig,
     MemoryConfig,
@@ -28,7 +28,7 @@ from semcache import (  # noqa: E402
     SemanticCache,
     SQLConfig,
 )
-from semcache.streaming import AsyncReplayStream, ReplayStream  # noqa: E402
+from semcache.streaming import AsyncReplayStream, ReplayStream
 
 try:
     from tests._servers import RedisServer, RedisServerUnavailable, free_port
@@ -195,8 +195,8 @@ def test_upstream_error_is_raised_unchanged_and_not_cached(up, client, cache, st
 
 def test_stream_recorded_and_replayed_with_the_same_chunk_type(up, client, cache) -> None:
     create = cache.wrap(client.chat.completions.create)
-    kwargs = dict(model=MODEL, messages=user("Count to five slowly."), stream=True, stream_options={"include_usage": True})
-    live_stream, t_live = timed(create, **kwargs)
+    kwargs = {"model": MODEL, "messages": user("Count to five slowly."), "stream": True, "stream_options": {"include_usage": True}}
+    live_stream = create(**kwargs)
     assert isinstance(live_stream.response.status_code, int)  # the live stream keeps its interface
     live = list(live_stream)
     replay_stream, t_replay = timed(create, **kwargs)
@@ -227,7 +227,7 @@ def test_stored_completion_replayed_as_a_stream(up, client, cache) -> None:
 
 def test_abandoned_stream_stores_nothing(up, client, cache) -> None:
     create = cache.wrap(client.chat.completions.create)
-    kwargs = dict(model=MODEL, messages=user("Tell me a long story about a dragon."), stream=True)
+    kwargs = {"model": MODEL, "messages": user("Tell me a long story about a dragon."), "stream": True}
     stream = create(**kwargs)
     next(stream), next(stream)
     stream.close()  # the consumer walks away halfway
@@ -241,7 +241,7 @@ def test_abandoned_stream_stores_nothing(up, client, cache) -> None:
 
 def test_stream_cut_by_the_upstream_is_raised_and_not_stored(up, client, cache) -> None:
     create = cache.wrap(client.chat.completions.create)
-    kwargs = dict(model=MODEL, messages=user("one two three four [[cut]]"), stream=True)
+    kwargs = {"model": MODEL, "messages": user("one two three four [[cut]]"), "stream": True}
     with pytest.raises(openai.APIConnectionError):
         list(create(**kwargs))
     with pytest.raises(openai.APIConnectionError):
@@ -254,7 +254,7 @@ async def test_async_stream_recorded_and_replayed(up, config) -> None:
         base_url=up.base_url, api_key="test", max_retries=0
     ) as aclient:
         create = cache.wrap(aclient.chat.completions.create)
-        kwargs = dict(model=MODEL, messages=user("Stream me, async."), stream=True)
+        kwargs = {"model": MODEL, "messages": user("Stream me, async."), "stream": True}
         live = [c async for c in await create(**kwargs)]
         replay_stream = await create(**kwargs)
         assert isinstance(replay_stream, AsyncReplayStream)

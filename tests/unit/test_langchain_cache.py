@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_core.caches import BaseCache  # noqa: E402
-from langchain_core.language_models import FakeListLLM  # noqa: E402
-from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
-from langchain_core.outputs import ChatGeneration, Generation  # noqa: E402
+from langchain_core.caches import BaseCache
+from langchain_core.language_models import FakeListLLM
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, Generation
 
-from semcache import AsyncSemanticCache, CacheConfig, Policy, SQLConfig  # noqa: E402
-from semcache.contrib.langchain import SemcacheLangChainCache  # noqa: E402
+from semcache import AsyncSemanticCache, CacheConfig, Policy, SQLConfig
+from semcache.contrib.langchain import SemcacheLangChainCache
 
 try:  # the official suites, when langchain-tests is installed
     from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite

@@ -11,8 +11,8 @@ from semcache import openai_compat as oc
 from semcache.errors import SerializationError
 
 openai = pytest.importorskip("openai")
-from openai.types import Completion  # noqa: E402
-from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 COMPLETION = {
     "id": "chatcmpl-1",
