@@ -14,7 +14,6 @@ caller never sees a tier's failure unless ``on_backend_error="raise"``.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from .errors import (
     InvalidInputError,
     SerializationError,
 )
+from .events import EventListener, add_message, apply_event, invalidate_message
 from .keys import Request, build_request
 from .serde import dumps
 from .tiers.base import Backend
@@ -122,8 +122,7 @@ class SemanticCache:
         self._state = "new"
         self._open_lock = threading.Lock()
         self._id = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._listener: EventListener | None = None
         self._index_built = False
         self._pub: Any = None
 
@@ -165,9 +164,8 @@ class SemanticCache:
         """Stop background work and close every tier."""
         if self._state == "closed":
             return
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=2)
+        if self._listener is not None:
+            self._listener.stop()
         for slot in self._slots:
             try:
                 slot.backend.close()
@@ -796,7 +794,7 @@ class SemanticCache:
             for scope, es in by_scope.items():
                 vecs = np.frombuffer(b"".join(e.embedding for e in es), dtype=np.float32).reshape(len(es), -1)  # type: ignore[misc]
                 self.index.add(scope, [e.key for e in es], vecs)
-        self._publish_adds(entries)
+        self._publish(add_message(entries))
 
     # -- deletes and invalidation --------------------------------------------
     def _delete_everywhere(self, keys: Sequence[str]) -> None:
@@ -807,7 +805,7 @@ class SemanticCache:
                 pass
         if self.index is not None:
             self.index.remove(keys)
-        self._publish({"op": "inv", "keys": list(keys), "sel": None})
+        self._publish(invalidate_message(keys, None))
 
     def delete(self, key: str) -> bool:
         """Delete one entry by id from every tier and the index; return whether it existed."""
@@ -872,7 +870,7 @@ class SemanticCache:
         if self.index is not None and selector.all:
             self.index.clear()
         self._stats.inc("invalidated", len(gone))
-        self._publish({"op": "inv", "keys": sorted(gone), "sel": selector.as_dict()})
+        self._publish(invalidate_message(gone, selector))
         return len(gone)
 
     def sweep(self) -> int:
@@ -980,112 +978,34 @@ class SemanticCache:
             "consistent": l3_keys == idx,
         }
 
-    # -- replicas ----------------------------------------------------------------
-    def _channel(self) -> str:
-        assert self.config.redis is not None
-        return f"{self.config.redis.prefix}events"
-
+    # -- replicas (see semcache.events) -------------------------------------------
     def _publish(self, message: dict[str, Any]) -> None:
         slot = self._redis_slot()
         if slot is None or self.config.redis is None or not self.config.redis.pubsub:
             return
         message["origin"] = self._id
         try:
-            self._call(slot, "publish", self._channel(), json.dumps(message))
-        except (_Skip, AttributeError):
+            self._call(slot, "publish", f"{self.config.redis.prefix}events", json.dumps(message))
+        except _Skip:
             pass
 
-    def _publish_adds(self, entries: Sequence[Entry]) -> None:
-        slot = self._redis_slot()
-        if slot is None or self.config.redis is None or not self.config.redis.pubsub:
-            return
-        # one message per write (a set_many batch is one message, not one per entry)
-        self._publish(
-            {
-                "op": "add",
-                "items": [
-                    {
-                        "key": e.key,
-                        "scope": e.scope,
-                        "ei": e.embedder_id,
-                        "v": base64.b64encode(e.embedding).decode("ascii") if e.embedding else None,
-                    }
-                    for e in entries
-                ],
-            }
-        )
-
     def _start_listener(self) -> None:
-        t = threading.Thread(target=self._listen, name="semcache-events", daemon=True)
-        self._threads.append(t)
-        t.start()
-
-    def _listen(self) -> None:
         slot = self._redis_slot()
-        assert slot is not None
-        client = slot.backend.client
-        pubsub = None
-        delay = 0.2
-        while not self._stop.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self._channel())
-                msg = pubsub.get_message(timeout=0.5)
-                delay = 0.2
-                if msg is not None and msg.get("type") == "message":
-                    self.apply_event(json.loads(msg["data"]))
-            except Exception as exc:  # the listener must outlive Redis outages
-                log.debug("event listener: %s", exc)
-                try:
-                    if pubsub is not None:
-                        pubsub.close()
-                except Exception:
-                    pass
-                pubsub = None
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:
-                pass
+        assert slot is not None and self.config.redis is not None
+        self._listener = EventListener(slot.backend.client, f"{self.config.redis.prefix}events", self.apply_event)
+        self._listener.start()
 
     def apply_event(self, msg: Mapping[str, Any]) -> None:
         """Apply an invalidation or index update published by another replica."""
         if msg.get("origin") == self._id:
             return
-        mem = next((s.backend for s in self._slots if s.name == "l1"), None)
-        op = msg.get("op")
-        now = self.timer()
-        if op == "inv":
-            keys = [str(k) for k in msg.get("keys") or ()]
-            if mem is not None:
-                mem.delete(keys)
-                if msg.get("sel"):
-                    sel = Selector.from_dict(dict(msg["sel"]))
-                    if sel.all:
-                        mem.clear()
-                    else:
-                        mem.invalidate(sel, now)
-            if self.index is not None:
-                if msg.get("sel") and msg["sel"].get("all"):
-                    self.index.clear()
-                else:
-                    self.index.remove(keys)
-        elif op == "add":
-            for item in msg.get("items") or ():
-                key = str(item.get("key"))
-                if mem is not None:
-                    mem.delete([key])  # another replica replaced it: our copy is stale
-                if self.index is None:
-                    continue
-                if item.get("v") and item.get("ei") == self.embedder.model_id:
-                    v = np.frombuffer(base64.b64decode(item["v"]), dtype=np.float32)
-                    if v.shape == (self.index.dim,) and np.isfinite(v).all():
-                        self.index.add(str(item["scope"]), [key], v.reshape(1, -1))
-                elif key in self.index:
-                    self.index.remove([key])  # replaced by an entry this index cannot use
+        apply_event(
+            msg,
+            memory=next((s.backend for s in self._slots if s.name == "l1"), None),
+            index=self.index,
+            embedder_id=None if self.embedder is None else self.embedder.model_id,
+            now=self.timer(),
+        )
 
     # -- stats -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

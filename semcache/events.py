@@ -1,0 +1,133 @@
+"""Events between replicas: writes and invalidations carried over Redis pub/sub.
+
+Every replica keeps its own L1 and its own index; when one of them writes or
+invalidates, it publishes a JSON message on ``{prefix}events`` and the others
+apply it, so no replica serves an entry that was invalidated or replaced
+elsewhere, and a vector stored by one is searchable by all without a rebuild.
+
+Messages (``origin`` is the publishing cache's id, ignored by itself)::
+
+    {"origin": ..., "op": "add", "items": [{"key", "scope", "ei": embedder id, "v": base64 float32}]}
+    {"origin": ..., "op": "inv", "keys": [...], "sel": Selector.as_dict() | None}
+
+Pub/sub is fire-and-forget: a replica disconnected while a message was sent
+misses it, and its L1 copy lives until its TTL (bound it with
+``MemoryConfig.max_ttl_seconds``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .types import Entry, Selector
+
+__all__ = ["EventListener", "add_message", "apply_event", "invalidate_message"]
+
+log = logging.getLogger("semcache")
+
+
+def add_message(entries: Iterable[Entry]) -> dict[str, Any]:
+    """The message for one write (a whole ``set_many`` batch is one message)."""
+    return {
+        "op": "add",
+        "items": [
+            {
+                "key": e.key,
+                "scope": e.scope,
+                "ei": e.embedder_id,
+                "v": base64.b64encode(e.embedding).decode("ascii") if e.embedding else None,
+            }
+            for e in entries
+        ],
+    }
+
+
+def invalidate_message(keys: Iterable[str], selector: Selector | None) -> dict[str, Any]:
+    """The message for an invalidation: the keys removed here, and the selector used."""
+    return {"op": "inv", "keys": sorted(keys), "sel": None if selector is None else selector.as_dict()}
+
+
+def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id: str | None, now: float) -> None:
+    """Apply another replica's message to this replica's L1 (``memory``) and ``index``."""
+    op = msg.get("op")
+    if op == "inv":
+        keys = [str(k) for k in msg.get("keys") or ()]
+        sel = Selector.from_dict(dict(msg["sel"])) if msg.get("sel") else None
+        if memory is not None:
+            memory.delete(keys)
+            if sel is not None and sel.all:
+                memory.clear()
+            elif sel is not None:
+                memory.invalidate(sel, now)
+        if index is not None:
+            if sel is not None and sel.all:
+                index.clear()
+            else:
+                index.remove(keys)
+    elif op == "add":
+        for item in msg.get("items") or ():
+            key = str(item.get("key"))
+            if memory is not None:
+                memory.delete([key])  # replaced elsewhere: our copy is stale
+            if index is None:
+                continue
+            if item.get("v") and item.get("ei") == embedder_id:
+                v = np.frombuffer(base64.b64decode(item["v"]), dtype=np.float32)
+                if v.shape == (index.dim,) and np.isfinite(v).all():
+                    index.add(str(item["scope"]), [key], v.reshape(1, -1))
+            elif key in index:
+                index.remove([key])  # replaced by an entry this index cannot use
+
+
+class EventListener(threading.Thread):
+    """A daemon thread subscribed to the events channel; it outlives Redis outages."""
+
+    def __init__(self, client: Any, channel: str, on_message: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(name="semcache-events", daemon=True)
+        self.client = client
+        self.channel = channel
+        self.on_message = on_message
+        self.stopping = threading.Event()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the thread to stop and wait for it."""
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def run(self) -> None:
+        """Subscribe, apply messages, and resubscribe with back-off after errors."""
+        pubsub = None
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.channel)
+                msg = pubsub.get_message(timeout=0.5)
+                delay = 0.2
+                if msg is not None and msg.get("type") == "message":
+                    self.on_message(json.loads(msg["data"]))
+            except Exception as exc:  # noqa: BLE001 - Redis down or a bad message: keep listening
+                log.debug("event listener: %s", exc)
+                _close(pubsub)
+                pubsub = None
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+        _close(pubsub)
+
+
+def _close(pubsub: Any) -> None:
+    if pubsub is None:
+        return
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
+        log.debug("closing pubsub failed", exc_info=True)
