@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..types import Entry, Selector
 
-__all__ = ["AsyncBackend", "Backend", "tier_expiry"]
+__all__ = ["AsyncBackend", "Backend", "ThreadedAsyncBackend", "tier_expiry"]
 
 
 @runtime_checkable
@@ -91,3 +91,49 @@ def tier_expiry(entry: Entry, now: float, max_ttl_seconds: float | None) -> floa
         return entry.expires_at
     cap = now + max_ttl_seconds
     return cap if entry.expires_at is None else min(entry.expires_at, cap)
+
+
+class ThreadedAsyncBackend:
+    """Any :class:`Backend` as an :class:`AsyncBackend`.
+
+    Blocking tiers (Redis, SQL) run in a worker thread through ``anyio.to_thread``
+    so the event loop never waits on I/O; a tier that declares ``blocking = False``
+    (L1 memory) is called inline, since a thread hop would cost more than the call.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.max_ttl_seconds = backend.max_ttl_seconds
+        self._inline = getattr(backend, "blocking", True) is False
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._inline:
+            return fn(*args)
+        import anyio
+
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    async def get(self, key: str, now: float) -> Entry | None:
+        """Return the live entry stored under ``key``, or ``None``."""
+        return await self._run(self.backend.get, key, now)  # type: ignore[no-any-return]
+
+    async def set(self, entry: Entry, now: float) -> None:
+        """Store ``entry`` until its (capped) expiry."""
+        await self._run(self.backend.set, entry, now)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        """Delete entries by key; return how many existed."""
+        return await self._run(self.backend.delete, keys)  # type: ignore[no-any-return]
+
+    async def invalidate(self, selector: Selector, now: float) -> list[str]:
+        """Delete every entry ``selector`` matches; return their keys."""
+        return await self._run(self.backend.invalidate, selector, now)  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        """The wrapped tier's stats."""
+        return self.backend.stats()
+
+    async def aclose(self) -> None:
+        """Close the wrapped tier."""
+        await self._run(self.backend.close)

@@ -50,6 +50,8 @@ class MemoryBackend:
     """
 
     name = "l1"
+    #: Never waits on I/O: the async adapter calls it inline, without a thread hop.
+    blocking = False
 
     def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024, max_ttl_seconds: float | None = None) -> None:
         self.max_ttl_seconds = max_ttl_seconds
@@ -123,13 +125,3 @@ class MemoryBackend:
     def close(self) -> None:
         """Drop everything."""
         self.clear()
-
-    # The async protocol, for callers on an event loop: L1 never blocks, so the
-    # coroutines run the same code inline.
-    async def aget(self, key: str, now: float) -> Entry | None:
-        """Async twin of :meth:`get` (never blocks)."""
-        return self.get(key, now)
-
-    async def aclose(self) -> None:
-        """Async twin of :meth:`close`."""
-        self.close()

@@ -149,3 +149,20 @@ def test_invalidate(backend, selector, expected):
 def test_stats_is_a_dict(backend):
     backend.set(make_entry(), NOW)
     assert isinstance(backend.stats(), dict)
+
+
+async def test_async_protocol_through_the_adapter(backend):
+    """Every tier also serves the AsyncBackend protocol through ThreadedAsyncBackend."""
+    from semcache.tiers.base import AsyncBackend, ThreadedAsyncBackend
+
+    ab = ThreadedAsyncBackend(backend)
+    assert isinstance(ab, AsyncBackend)
+    await ab.set(make_entry("a", tags=("t",)), NOW)
+    await ab.set(make_entry("b", expires_at=NOW + 1), NOW)
+    assert (await ab.get("a", NOW)).value == "v"
+    assert await ab.get("b", NOW + 2) is None
+    await ab.set(make_entry("c"), NOW)
+    assert await ab.invalidate(Selector(tag="t"), NOW) == ["a"]
+    assert await ab.delete(["c"]) == 1
+    assert await ab.get("c", NOW) is None
+    assert isinstance(ab.stats(), dict)
