@@ -33,15 +33,22 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
 
 
 class CacheStatsCollector(Collector):
-    """Exposes a cache's own counters (``stats()``) as Prometheus metrics at scrape time."""
+    """Exposes a cache's own counters (``stats()``) as Prometheus metrics at scrape time.
+
+    ``cache`` is a cache, or a function returning the current one.
+    """
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
 
+    def _current(self) -> Any:
+        c = self.cache
+        return c() if callable(c) and not hasattr(c, "stats") else c
+
     def collect(self) -> Iterator[Any]:
         """Yield the metric families (called by the registry on every scrape)."""
         try:
-            s = self.cache.stats()
+            s = self._current().stats()
         except Exception:  # a scrape must not fail because a tier's stats did
             return
         hits = CounterMetricFamily("semcache_hits", "Cache hits by tier and kind.", labels=["tier", "kind"])
@@ -81,8 +88,9 @@ class CacheMetrics:
     """The sidecar's metrics, in a private registry.
 
     Args:
-        cache: a :class:`~semcache.cache.SemanticCache` or its async facade whose
-            ``stats()`` feed the hit, miss, error and savings counters (optional).
+        cache: a :class:`~semcache.cache.SemanticCache` or its async facade (or a
+            function returning the current one) whose ``stats()`` feed the hit, miss,
+            error and savings counters (optional).
         registry: where to register (default: a new :class:`CollectorRegistry`).
     """
 
@@ -121,7 +129,7 @@ class CacheMetrics:
             registry=self.registry,
         )
         if cache is not None:
-            self.registry.register(CacheStatsCollector(getattr(cache, "sync", cache)))
+            self.registry.register(CacheStatsCollector(cache))
 
     def observe_lookup(self, route: str, result: str, seconds: float) -> None:
         """Record one lookup's latency (``result``: ``exact``, ``semantic`` or ``miss``)."""

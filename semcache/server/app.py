@@ -149,7 +149,7 @@ def _selector(sc: Sidecar, principal: Principal, body: InvalidateRequest) -> Sel
     if body.entry_id is not None:
         keys.append(body.entry_id)
     if body.prompt is not None or body.messages is not None:
-        req = build_request(body.prompt, messages=body.messages, model=body.model, params=body.params, namespace=ns)
+        req = build_request(body.prompt, messages=body.message_dicts(), model=body.model, params=body.params, namespace=ns)
         keys.append(req.key)
     return Selector(
         keys=tuple(dict.fromkeys(keys)),
@@ -221,7 +221,7 @@ def _api_router() -> APIRouter:
     async def lookup(body: LookupRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Look a prompt up: exact first, then semantic within its scope (tenant included)."""
         ns = principal.namespace(body.namespace)
-        req = build_request(body.prompt, messages=body.messages, model=body.model, params=body.params, namespace=ns)
+        req = build_request(body.prompt, messages=body.message_dicts(), model=body.model, params=body.params, namespace=ns)
         thr = UNSET if body.threshold is None else body.threshold
         t0 = time.perf_counter()
         result = await sc.batcher.lookup(req, threshold=thr, semantic=body.semantic)
@@ -239,7 +239,7 @@ def _api_router() -> APIRouter:
         out = await sc.run(
             sc.cache.sync.explain,
             body.prompt,
-            messages=body.messages,
+            messages=body.message_dicts(),
             model=body.model,
             params=body.params,
             namespace=ns,
@@ -252,7 +252,7 @@ def _api_router() -> APIRouter:
     async def store(body: StoreRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Store a response for a prompt in every tier and the index."""
         ns = principal.namespace(body.namespace)
-        req = build_request(body.prompt, messages=body.messages, model=body.model, params=body.params, namespace=ns)
+        req = build_request(body.prompt, messages=body.message_dicts(), model=body.model, params=body.params, namespace=ns)
         # omitted: the policy's default TTL; an explicit null: never expire
         ttl = body.ttl_seconds if "ttl_seconds" in body.model_fields_set else UNSET
         entry = await sc.run(
@@ -404,6 +404,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI answers 400 for a JSON body that is not UTF-8; it is malformed JSON like any other
+            return error_response(422, "the request body is not valid JSON (UTF-8)", "invalid_request_error")
         return error_response(exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None))
 
     @app.exception_handler(SemcacheError)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ChatCompletionBody",
+    "Message",
     "EntryList",
     "EntryView",
     "ErrorBody",
@@ -64,11 +65,26 @@ class _Body(BaseModel):
         return data
 
 
+class Message(BaseModel):
+    """One OpenAI-style chat message; fields beyond ``role`` and ``content`` are kept (they are scope)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+#: A body names exactly one of ``prompt`` and ``messages`` (checked by ``_one_of``, documented here).
+_ONE_OF_PROMPT = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+
+
 class _Scoped(_Body):
     """What a lookup, a store and an explain share: the prompt and the scope fields."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF_PROMPT)
+
     prompt: str | None = Field(None, description="The prompt text (or give `messages`).", min_length=1)
-    messages: list[dict[str, Any]] | None = Field(
+    messages: list[Message] | None = Field(
         None, description="OpenAI-style chat messages; the last user turn is matched.", min_length=1
     )
     model: str | None = Field(None, description="Scope: the model name (must match exactly).")
@@ -82,6 +98,10 @@ class _Scoped(_Body):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` or `messages`")
         return self
+
+    def message_dicts(self) -> list[dict[str, Any]] | None:
+        """The messages as plain dicts (what the key rules hash)."""
+        return None if self.messages is None else [m.model_dump(exclude_unset=True) for m in self.messages]
 
 
 class LookupRequest(_Scoped):
@@ -116,7 +136,7 @@ class InvalidateRequest(_Body):
     entry_id: str | None = Field(None, description="One entry id (its exact key).", min_length=1)
     keys: list[str] = Field(default_factory=list, max_length=10_000, description="Entry ids (exact keys).")
     prompt: str | None = Field(None, min_length=1, description="The entry stored for this exact prompt (with the scope fields).")
-    messages: list[dict[str, Any]] | None = Field(None, min_length=1)
+    messages: list[Message] | None = Field(None, min_length=1)
     params: dict[str, Any] | None = None
     scope: str | None = Field(None, description="A scope hash.")
     namespace: str | None = None
@@ -125,6 +145,10 @@ class InvalidateRequest(_Body):
     older_than_seconds: float | None = Field(None, ge=0, le=1e12)
     prompt_pattern: str | None = Field(None, description="A glob (fnmatch) over the stored prompt.", min_length=1)
     dry_run: bool = Field(False, description="Only count what would be removed.")
+
+    def message_dicts(self) -> list[dict[str, Any]] | None:
+        """The messages as plain dicts (what the key rules hash)."""
+        return None if self.messages is None else [m.model_dump(exclude_unset=True) for m in self.messages]
 
 
 class LookupResponse(BaseModel):
@@ -222,8 +246,12 @@ class ChatCompletionBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(..., min_length=1)
-    messages: list[dict[str, Any]] = Field(..., min_length=1)
+    messages: list[Message] = Field(..., min_length=1)
     stream: bool | None = False
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as plain dicts, as the caller sent them."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
 
     @model_validator(mode="before")
     @classmethod

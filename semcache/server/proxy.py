@@ -267,12 +267,13 @@ class Proxy:
         """Answer one chat completion request."""
         sc = self.sc
         opts = _Options(request)
+        messages = body.message_dicts()
         payload = body.model_dump(exclude_unset=True)
         payload["model"] = body.model
-        payload["messages"] = body.messages
+        payload["messages"] = messages
         stream = bool(payload.get("stream"))
         params = {k: v for k, v in payload.items() if k not in ("model", "messages")}
-        req = build_request(messages=body.messages, model=body.model, params=params, namespace=principal.tenant)
+        req = build_request(messages=messages, model=body.model, params=params, namespace=principal.tenant)
 
         embedding = None
         if opts.lookup:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
 from ..cache import AsyncSemanticCache
+from ..errors import ConfigurationError
 from .auth import Principal, TokenAuth
 from .batching import MicroBatcher
 from .config import ServerConfig
@@ -45,24 +46,42 @@ class Sidecar:
         from ..contrib.prometheus import CacheMetrics
 
         self.config = config
+        self._given_cache = cache
         self.cache = cache if cache is not None else AsyncSemanticCache(config.cache)
         self.auth = TokenAuth(config.tokens, config.admin_token, enabled=config.auth)
-        self.metrics = CacheMetrics(self.cache)
-        self.batcher = MicroBatcher(
-            self.cache,
-            window_seconds=config.batch_window_ms / 1000.0,
-            max_batch=config.batch_max,
-            concurrency=config.batch_concurrency,
-            enabled=config.batching,
-            on_batch=self.metrics.observe_batch,
-        )
+        # the collector reads whichever cache is current (a restarted lifespan builds a new one)
+        self.metrics = CacheMetrics(lambda: self.cache)
+        self.batcher = self._batcher()
         self._upstream_transport = upstream_transport
         self.upstream: httpx.AsyncClient | None = None
         self.ready = False
         self.proxy: Any = None
 
+    def _batcher(self) -> MicroBatcher:
+        c = self.config
+        return MicroBatcher(
+            self.cache,
+            window_seconds=c.batch_window_ms / 1000.0,
+            max_batch=c.batch_max,
+            concurrency=c.batch_concurrency,
+            enabled=c.batching,
+            on_batch=self.metrics.observe_batch,
+        )
+
     async def open(self) -> None:
-        """Open the cache (tiers, schema, index) and warm the embedder, off the event loop."""
+        """Open the cache (tiers, schema, index) and warm the embedder, off the event loop.
+
+        A lifespan may run again after a shutdown (test clients do this); a cache this
+        sidecar built is then built afresh, since a closed cache cannot reopen.
+
+        Raises:
+            ConfigurationError: a cache passed to :func:`create_app` was closed.
+        """
+        if self.cache.sync.state == "closed":
+            if self._given_cache is not None:
+                raise ConfigurationError("the cache given to create_app() is closed; pass a new one")
+            self.cache = AsyncSemanticCache(self.config.cache)
+            self.batcher = self._batcher()
         await self.cache.open()
         if self.cache.sync.embedder is not None:
             # load the model now, not inside the first caller's request
