@@ -1,0 +1,289 @@
+"""The sidecar's JSON API in process (httpx.ASGITransport): lookup, store, entries, invalidation,
+auth and tenant isolation, 413/422 errors, health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semcache.server.app import create_app
+from tests._sidecar import ADMIN, TENANT_A, TENANT_B, auth, in_process, server_config
+
+Q = "What is the capital of France?"
+
+
+@pytest.fixture
+async def client(tmp_path):
+    async with in_process(create_app(server_config(tmp_path, max_body_bytes=4096))) as c:
+        yield c
+
+
+async def store(client, token=TENANT_A, prompt=Q, value="Paris", **extra):
+    r = await client.post("/v1/entries", json={"prompt": prompt, "value": value, **extra}, headers=auth(token))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def lookup(client, token=TENANT_A, prompt=Q, **extra):
+    r = await client.post("/v1/lookup", json={"prompt": prompt, **extra}, headers=auth(token))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_store_then_exact_and_semantic_lookup(client):
+    stored = await store(client, tags=["geo"], ttl_seconds=3600, model="m1")
+    hit = await lookup(client, model="m1")
+    assert hit["hit"] is True and hit["kind"] == "exact" and hit["tier"] == "l1"
+    assert hit["entry_id"] == stored["entry_id"] and hit["similarity"] == 1.0
+    assert hit["value"] == "Paris" and hit["tags"] == ["geo"] and hit["matched_prompt"] == Q
+    assert 3590 < hit["ttl_seconds_left"] <= 3600 and hit["age_seconds"] >= 0
+
+    near = await lookup(client, prompt="what is the capital of france", model="m1")
+    assert near["hit"] is True and near["kind"] == "semantic" and 0.8 <= near["similarity"] < 1.0
+    assert near["entry_id"] == stored["entry_id"] and near["key"] != stored["entry_id"]
+
+    other_model = await lookup(client, model="m2")  # a scope field differs: never served
+    assert other_model == {"hit": False, "key": other_model["key"]}
+    exact_only = await lookup(client, prompt="what is the capital of france", model="m1", semantic=False)
+    assert exact_only["hit"] is False
+
+
+async def test_lookup_with_messages_and_params_scope(client):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": Q}]
+    r = await client.post(
+        "/v1/entries",
+        json={"messages": msgs, "model": "m", "params": {"temperature": 0}, "value": {"answer": "Paris"}},
+        headers=auth(TENANT_A),
+    )
+    assert r.status_code == 201
+    hit = await lookup(client, prompt=None, messages=msgs, model="m", params={"temperature": 0})
+    assert hit["hit"] and hit["value"] == {"answer": "Paris"}
+    miss = await lookup(client, prompt=None, messages=msgs, model="m", params={"temperature": 1})
+    assert not miss["hit"]
+
+
+async def test_entries_get_list_delete(client):
+    e1 = await store(client, prompt="first question here", tags=["a"], metadata={"usage": {"total_tokens": 5}})
+    await store(client, prompt="second question here", tags=["b"], model="m")
+    r = await client.get(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["value"] == "Paris" and body["prompt"] == "first question here" and body["namespace"] == "tenant-a"
+    assert body["metadata"] == {"usage": {"total_tokens": 5}}
+
+    r = await client.get("/v1/entries", params={"limit": 1}, headers=auth(TENANT_A))
+    assert r.status_code == 200 and len(r.json()["entries"]) == 1
+    page2 = (await client.get("/v1/entries", params={"limit": 1, "offset": 1}, headers=auth(TENANT_A))).json()
+    assert len(page2["entries"]) == 1
+    by_tag = (await client.get("/v1/entries", params={"tag": "b"}, headers=auth(TENANT_A))).json()["entries"]
+    assert [e["prompt"] for e in by_tag] == ["second question here"]
+    by_model = (await client.get("/v1/entries", params={"model": "m"}, headers=auth(TENANT_A))).json()["entries"]
+    assert len(by_model) == 1 and "value" not in by_model[0]  # values only when asked for
+
+    r = await client.delete(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))
+    assert r.status_code == 200 and r.json()["removed"] == 1
+    assert (await client.get(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))).status_code == 404
+    assert (await client.delete(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))).status_code == 404
+
+
+async def test_invalidate_by_each_criterion_and_dry_run(client):
+    await store(client, prompt="alpha one", tags=["t1"], model="m1")
+    await store(client, prompt="alpha two", tags=["t1"], model="m2")
+    e3 = await store(client, prompt="beta three", tags=["t2"], model="m2")
+
+    async def inv(**body):
+        r = await client.post("/v1/invalidate", json=body, headers=auth(TENANT_A))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert await inv(tag="t1", dry_run=True) == {"removed": 0, "matched": 2, "dry_run": True}
+    assert (await lookup(client, prompt="alpha one", model="m1"))["hit"]  # the dry run removed nothing
+    assert (await inv(prompt_pattern="alpha*", model="m2"))["removed"] == 1
+    assert (await inv(tag="t1"))["removed"] == 1
+    assert (await inv(entry_id=e3["entry_id"]))["removed"] == 1
+    await store(client, prompt="gamma", model="m3")
+    assert (await inv(prompt="gamma", model="m3"))["removed"] == 1  # the exact key of a prompt
+    await store(client, prompt="delta")
+    assert (await inv(older_than_seconds=0))["removed"] == 1
+    assert (await lookup(client, prompt="delta"))["hit"] is False
+
+    r = await client.post("/v1/invalidate", json={}, headers=auth(TENANT_A))
+    assert r.status_code == 422 and "criterion" in r.json()["error"]["message"]
+
+
+async def test_tenant_isolation(client):
+    a = await store(client, TENANT_A, value="secret of A", tags=["shared-tag"])
+    # B asks the same question: a miss, never A's answer (the tenant is part of the scope)
+    assert (await lookup(client, TENANT_B))["hit"] is False
+    assert (await lookup(client, TENANT_B, prompt="what is the capital of france"))["hit"] is False
+    # B cannot read, list, delete or invalidate A's entry
+    assert (await client.get(f"/v1/entries/{a['entry_id']}", headers=auth(TENANT_B))).status_code == 404
+    assert (await client.get("/v1/entries", headers=auth(TENANT_B))).json()["entries"] == []
+    assert (await client.delete(f"/v1/entries/{a['entry_id']}", headers=auth(TENANT_B))).status_code == 404
+    for body in ({"tag": "shared-tag"}, {"entry_id": a["entry_id"]}, {"keys": [a["entry_id"]]}, {"older_than_seconds": 0}):
+        r = await client.post("/v1/invalidate", json=body, headers=auth(TENANT_B))
+        assert r.status_code == 200 and r.json()["removed"] == 0, body
+    assert (await client.post("/v1/flush", headers=auth(TENANT_B))).json() == {"removed": 0}
+    # naming another tenant's namespace is refused outright
+    for path, body in (("/v1/lookup", {"prompt": Q, "namespace": "tenant-a"}), ("/v1/invalidate", {"namespace": "tenant-a"})):
+        r = await client.post(path, json=body, headers=auth(TENANT_B))
+        assert r.status_code == 403, path
+    r = await client.get("/v1/entries", params={"namespace": "tenant-a"}, headers=auth(TENANT_B))
+    assert r.status_code == 403
+    # A still has it; the admin sees it in A's namespace
+    assert (await lookup(client, TENANT_A))["value"] == "secret of A"
+    r = await client.post("/v1/lookup", json={"prompt": Q, "namespace": "tenant-a"}, headers=auth(ADMIN))
+    assert r.json()["hit"] is True
+    # a tenant's flush removes only its own entries
+    await store(client, TENANT_B, value="B's")
+    assert (await client.post("/v1/flush", headers=auth(TENANT_B))).json() == {"removed": 1}
+    assert (await lookup(client, TENANT_A))["hit"] is True
+
+
+async def test_auth(client):
+    r = await client.post("/v1/lookup", json={"prompt": Q})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"]["type"] == "authentication_error"
+    r = await client.post("/v1/lookup", json={"prompt": Q}, headers=auth("nope"))
+    assert r.status_code == 401
+    r = await client.post("/v1/lookup", json={"prompt": Q}, headers={"authorization": "Basic dXNlcjpwdw=="})
+    assert r.status_code == 401
+    r = await client.post("/v1/lookup", json={"prompt": Q}, headers={"x-semcache-token": TENANT_A})
+    assert r.status_code == 200
+    for method, path in (("GET", "/v1/stats"), ("POST", "/v1/index/rebuild"), ("GET", "/v1/index/check")):
+        assert (await client.request(method, path, headers=auth(TENANT_A))).status_code == 403, path
+        assert (await client.request(method, path, headers=auth(ADMIN))).status_code == 200, path
+    # health and metrics need no token
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_admin_flush_and_stats(client):
+    await store(client, TENANT_A)
+    await store(client, TENANT_B)
+    await lookup(client, TENANT_A)
+    await lookup(client, TENANT_A, prompt="nothing like it at all")
+    stats = (await client.get("/v1/stats", headers=auth(ADMIN))).json()
+    assert stats["hits"] == 1 and stats["misses"] == 1 and stats["sets"] == 2
+    assert (await client.post("/v1/flush", headers=auth(ADMIN))).json() == {"removed": 2}
+    assert (await lookup(client, TENANT_B))["hit"] is False
+
+
+async def test_auth_switched_off(tmp_path):
+    async with in_process(create_app(server_config(tmp_path, auth=False, tokens={}, admin_token=None))) as c:
+        r = await c.post("/v1/entries", json={"prompt": Q, "value": 1})
+        assert r.status_code == 201
+        assert (await c.get("/v1/stats")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b"{not json", "json"),
+        (b"\xfe\xff", "JSON"),
+        (b"[]", ""),
+        (b'{"prompt": ""}', "prompt"),
+        (b'{"value": 1}', ""),
+        (b'{"prompt": "x", "messages": [{"role": "user", "content": "y"}]}', ""),
+        (b'{"prompt": 5}', "prompt"),
+        (b'{"prompt": "x", "threshold": 7}', "threshold"),
+        (b'{"prompt": "x", "bogus": 1}', "bogus"),
+        (b'{"prompt": "\\ud800"}', ""),
+        (b'{"messages": [{"role": "system", "content": "no user turn"}]}', ""),
+        (b'{"messages": [{"role": "user", "content": 5}]}', ""),
+    ],
+)
+async def test_malformed_lookup_is_422_json(client, body, where):
+    r = await client.post("/v1/lookup", content=body, headers={**auth(TENANT_A), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == 422 and err["message"]
+    assert where in json.dumps(err)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "x"},  # no value
+        {"prompt": "x", "value": 1, "ttl_seconds": -1},
+        {"prompt": "x", "value": 1, "ttl_seconds": 1e300},
+        {"prompt": "x", "value": 1, "tags": "not-a-list"},
+        {"prompt": "x", "value": 1, "tags": [""]},
+        {"prompt": "x", "value": 1, "metadata": [1]},
+    ],
+)
+async def test_malformed_store_is_422(client, body):
+    r = await client.post("/v1/entries", json=body, headers=auth(TENANT_A))
+    assert r.status_code == 422, r.text
+
+
+async def test_store_ttl_none_means_never_and_default_applies(client):
+    never = (await client.post("/v1/entries", json={"prompt": "p1", "value": 1, "ttl_seconds": None}, headers=auth(TENANT_A))).json()
+    assert never["expires_at"] is None
+    default = await store(client, prompt="p2")
+    assert default["expires_at"] - default["created_at"] == pytest.approx(7 * 24 * 3600)
+
+
+async def test_body_over_limit_is_413(client):
+    big = {"prompt": "x" * 5000, "value": 1}
+    r = await client.post("/v1/entries", json=big, headers=auth(TENANT_A))
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+
+    async def chunked():
+        for _ in range(10):
+            yield b" " * 1000
+
+    # no Content-Length: the streamed body is counted as it arrives
+    r = await client.post("/v1/lookup", content=chunked(), headers={**auth(TENANT_A), "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+async def test_explain(client):
+    await store(client, prompt="How many legs does a spider have?", value="8")
+    r = await client.post("/v1/explain", json={"prompt": "How many legs does a spider have", "k": 3}, headers=auth(TENANT_A))
+    assert r.status_code == 200
+    out = r.json()
+    assert out["decision"] in ("hit", "miss") and out["candidates"]
+    cand = out["candidates"][0]
+    assert {"entry_id", "similarity", "prompt", "passed_threshold", "guards", "decision"} <= cand.keys()
+
+
+async def test_readyz_reports_each_tier(client):
+    r = await client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ready" and r.json()["tiers"] == {"l1": "ok", "l3": "ok"}
+
+
+async def test_metrics_counts_hits_misses_and_batches(client):
+    await store(client)
+    await lookup(client)
+    await lookup(client, prompt="what is the capital of france")
+    await lookup(client, prompt="something else entirely, unrelated")
+    text = (await client.get("/metrics")).text
+    assert 'semcache_hits_total{kind="exact",tier="l1"} 1.0' in text
+    assert 'semcache_hits_total{kind="semantic",tier="l1"} 1.0' in text
+    assert "semcache_misses_total 1.0" in text
+    assert "semcache_lookup_seconds_bucket" in text
+    assert "semcache_embedding_batch_size_count" in text
+    assert 'semcache_tier_errors_total{tier="l3"} 0.0' in text
+    assert "semcache_saved_tokens_total" in text and "semcache_saved_cost_dollars_total" in text
+    assert 'semcache_http_requests_total{method="POST",route="/v1/lookup",status="200"} 3.0' in text
+
+
+async def test_two_apps_in_one_process_have_separate_metrics(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with in_process(create_app(server_config(tmp_path / "a"))) as a, in_process(create_app(server_config(tmp_path / "b"))) as b:
+        await a.post("/v1/lookup", json={"prompt": "x"}, headers=auth(TENANT_A))
+        assert "semcache_misses_total 1.0" in (await a.get("/metrics")).text
+        assert "semcache_misses_total 0.0" in (await b.get("/metrics")).text
+
+
+async def test_openapi_document_describes_the_api(client):
+    doc = (await client.get("/openapi.json")).json()
+    paths = doc["paths"]
+    for path in ("/v1/lookup", "/v1/entries", "/v1/entries/{entry_id}", "/v1/invalidate", "/v1/stats",
+                 "/healthz", "/readyz", "/v1/chat/completions", "/v1/explain", "/v1/flush"):
+        assert path in paths, path
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]
