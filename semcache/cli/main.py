@@ -1027,6 +1027,13 @@ def index_check(ctx: CliContext, as_json: bool) -> None:
         _echo_json(data)
     else:
         _kv(data)
+        unembedded = (data.get("l3_total_live") or 0) - (data.get("l3_embedded") or 0)
+        if data.get("semantic") and unembedded > 0:
+            # not an error: long prompts are exact-only, and other embedders' vectors are never compared
+            click.echo(
+                f"note: {unembedded} live entries have no vector from {data.get('embedder')}; "
+                "`semcache index rebuild --reembed` embeds them"
+            )
     if data.get("semantic") and data.get("consistent") is False:
         raise CliError("the index and L3 disagree: run `semcache index rebuild`")
 
