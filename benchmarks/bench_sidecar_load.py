@@ -32,8 +32,26 @@ import httpx
 import numpy as np
 
 _SUBJECTS = [
-    "France", "Japan", "Brazil", "Canada", "Kenya", "Norway", "India", "Mexico", "Egypt", "Chile",
-    "Italy", "Spain", "Peru", "Vietnam", "Poland", "Ghana", "Turkey", "Greece", "Sweden", "Nepal",
+    "France",
+    "Japan",
+    "Brazil",
+    "Canada",
+    "Kenya",
+    "Norway",
+    "India",
+    "Mexico",
+    "Egypt",
+    "Chile",
+    "Italy",
+    "Spain",
+    "Peru",
+    "Vietnam",
+    "Poland",
+    "Ghana",
+    "Turkey",
+    "Greece",
+    "Sweden",
+    "Nepal",
 ]
 _TOPICS = [
     ("What is the capital of {}?", "What's the capital city of {}?"),
@@ -47,7 +65,10 @@ _TOPICS = [
     ("What are the top tourist attractions in {}?", "Which sights should I see in {}?"),
     ("What time zone is {} in?", "Which time zone does {} use?"),
     ("Is tap water safe to drink in {}?", "Can I drink the tap water in {}?"),
-    ("What side of the road do they drive on in {}?", "Do people drive on the left or right in {}?"),
+    (
+        "What side of the road do they drive on in {}?",
+        "Do people drive on the left or right in {}?",
+    ),
 ]
 
 
@@ -56,10 +77,42 @@ def corpus() -> list[str]:
     return [q.format(s) for s in _SUBJECTS for q, _ in _TOPICS]
 
 
-_OPENERS = ["", "Hi! ", "Quick question: ", "Hello, ", "Hey, ", "Please tell me: ", "I wonder: ", "Travel question: ",
-            "Help me out: ", "One thing: ", "Excuse me, ", "Curious: ", "Question - ", "So, ", "Ok, ", "Right, "]
-_CLOSERS = ["", " Thanks!", " Thank you.", " Cheers.", " Thanks a lot.", " Many thanks.", " Please.", " Ta.",
-            " Thanks in advance.", " Much appreciated.", " Any idea?", " Anyone?", " Thx.", " Help!", " :)", " ?"]
+_OPENERS = [
+    "",
+    "Hi! ",
+    "Quick question: ",
+    "Hello, ",
+    "Hey, ",
+    "Please tell me: ",
+    "I wonder: ",
+    "Travel question: ",
+    "Help me out: ",
+    "One thing: ",
+    "Excuse me, ",
+    "Curious: ",
+    "Question - ",
+    "So, ",
+    "Ok, ",
+    "Right, ",
+]
+_CLOSERS = [
+    "",
+    " Thanks!",
+    " Thank you.",
+    " Cheers.",
+    " Thanks a lot.",
+    " Many thanks.",
+    " Please.",
+    " Ta.",
+    " Thanks in advance.",
+    " Much appreciated.",
+    " Any idea?",
+    " Anyone?",
+    " Thx.",
+    " Help!",
+    " :)",
+    " ?",
+]
 
 
 def probe(i: int) -> str:
@@ -93,7 +146,9 @@ class Result:
 
     def pct(self, q: float) -> float:
         """The q-th latency percentile, in ms."""
-        return float(np.percentile(self.latencies, q) * 1e3) if len(self.latencies) else float("nan")
+        return (
+            float(np.percentile(self.latencies, q) * 1e3) if len(self.latencies) else float("nan")
+        )
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly figures."""
@@ -114,7 +169,9 @@ class Result:
 class Sidecar:
     """A ``semcache serve`` child process on a free loopback port."""
 
-    def __init__(self, workdir: Path, embedder: str, batching: bool, token: str, extra: list[str]) -> None:
+    def __init__(
+        self, workdir: Path, embedder: str, batching: bool, token: str, extra: list[str]
+    ) -> None:
         env = dict(os.environ)
         env.update(
             HF_HUB_OFFLINE="1",
@@ -127,8 +184,11 @@ class Sidecar:
         cmd = [sys.executable, "-m", "semcache", "serve", "--port", "0", *extra]
         if not batching:
             cmd.append("--no-batching")
-        self.log = open(workdir / f"serve-{'on' if batching else 'off'}.log", "w+")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        # open for the child's whole life; closed in stop()
+        self.log = open(workdir / f"serve-{'on' if batching else 'off'}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
         self.url = self._wait_for_url()
 
     def _wait_for_url(self, timeout: float = 180.0) -> str:
@@ -139,7 +199,9 @@ class Sidecar:
             if not line:
                 if self.proc.poll() is not None:
                     self.log.seek(0)
-                    raise SystemExit(f"the sidecar exited ({self.proc.returncode}):\n{self.log.read()[-2000:]}")
+                    raise SystemExit(
+                        f"the sidecar exited ({self.proc.returncode}):\n{self.log.read()[-2000:]}"
+                    )
                 continue
             m = re.search(r"listening on (http://\S+)", line)
             if m:
@@ -165,7 +227,9 @@ def _metric_sum(text: str, name: str) -> float:
     return total
 
 
-async def run_load(url: str, token: str, clients: int, seconds: float, max_requests: int, offset: int) -> tuple[int, int, float, np.ndarray, int]:
+async def run_load(
+    url: str, token: str, clients: int, seconds: float, max_requests: int, offset: int
+) -> tuple[int, int, float, np.ndarray, int]:
     """Drive ``clients`` concurrent clients; return (requests, errors, seconds, latencies, hits)."""
     headers = {"authorization": f"Bearer {token}"}
     counter = iter(range(offset, offset + max_requests))
@@ -196,22 +260,38 @@ async def run_load(url: str, token: str, clients: int, seconds: float, max_reque
 def measure(mode: str, batching: bool, args: argparse.Namespace, workdir: Path) -> Result:
     """Start a sidecar in ``mode``, warm it, load it, stop it."""
     token = "bench-admin-token"
-    extra = ["--batch-window-ms", str(args.window_ms), "--batch-max", str(args.batch_max)] if batching else []
+    extra = (
+        ["--batch-window-ms", str(args.window_ms), "--batch-max", str(args.batch_max)]
+        if batching
+        else []
+    )
     sc = Sidecar(workdir, args.embedder, batching, token, extra)
     try:
-        with httpx.Client(base_url=sc.url, headers={"authorization": f"Bearer {token}"}, timeout=60.0) as c:
+        with httpx.Client(
+            base_url=sc.url, headers={"authorization": f"Bearer {token}"}, timeout=60.0
+        ) as c:
             for q in corpus():
-                c.post("/v1/entries", json={"prompt": q, "value": f"answer to: {q}"}).raise_for_status()
+                c.post(
+                    "/v1/entries", json={"prompt": q, "value": f"answer to: {q}"}
+                ).raise_for_status()
             before = c.get("/metrics").text
         # warm-up: connections, thread pool, the model's first batches
-        asyncio.run(run_load(sc.url, token, args.clients, min(2.0, args.seconds), 10 * args.clients, 40_000))
+        asyncio.run(
+            run_load(sc.url, token, args.clients, min(2.0, args.seconds), 10 * args.clients, 40_000)
+        )
         with httpx.Client(base_url=sc.url, timeout=60.0) as c:
             before = c.get("/metrics").text
-        n, errors, elapsed, lat, hits = asyncio.run(run_load(sc.url, token, args.clients, args.seconds, args.max_requests, 0))
+        n, errors, elapsed, lat, hits = asyncio.run(
+            run_load(sc.url, token, args.clients, args.seconds, args.max_requests, 0)
+        )
         with httpx.Client(base_url=sc.url, timeout=60.0) as c:
             after = c.get("/metrics").text
-        batches = _metric_sum(after, "semcache_embedding_batch_size_count") - _metric_sum(before, "semcache_embedding_batch_size_count")
-        texts = _metric_sum(after, "semcache_embedding_batch_size_sum") - _metric_sum(before, "semcache_embedding_batch_size_sum")
+        batches = _metric_sum(after, "semcache_embedding_batch_size_count") - _metric_sum(
+            before, "semcache_embedding_batch_size_count"
+        )
+        texts = _metric_sum(after, "semcache_embedding_batch_size_sum") - _metric_sum(
+            before, "semcache_embedding_batch_size_sum"
+        )
         mean_batch = texts / batches if batches else None
         return Result(mode, n, errors, elapsed, lat, hits, mean_batch)
     finally:
@@ -220,11 +300,17 @@ def measure(mode: str, batching: bool, args: argparse.Namespace, workdir: Path) 
 
 def main() -> None:
     """Run both modes and print a table (and JSON with --json)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per mode")
-    ap.add_argument("--max-requests", type=int, default=20_000, help="cap on requests per mode (at most 40,000)")
-    ap.add_argument("--embedder", default="default", help="default (all-MiniLM-L6-v2), hashing, or a model name")
+    ap.add_argument(
+        "--max-requests", type=int, default=20_000, help="cap on requests per mode (at most 40,000)"
+    )
+    ap.add_argument(
+        "--embedder", default="default", help="default (all-MiniLM-L6-v2), hashing, or a model name"
+    )
     ap.add_argument("--window-ms", type=float, default=2.0, help="micro-batch window")
     ap.add_argument("--batch-max", type=int, default=32, help="largest micro-batch")
     ap.add_argument("--only", choices=["on", "off"], default=None, help="run one mode only")
@@ -250,14 +336,20 @@ def main() -> None:
     if args.json:
         print(json.dumps({"setup": info, "results": [r.as_dict() for r in results]}, indent=2))
         return
-    print(f"sidecar load: {args.clients} clients, {args.seconds:.0f}s per mode, embedder {args.embedder}, "
-          f"{info['cpus']} CPUs, corpus {info['corpus']} entries")
-    print(f"{'mode':<14}{'lookups/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'hit rate':>10}{'batch':>7}{'requests':>10}{'errors':>8}")
+    print(
+        f"sidecar load: {args.clients} clients, {args.seconds:.0f}s per mode, embedder {args.embedder}, "
+        f"{info['cpus']} CPUs, corpus {info['corpus']} entries"
+    )
+    print(
+        f"{'mode':<14}{'lookups/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'hit rate':>10}{'batch':>7}{'requests':>10}{'errors':>8}"
+    )
     for r in results:
         d = r.as_dict()
         batch = "-" if d["mean_batch"] is None else f"{d['mean_batch']:.1f}"
-        print(f"{r.mode:<14}{r.rate:>10.0f}{r.pct(50):>9.1f}{r.pct(90):>9.1f}{r.pct(99):>9.1f}"
-              f"{(d['hit_rate'] or 0):>10.1%}{batch:>7}{r.requests:>10}{r.errors:>8}")
+        print(
+            f"{r.mode:<14}{r.rate:>10.0f}{r.pct(50):>9.1f}{r.pct(90):>9.1f}{r.pct(99):>9.1f}"
+            f"{(d['hit_rate'] or 0):>10.1%}{batch:>7}{r.requests:>10}{r.errors:>8}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def listing_tier(cache: Any) -> Any:
     return None
 
 
-def list_entries(cache: Any, selector: Selector | None, now: float, *, limit: int = 50, offset: int = 0) -> list[Entry]:
+def list_entries(
+    cache: Any, selector: Selector | None, now: float, *, limit: int = 50, offset: int = 0
+) -> list[Entry]:
     """Live entries matching ``selector`` (``None``: all), newest first, one page.
 
     Raises:
@@ -38,13 +40,16 @@ def list_entries(cache: Any, selector: Selector | None, now: float, *, limit: in
     """
     tier = listing_tier(cache)
     if tier is None:
-        raise InvalidInputError("listing entries needs L2 (Redis) or L3 (SQL); this cache has neither")
+        raise InvalidInputError(
+            "listing entries needs L2 (Redis) or L3 (SQL); this cache has neither"
+        )
     if hasattr(tier, "list_entries"):
         return list(tier.list_entries(selector, now, limit=limit, offset=offset))
     found = [
         e
         for e in tier.iter_entries()
-        if not e.expired(now) and (selector is None or selector.all or selector.is_empty() or selector.matches(e, now))
+        if not e.expired(now)
+        and (selector is None or selector.all or selector.is_empty() or selector.matches(e, now))
     ]
     found.sort(key=lambda e: (-e.created_at, e.key))
     return found[offset : offset + limit]
@@ -60,7 +65,9 @@ def count_matching(cache: Any, selector: Selector, now: float) -> int:
         return 0
     tier = listing_tier(cache)
     if tier is None:
-        raise InvalidInputError("a dry run needs L2 (Redis) or L3 (SQL) to count from; this cache has neither")
+        raise InvalidInputError(
+            "a dry run needs L2 (Redis) or L3 (SQL) to count from; this cache has neither"
+        )
     if hasattr(tier, "select_keys"):
         if selector.all:
             return int(tier.count())
@@ -93,7 +100,9 @@ def entry_view(entry: Entry, now: float, *, include_value: bool = False) -> dict
         "created_at": entry.created_at,
         "expires_at": entry.expires_at,
         "age_seconds": round(max(0.0, now - entry.created_at), 3),
-        "ttl_seconds_left": None if entry.expires_at is None else round(max(0.0, entry.expires_at - now), 3),
+        "ttl_seconds_left": None
+        if entry.expires_at is None
+        else round(max(0.0, entry.expires_at - now), 3),
         "metadata": dict(entry.metadata),
         "embedder": entry.embedder_id,
     }

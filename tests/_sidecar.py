@@ -1,13 +1,13 @@
 """Helpers for sidecar tests: a config on a temporary SQLite file, the app in process, or in uvicorn.
 
-    from tests._sidecar import ADMIN, TENANT_A, TENANT_B, server_config, in_process, SidecarThread
+from tests._sidecar import ADMIN, TENANT_A, TENANT_B, server_config, in_process, SidecarThread
 
-    cfg = server_config(tmp_path)                 # L1 + SQLite + hashing embedder, tokens below
-    async with in_process(create_app(cfg)) as client:   # lifespan run, httpx over ASGITransport
-        await client.post("/v1/lookup", json=..., headers=auth(TENANT_A))
+cfg = server_config(tmp_path)                 # L1 + SQLite + hashing embedder, tokens below
+async with in_process(create_app(cfg)) as client:   # lifespan run, httpx over ASGITransport
+    await client.post("/v1/lookup", json=..., headers=auth(TENANT_A))
 
-    with SidecarThread(create_app(cfg)) as sc:    # real uvicorn on a free loopback port
-        httpx.get(sc.url + "/healthz")
+with SidecarThread(create_app(cfg)) as sc:    # real uvicorn on a free loopback port
+    httpx.get(sc.url + "/healthz")
 """
 
 from __future__ import annotations
@@ -90,11 +90,16 @@ class SidecarThread:
         """The sidecar's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> SidecarThread:
+    def __enter__(self) -> SidecarThread:  # noqa: PYI034
         import uvicorn
 
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="on", access_log=False
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="critical",
+            lifespan="on",
+            access_log=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="sidecar", daemon=True)
@@ -107,7 +112,10 @@ class SidecarThread:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._server is not None:
             self._server.should_exit = True

@@ -141,13 +141,33 @@ def target_options(*, envvars: bool, remote: bool = True) -> Callable[[F], F]:
         return f"SEMCACHE_{name}" if envvars else None
 
     specs = [
-        ("--server", "server", env("SERVER"), "URL of a running sidecar (instead of the local store)."),
+        (
+            "--server",
+            "server",
+            env("SERVER"),
+            "URL of a running sidecar (instead of the local store).",
+        ),
         ("--token", "token", env("TOKEN"), "Bearer token for --server."),
-        ("--sql-url", "sql_url", env("SQL_URL"), "SQLAlchemy URL of L3 [default: sqlite:///semcache.db]."),
+        (
+            "--sql-url",
+            "sql_url",
+            env("SQL_URL"),
+            "SQLAlchemy URL of L3 [default: sqlite:///semcache.db].",
+        ),
         ("--redis-url", "redis_url", env("REDIS_URL"), "Redis URL of L2 (optional)."),
-        ("--redis-prefix", "redis_prefix", env("REDIS_PREFIX"), "Key prefix in Redis [default: semcache:]."),
+        (
+            "--redis-prefix",
+            "redis_prefix",
+            env("REDIS_PREFIX"),
+            "Key prefix in Redis [default: semcache:].",
+        ),
         ("--config", "config_file", env("CONFIG"), "A TOML or JSON settings file."),
-        ("--embedder", "embedder", env("EMBEDDER"), "default, none, hashing[:DIM] or a model name."),
+        (
+            "--embedder",
+            "embedder",
+            env("EMBEDDER"),
+            "default, none, hashing[:DIM] or a model name.",
+        ),
     ]
 
     if not remote:
@@ -215,7 +235,9 @@ class LocalTarget(_Target):
     def __init__(self, ctx: CliContext, *, semantic: bool) -> None:
         from ..server.config import ServerConfig
 
-        cfg = ServerConfig.load(file=ctx.config_file, **{k: v for k, v in ctx.settings().items() if v is not None}).cache
+        cfg = ServerConfig.load(
+            file=ctx.config_file, **{k: v for k, v in ctx.settings().items() if v is not None}
+        ).cache
         if cfg.sql is not None:
             _require_database(cfg.sql.url)
             # inspecting must not create or migrate a database behind the user's back
@@ -290,7 +312,11 @@ class LocalTarget(_Target):
                 if listing_tier(cache) is t:
                     info["entries_live"] = sum(1 for e in t.iter_entries() if not e.expired(now))
             out["tiers"][name] = info
-        live = [v.get("entries_live") for v in out["tiers"].values() if v.get("entries_live") is not None]
+        live = [
+            v.get("entries_live")
+            for v in out["tiers"].values()
+            if v.get("entries_live") is not None
+        ]
         out["entries"] = live[-1] if live else None
         return out
 
@@ -299,7 +325,12 @@ class LocalTarget(_Target):
 
         sel = self._selector(filters)
         now = self.cache.timer()
-        return [entry_view(e, now) for e in list_entries(self.cache, None if sel.is_empty() else sel, now, limit=limit, offset=offset)]
+        return [
+            entry_view(e, now)
+            for e in list_entries(
+                self.cache, None if sel.is_empty() else sel, now, limit=limit, offset=offset
+            )
+        ]
 
     def show(self, entry_id: str) -> dict[str, Any] | None:
         from ..admin import entry_view
@@ -311,7 +342,12 @@ class LocalTarget(_Target):
         from ..admin import value_fields
         from ..config import UNSET
 
-        req = self.cache.request(query["prompt"], model=query.get("model"), params=query.get("params"), namespace=query.get("namespace"))
+        req = self.cache.request(
+            query["prompt"],
+            model=query.get("model"),
+            params=query.get("params"),
+            namespace=query.get("namespace"),
+        )
         thr = UNSET if query.get("threshold") is None else query["threshold"]
         hit = self.cache.lookup(req, threshold=thr)
         if hit is None:
@@ -363,13 +399,13 @@ def _require_database(url: str) -> None:
 
     try:
         u = make_url(url)
-    except Exception as exc:
+    except Exception as exc:  # SQLAlchemy raises several types for a bad URL
         raise CliError(f"invalid SQL URL: {exc}") from exc
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        if not Path(u.database).exists():
-            raise NotFoundError(
-                f"no database at {u.database} (start the sidecar once, or run `semcache db upgrade`, to create it)"
-            )
+    is_file = u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:")
+    if is_file and not Path(str(u.database)).exists():
+        raise NotFoundError(
+            f"no database at {u.database} (start the sidecar once, or run `semcache db upgrade`, to create it)"
+        )
 
 
 class RemoteTarget(_Target):
@@ -387,12 +423,18 @@ class RemoteTarget(_Target):
         if resp.status_code >= 400:
             try:
                 message = resp.json()["error"]["message"]
-            except Exception:
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+            ):  # not our JSON error shape (a proxy in between?)
                 message = resp.text.strip()[:200] or resp.reason_phrase
             if resp.status_code == 404:
                 raise NotFoundError(message)
             if resp.status_code in (401, 403):
-                raise CliError(f"{message} (HTTP {resp.status_code}; pass --token or set SEMCACHE_TOKEN)")
+                raise CliError(
+                    f"{message} (HTTP {resp.status_code}; pass --token or set SEMCACHE_TOKEN)"
+                )
             raise CliError(f"{message} (HTTP {resp.status_code})")
         return resp.json()
 
@@ -407,7 +449,12 @@ class RemoteTarget(_Target):
         return {"target": self.url, **self._call("GET", "/v1/stats")}
 
     def list(self, filters: dict[str, Any], limit: int, offset: int) -> list[dict[str, Any]]:
-        params = {k: v for k, v in filters.items() if v is not None and k in ("namespace", "model", "tag", "scope", "older_than_seconds", "prompt_pattern")}
+        params = {
+            k: v
+            for k, v in filters.items()
+            if v is not None
+            and k in ("namespace", "model", "tag", "scope", "older_than_seconds", "prompt_pattern")
+        }
         data = self._call("GET", "/v1/entries", params={**params, "limit": limit, "offset": offset})
         return list(data["entries"])
 
@@ -418,19 +465,31 @@ class RemoteTarget(_Target):
             return None
 
     def lookup(self, query: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/lookup", json={k: v for k, v in query.items() if v is not None}))
+        return dict(
+            self._call("POST", "/v1/lookup", json={k: v for k, v in query.items() if v is not None})
+        )
 
     def explain(self, query: dict[str, Any], k: int) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/explain", json={**{k2: v for k2, v in query.items() if v is not None}, "k": k}))
+        return dict(
+            self._call(
+                "POST",
+                "/v1/explain",
+                json={**{k2: v for k2, v in query.items() if v is not None}, "k": k},
+            )
+        )
 
     def count(self, criteria: dict[str, Any]) -> int:
         if criteria.get("all"):
             raise CliError("counting every entry needs the local store; use `semcache stats`")
-        data = self._call("POST", "/v1/invalidate", json={**self._criteria_body(criteria), "dry_run": True})
+        data = self._call(
+            "POST", "/v1/invalidate", json={**self._criteria_body(criteria), "dry_run": True}
+        )
         return int(data["matched"])
 
     def invalidate(self, criteria: dict[str, Any]) -> int:
-        return int(self._call("POST", "/v1/invalidate", json=self._criteria_body(criteria))["removed"])
+        return int(
+            self._call("POST", "/v1/invalidate", json=self._criteria_body(criteria))["removed"]
+        )
 
     def flush(self) -> int:
         return int(self._call("POST", "/v1/flush")["removed"])
@@ -454,10 +513,18 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     """Print rows as aligned columns (the last column is never padded)."""
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths[:-1])) + ("  " if len(headers) > 1 else "") + headers[-1]
+    line = (
+        "  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths[:-1]))
+        + ("  " if len(headers) > 1 else "")
+        + headers[-1]
+    )
     click.echo(line)
     for r in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths[:-1])) + ("  " if len(r) > 1 else "") + r[-1])
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths[:-1]))
+            + ("  " if len(r) > 1 else "")
+            + r[-1]
+        )
 
 
 def _kv(data: dict[str, Any], indent: int = 0) -> None:
@@ -467,7 +534,11 @@ def _kv(data: dict[str, Any], indent: int = 0) -> None:
             click.echo(f"{' ' * indent}{k}:")
             _kv(v, indent + 2)
         else:
-            shown = "-" if v is None or v == {} else (", ".join(map(str, v)) if isinstance(v, list) else v)
+            shown = (
+                "-"
+                if v is None or v == {}
+                else (", ".join(map(str, v)) if isinstance(v, list) else v)
+            )
             click.echo(f"{' ' * indent}{str(k).ljust(width)}  {shown}")
 
 
@@ -490,12 +561,14 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class DurationType(click.ParamType):
+class DurationType(click.ParamType):  # type: ignore[type-arg]
     """``90``, ``30s``, ``15m``, ``2h``, ``7d``, ``1w`` -> seconds."""
 
     name = "duration"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         """Parse a duration."""
         if isinstance(value, (int, float)):
             return float(value)
@@ -529,7 +602,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 
 
 # -- the group ---------------------------------------------------------------------------
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="semcache", prog_name="semcache", message="%(prog)s %(version)s")
 @target_options(envvars=True)
 @click.pass_context
@@ -547,16 +622,40 @@ def cli(ctx: click.Context) -> None:
 @target_options(envvars=False, remote=False)
 @click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port (0: any free port) [default: 8080].")
-@click.option("--token", "tenant_tokens", multiple=True, metavar="TOKEN=TENANT", help="A tenant token (repeatable).")
-@click.option("--admin-token", default=None, help="Token for global operations (better: SEMCACHE_ADMIN_TOKEN).")
-@click.option("--no-auth", is_flag=True, help="Switch auth off: every caller is admin. Never on a shared network.")
-@click.option("--upstream-url", default=None, help="OpenAI-compatible base URL the proxy forwards misses to.")
-@click.option("--upstream-api-key", default=None, help="Key for the upstream (better: SEMCACHE_UPSTREAM_API_KEY).")
+@click.option(
+    "--token",
+    "tenant_tokens",
+    multiple=True,
+    metavar="TOKEN=TENANT",
+    help="A tenant token (repeatable).",
+)
+@click.option(
+    "--admin-token",
+    default=None,
+    help="Token for global operations (better: SEMCACHE_ADMIN_TOKEN).",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Switch auth off: every caller is admin. Never on a shared network.",
+)
+@click.option(
+    "--upstream-url", default=None, help="OpenAI-compatible base URL the proxy forwards misses to."
+)
+@click.option(
+    "--upstream-api-key",
+    default=None,
+    help="Key for the upstream (better: SEMCACHE_UPSTREAM_API_KEY).",
+)
 @click.option("--max-body-bytes", type=int, default=None, help="Larger request bodies get 413.")
 @click.option("--batch-window-ms", type=float, default=None, help="Micro-batch window for lookups.")
 @click.option("--batch-max", type=int, default=None, help="Largest embedding micro-batch.")
 @click.option("--no-batching", is_flag=True, help="Embed every lookup on its own.")
-@click.option("--log-level", default=None, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @click.option("--access-log/--no-access-log", default=None, help="Log every request.")
 @pass_ctx
 def serve(
@@ -611,7 +710,9 @@ def serve(
     run_server(config, generated_token=generated)
 
 
-def run_server(config: Any, *, generated_token: str | None = None, echo: Callable[[str], None] = click.echo) -> None:
+def run_server(
+    config: Any, *, generated_token: str | None = None, echo: Callable[[str], None] = click.echo
+) -> None:
     """Open the cache, then serve ``config`` with uvicorn until interrupted; print where it listens."""
     import anyio
     import uvicorn
@@ -621,16 +722,25 @@ def run_server(config: Any, *, generated_token: str | None = None, echo: Callabl
 
     d = config.describe()
     tiers = " + ".join(
-        f"{name.upper()} ({v if isinstance(v, str) else 'memory'})" for name, v in d["tiers"].items() if v is not None
+        f"{name.upper()} ({v if isinstance(v, str) else 'memory'})"
+        for name, v in d["tiers"].items()
+        if v is not None
     )
-    echo(f"semcache: tiers {tiers}; index {'in-process FAISS' if d['embedder'] else 'off'}; embedder {d['embedder']}")
+    echo(
+        f"semcache: tiers {tiers}; index {'in-process FAISS' if d['embedder'] else 'off'}; embedder {d['embedder']}"
+    )
     if not config.auth:
-        click.echo("semcache: WARNING: auth is OFF (--no-auth): anyone who can reach this port is admin", err=True)
+        click.echo(
+            "semcache: WARNING: auth is OFF (--no-auth): anyone who can reach this port is admin",
+            err=True,
+        )
     elif generated_token:
         echo("semcache: no tokens configured; generated an admin token for this run:")
         echo(f"    export SEMCACHE_TOKEN={generated_token}")
     else:
-        echo(f"semcache: auth on ({d['tokens']} tenant token(s){', admin token' if config.admin_token else ''})")
+        echo(
+            f"semcache: auth on ({d['tokens']} tenant token(s){', admin token' if config.admin_token else ''})"
+        )
     if d["upstream_url"]:
         echo(f"semcache: proxy forwards misses to {d['upstream_url']}")
     # open (and migrate a new database, load the model) before binding, so that a bad
@@ -649,7 +759,9 @@ def run_server(config: Any, *, generated_token: str | None = None, echo: Callabl
             if self.started:
                 sock = self.servers[0].sockets[0].getsockname()
                 host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
-                echo(f"semcache: listening on http://{host}:{sock[1]}  (docs: /docs, metrics: /metrics)")
+                echo(
+                    f"semcache: listening on http://{host}:{sock[1]}  (docs: /docs, metrics: /metrics)"
+                )
                 sys.stdout.flush()
 
     server = _Server(
@@ -700,8 +812,19 @@ def stats(ctx: CliContext, as_json: bool) -> None:
 
 def filter_options(f: F) -> F:
     """--namespace/--model/--tag/--scope/--pattern/--older-than."""
-    f = click.option("--older-than", "older_than", type=DurationType(), default=None, help="Older than (90, 15m, 2h, 7d).")(f)
-    f = click.option("--pattern", "prompt_pattern", default=None, help="Glob over the stored prompt, e.g. '*refund*'.")(f)
+    f = click.option(
+        "--older-than",
+        "older_than",
+        type=DurationType(),
+        default=None,
+        help="Older than (90, 15m, 2h, 7d).",
+    )(f)
+    f = click.option(
+        "--pattern",
+        "prompt_pattern",
+        default=None,
+        help="Glob over the stored prompt, e.g. '*refund*'.",
+    )(f)
     f = click.option("--scope", default=None, help="Scope hash.")(f)
     f = click.option("--tag", default=None, help="Tag.")(f)
     f = click.option("--model", default=None, help="Model name.")(f)
@@ -712,7 +835,9 @@ def filter_options(f: F) -> F:
 @cli.command("ls")
 @target_options(envvars=False)
 @filter_options
-@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="Entries per page.")
+@click.option(
+    "--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="Entries per page."
+)
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True, help="Page number.")
 @json_option
 @pass_ctx
@@ -782,7 +907,11 @@ def show(ctx: CliContext, entry_id: str, as_json: bool) -> None:
     entry["ttl_left"] = _duration(entry.pop("ttl_seconds_left", None))
     _kv(entry)
     click.echo("value:")
-    click.echo(f"  <{len(b64) * 3 // 4} bytes, base64> {b64[:60]}" if b64 else json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(
+        f"  <{len(b64) * 3 // 4} bytes, base64> {b64[:60]}"
+        if b64
+        else json.dumps(value, indent=2, ensure_ascii=False)
+    )
 
 
 # -- lookup ----------------------------------------------------------------------------
@@ -791,10 +920,30 @@ def show(ctx: CliContext, entry_id: str, as_json: bool) -> None:
 @click.argument("prompt")
 @click.option("--model", default=None, help="Scope: model name.")
 @click.option("--namespace", "-n", default=None, help="Scope: namespace (tenant).")
-@click.option("--param", "param_pairs", multiple=True, metavar="KEY=VALUE", help="Scope: a generation param (repeatable).")
-@click.option("--threshold", type=click.FloatRange(-1, 1), default=None, help="Cosine similarity for this lookup.")
-@click.option("--explain", is_flag=True, help="Show the nearest candidates, the checks and the decision.")
-@click.option("-k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Candidates to show with --explain.")
+@click.option(
+    "--param",
+    "param_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Scope: a generation param (repeatable).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Cosine similarity for this lookup.",
+)
+@click.option(
+    "--explain", is_flag=True, help="Show the nearest candidates, the checks and the decision."
+)
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(1, 50),
+    default=5,
+    show_default=True,
+    help="Candidates to show with --explain.",
+)
 @json_option
 @pass_ctx
 def lookup(
@@ -809,7 +958,13 @@ def lookup(
     as_json: bool,
 ) -> None:
     """Look PROMPT up (exact, then semantic); --explain shows why it hits or misses."""
-    query = {"prompt": prompt, "model": model, "namespace": namespace, "params": _params(param_pairs), "threshold": threshold}
+    query = {
+        "prompt": prompt,
+        "model": model,
+        "namespace": namespace,
+        "params": _params(param_pairs),
+        "threshold": threshold,
+    }
     target = _with_target(ctx, semantic=True)
     if explain:
         data = target.explain(query, k)
@@ -831,11 +986,15 @@ def lookup(
     )
     click.echo(f"matched prompt: {data.get('matched_prompt')}")
     value = data.get("value")
-    click.echo("value: " + (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)))
+    click.echo(
+        "value: " + (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    )
 
 
 def _print_explain(data: dict[str, Any]) -> None:
-    click.echo(f"key {data.get('key')}  scope {data.get('scope')}  threshold {data.get('threshold')}")
+    click.echo(
+        f"key {data.get('key')}  scope {data.get('scope')}  threshold {data.get('threshold')}"
+    )
     cands = data.get("candidates") or []
     if cands:
         _table(
@@ -843,7 +1002,11 @@ def _print_explain(data: dict[str, Any]) -> None:
                 (
                     f"{c['similarity']:.4f}",
                     "yes" if c.get("passed_threshold") else "no",
-                    " ".join(f"{g['name']}:{'ok' if g['passed'] else 'FAIL'}" for g in c.get("guards") or []) or "-",
+                    " ".join(
+                        f"{g['name']}:{'ok' if g['passed'] else 'FAIL'}"
+                        for g in c.get("guards") or []
+                    )
+                    or "-",
                     c.get("decision", ""),
                     c.get("entry_id", ""),
                     _short(c.get("prompt") or "-", 50),
@@ -855,7 +1018,11 @@ def _print_explain(data: dict[str, Any]) -> None:
     elif data.get("kind") != "exact":
         click.echo("no semantic candidates in this scope")
     decision = data.get("decision", "miss")
-    detail = f" ({data['kind']}, entry {data.get('entry_id')})" if decision == "hit" else (f" ({data['reason']})" if data.get("reason") else "")
+    detail = (
+        f" ({data['kind']}, entry {data.get('entry_id')})"
+        if decision == "hit"
+        else (f" ({data['reason']})" if data.get("reason") else "")
+    )
     click.echo(f"decision: {decision}{detail}")
 
 
@@ -863,12 +1030,24 @@ def _print_explain(data: dict[str, Any]) -> None:
 @cli.command()
 @target_options(envvars=False)
 @click.option("--id", "--key", "keys", multiple=True, help="Entry id / exact key (repeatable).")
-@click.option("--prompt", default=None, help="The entry stored for this exact prompt (with --model/--namespace/--param).")
-@click.option("--param", "param_pairs", multiple=True, metavar="KEY=VALUE", help="Scope param for --prompt.")
+@click.option(
+    "--prompt",
+    default=None,
+    help="The entry stored for this exact prompt (with --model/--namespace/--param).",
+)
+@click.option(
+    "--param", "param_pairs", multiple=True, metavar="KEY=VALUE", help="Scope param for --prompt."
+)
 @filter_options
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask, however many entries match.")
-@click.option("--confirm-over", type=click.IntRange(0), default=100, show_default=True, help="Ask before removing more than this many.")
+@click.option(
+    "--confirm-over",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    help="Ask before removing more than this many.",
+)
 @json_option
 @pass_ctx
 def invalidate(
@@ -900,11 +1079,15 @@ def invalidate(
         "older_than_seconds": older_than,
     }
     if not any(v not in (None, (), []) for k, v in criteria.items() if k != "params"):
-        raise click.UsageError("name at least one of --id, --prompt, --namespace, --model, --tag, --scope, --pattern, --older-than (or use `semcache flush`)")
+        raise click.UsageError(
+            "name at least one of --id, --prompt, --namespace, --model, --tag, --scope, --pattern, --older-than (or use `semcache flush`)"
+        )
     target = _with_target(ctx)
     matched = target.count(criteria)
     if dry_run:
-        _echo_json({"matched": matched, "dry_run": True}) if as_json else click.echo(f"would remove {matched} entries")
+        _echo_json({"matched": matched, "dry_run": True}) if as_json else click.echo(
+            f"would remove {matched} entries"
+        )
         return
     if matched > confirm_over and not yes:
         click.confirm(f"remove {matched} entries?", abort=True, err=True)
@@ -921,7 +1104,11 @@ def flush(ctx: CliContext, yes: bool, as_json: bool) -> None:
     """Remove every entry (with a tenant token on --server: every entry of that tenant)."""
     target = _with_target(ctx)
     if not yes:
-        what = "every entry of this token's tenant (or all, for the admin)" if isinstance(target, RemoteTarget) else f"all {target.count({'all': True})} entries"
+        what = (
+            "every entry of this token's tenant (or all, for the admin)"
+            if isinstance(target, RemoteTarget)
+            else f"all {target.count({'all': True})} entries"
+        )
         click.confirm(f"remove {what}?", abort=True, err=True)
     removed = target.flush()
     _echo_json({"removed": removed}) if as_json else click.echo(f"removed {removed} entries")
@@ -938,7 +1125,9 @@ def _sql_url(ctx: CliContext, url: str | None) -> str:
         return url
     from ..server.config import ServerConfig
 
-    cfg = ServerConfig.load(file=ctx.config_file, **{k: v for k, v in ctx.settings().items() if v is not None}).cache
+    cfg = ServerConfig.load(
+        file=ctx.config_file, **{k: v for k, v in ctx.settings().items() if v is not None}
+    ).cache
     if cfg.sql is None:
         raise CliError("no SQL database configured (SEMCACHE_SQL_URL=none)")
     return cfg.sql.url
@@ -946,7 +1135,11 @@ def _sql_url(ctx: CliContext, url: str | None) -> str:
 
 @db.command("upgrade")
 @target_options(envvars=False)
-@click.option("--url", default=None, help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).")
+@click.option(
+    "--url",
+    default=None,
+    help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).",
+)
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @json_option
 @pass_ctx
@@ -958,9 +1151,13 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
     sql_url = _sql_url(ctx, url)
     try:
         reached = upgrade(sql_url, revision)
-    except Exception as exc:  # alembic and drivers raise many types; one line is what the user needs
+    except (
+        Exception
+    ) as exc:  # alembic and drivers raise many types; one line is what the user needs
         translated = _translate(exc)
-        raise translated if translated is not None else CliError(f"upgrade failed: {_one_line(exc)}") from exc
+        raise (
+            translated if translated is not None else CliError(f"upgrade failed: {_one_line(exc)}")
+        ) from exc
     if as_json:
         _echo_json({"url": redact_url(sql_url), "revision": reached})
     else:
@@ -969,7 +1166,11 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
 
 @db.command("current")
 @target_options(envvars=False)
-@click.option("--url", default=None, help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).")
+@click.option(
+    "--url",
+    default=None,
+    help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).",
+)
 @json_option
 @pass_ctx
 def db_current(ctx: CliContext, url: str | None, as_json: bool) -> None:
@@ -986,15 +1187,36 @@ def db_current(ctx: CliContext, url: str | None, as_json: bool) -> None:
     try:
         current = current_revision(engine)
     except SQLAlchemyError as exc:
-        raise UnreachableError(f"cannot read {redact_url(sql_url)}: {_one_line(exc.orig or exc)}") from exc
+        cause = getattr(exc, "orig", None) or exc
+        raise UnreachableError(f"cannot read {redact_url(sql_url)}: {_one_line(cause)}") from exc
     finally:
         engine.dispose()
     head = head_revision()
-    status = "up to date" if current == head else ("empty: run `semcache db upgrade`" if current is None else "needs `semcache db upgrade`")
+    status = (
+        "up to date"
+        if current == head
+        else (
+            "empty: run `semcache db upgrade`" if current is None else "needs `semcache db upgrade`"
+        )
+    )
     if as_json:
-        _echo_json({"url": redact_url(sql_url), "current": current, "head": head, "up_to_date": current == head})
+        _echo_json(
+            {
+                "url": redact_url(sql_url),
+                "current": current,
+                "head": head,
+                "up_to_date": current == head,
+            }
+        )
     else:
-        _kv({"database": redact_url(sql_url), "current": current or "-", "head": head, "status": status})
+        _kv(
+            {
+                "database": redact_url(sql_url),
+                "current": current or "-",
+                "head": head,
+                "status": status,
+            }
+        )
 
 
 # -- index ---------------------------------------------------------------------------------
@@ -1005,8 +1227,12 @@ def index() -> None:
 
 @index.command("rebuild")
 @target_options(envvars=False)
-@click.option("--reembed", is_flag=True, help="Also embed entries with no vector (or another embedder's).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option(
+    "--reembed", is_flag=True, help="Also embed entries with no vector (or another embedder's)."
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar [default: on a terminal]."
+)
 @json_option
 @pass_ctx
 def index_rebuild(ctx: CliContext, reembed: bool, progress: bool | None, as_json: bool) -> None:
@@ -1071,7 +1297,11 @@ def bench(name: str, args: tuple[str, ...], list_only: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the CLI; unexpected errors print one line (set SEMCACHE_DEBUG=1 for the traceback)."""
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="semcache", standalone_mode=False)
+        rv = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="semcache",
+            standalone_mode=False,
+        )
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -1085,7 +1315,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except Exception as exc:
         if os.environ.get("SEMCACHE_DEBUG"):
             raise
-        click.echo(f"Error: unexpected {type(exc).__name__}: {_one_line(exc)} (SEMCACHE_DEBUG=1 shows the traceback)", err=True)
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {_one_line(exc)} (SEMCACHE_DEBUG=1 shows the traceback)",
+            err=True,
+        )
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

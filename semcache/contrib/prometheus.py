@@ -28,7 +28,23 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 __all__ = ["CONTENT_TYPE_LATEST", "CacheMetrics", "CacheStatsCollector", "PrometheusMiddleware"]
 
 #: Lookup latencies span 20 µs (an L1 exact hit) to seconds (a cold model, a slow tier).
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
 
 
@@ -49,39 +65,61 @@ class CacheStatsCollector(Collector):
         """Yield the metric families (called by the registry on every scrape)."""
         try:
             s = self._current().stats()
-        except Exception:  # a scrape must not fail because a tier's stats did
+        except Exception:  # noqa: BLE001 - a scrape must not fail because a tier's stats did
             return
-        hits = CounterMetricFamily("semcache_hits", "Cache hits by tier and kind.", labels=["tier", "kind"])
+        hits = CounterMetricFamily(
+            "semcache_hits", "Cache hits by tier and kind.", labels=["tier", "kind"]
+        )
         for name, n in sorted(s.get("hits_by", {}).items()):
             tier, _, kind = name.partition("_")
             hits.add_metric([tier, kind], n)
         yield hits
-        yield CounterMetricFamily("semcache_misses", "Lookups that found nothing.", value=s.get("misses", 0))
-        yield CounterMetricFamily("semcache_sets", "Entries stored.", value=s.get("sets", 0))
-        yield CounterMetricFamily("semcache_invalidated", "Entries removed by invalidation.", value=s.get("invalidated", 0))
         yield CounterMetricFamily(
-            "semcache_semantic_lookups", "Lookups that searched the index.", value=s.get("semantic_lookups", 0)
+            "semcache_misses", "Lookups that found nothing.", value=s.get("misses", 0)
         )
-        errors = CounterMetricFamily("semcache_tier_errors", "Tier failures (counted, served as misses).", labels=["tier"])
+        yield CounterMetricFamily("semcache_sets", "Entries stored.", value=s.get("sets", 0))
+        yield CounterMetricFamily(
+            "semcache_invalidated",
+            "Entries removed by invalidation.",
+            value=s.get("invalidated", 0),
+        )
+        yield CounterMetricFamily(
+            "semcache_semantic_lookups",
+            "Lookups that searched the index.",
+            value=s.get("semantic_lookups", 0),
+        )
+        errors = CounterMetricFamily(
+            "semcache_tier_errors", "Tier failures (counted, served as misses).", labels=["tier"]
+        )
         for tier, n in sorted(s.get("tier_errors", {}).items()):
             errors.add_metric([tier], n)
         yield errors
         guards = CounterMetricFamily(
-            "semcache_guard_rejections", "Semantic candidates rejected by a guard.", labels=["guard"]
+            "semcache_guard_rejections",
+            "Semantic candidates rejected by a guard.",
+            labels=["guard"],
         )
         for guard, n in sorted(s.get("guard_rejections", {}).items()):
             guards.add_metric([guard], n)
         yield guards
         yield CounterMetricFamily(
-            "semcache_saved_tokens", "LLM tokens not spent thanks to hits.", value=s.get("saved_tokens", 0)
+            "semcache_saved_tokens",
+            "LLM tokens not spent thanks to hits.",
+            value=s.get("saved_tokens", 0),
         )
         yield CounterMetricFamily(
-            "semcache_saved_cost_dollars", "Money not spent thanks to hits (USD).", value=s.get("saved_cost_usd", 0.0)
+            "semcache_saved_cost_dollars",
+            "Money not spent thanks to hits (USD).",
+            value=s.get("saved_cost_usd", 0.0),
         )
         index = s.get("index")
         if isinstance(index, dict) and "entries" in index:
-            yield GaugeMetricFamily("semcache_index_vectors", "Vectors in the in-process index.", value=index["entries"])
-        yield GaugeMetricFamily("semcache_l1_bytes", "Bytes held by L1.", value=s.get("l1_bytes", 0))
+            yield GaugeMetricFamily(
+                "semcache_index_vectors", "Vectors in the in-process index.", value=index["entries"]
+            )
+        yield GaugeMetricFamily(
+            "semcache_l1_bytes", "Bytes held by L1.", value=s.get("l1_bytes", 0)
+        )
 
 
 class CacheMetrics:
@@ -169,5 +207,7 @@ class PrometheusMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(template, scope.get("method", ""), str(status[0])).inc()
+            self.metrics.http_requests.labels(
+                template, scope.get("method", ""), str(status[0])
+            ).inc()
             self.metrics.http_seconds.labels(template).observe(time.perf_counter() - t0)

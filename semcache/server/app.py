@@ -130,7 +130,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
-        resp = error_response(413, f"the request body is larger than {self.max_bytes} bytes", "request_too_large")
+        resp = error_response(
+            413, f"the request body is larger than {self.max_bytes} bytes", "request_too_large"
+        )
         await resp(scope, receive, send)
 
 
@@ -149,7 +151,13 @@ def _selector(sc: Sidecar, principal: Principal, body: InvalidateRequest) -> Sel
     if body.entry_id is not None:
         keys.append(body.entry_id)
     if body.prompt is not None or body.messages is not None:
-        req = build_request(body.prompt, messages=body.message_dicts(), model=body.model, params=body.params, namespace=ns)
+        req = build_request(
+            body.prompt,
+            messages=body.message_dicts(),
+            model=body.model,
+            params=body.params,
+            namespace=ns,
+        )
         keys.append(req.key)
     return Selector(
         keys=tuple(dict.fromkeys(keys)),
@@ -189,7 +197,12 @@ def _api_router() -> APIRouter:
         "/readyz",
         response_model=ReadyResponse,
         tags=["health"],
-        responses={503: {"model": ReadyResponse, "description": "Not ready: starting, or every tier is down."}},
+        responses={
+            503: {
+                "model": ReadyResponse,
+                "description": "Not ready: starting, or every tier is down.",
+            }
+        },
     )
     async def readyz(sc: SidecarDep) -> Any:
         """Readiness: each tier's state; 503 while starting or when every tier is down."""
@@ -209,7 +222,12 @@ def _api_router() -> APIRouter:
         }
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
-    @router.get("/metrics", tags=["health"], response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @router.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def metrics(sc: SidecarDep) -> Response:
         """Prometheus metrics (no token needed, like most scrape targets)."""
         from ..contrib.prometheus import CONTENT_TYPE_LATEST
@@ -221,12 +239,20 @@ def _api_router() -> APIRouter:
     async def lookup(body: LookupRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Look a prompt up: exact first, then semantic within its scope (tenant included)."""
         ns = principal.namespace(body.namespace)
-        req = build_request(body.prompt, messages=body.message_dicts(), model=body.model, params=body.params, namespace=ns)
+        req = build_request(
+            body.prompt,
+            messages=body.message_dicts(),
+            model=body.model,
+            params=body.params,
+            namespace=ns,
+        )
         thr = UNSET if body.threshold is None else body.threshold
         t0 = time.perf_counter()
         result = await sc.batcher.lookup(req, threshold=thr, semantic=body.semantic)
         hit = result.hit
-        sc.metrics.observe_lookup("/v1/lookup", hit.kind if hit else "miss", time.perf_counter() - t0)
+        sc.metrics.observe_lookup(
+            "/v1/lookup", hit.kind if hit else "miss", time.perf_counter() - t0
+        )
         if hit is None:
             return JSONResponse({"hit": False, "key": req.key})
         return JSONResponse({"key": req.key, **_hit_fields(hit, body.include_value)})
@@ -252,11 +278,22 @@ def _api_router() -> APIRouter:
     async def store(body: StoreRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Store a response for a prompt in every tier and the index."""
         ns = principal.namespace(body.namespace)
-        req = build_request(body.prompt, messages=body.message_dicts(), model=body.model, params=body.params, namespace=ns)
+        req = build_request(
+            body.prompt,
+            messages=body.message_dicts(),
+            model=body.model,
+            params=body.params,
+            namespace=ns,
+        )
         # omitted: the policy's default TTL; an explicit null: never expire
         ttl = body.ttl_seconds if "ttl_seconds" in body.model_fields_set else UNSET
         entry = await sc.run(
-            sc.cache.sync.store, req, body.value, ttl_seconds=ttl, tags=body.tags, metadata=body.metadata
+            sc.cache.sync.store,
+            req,
+            body.value,
+            ttl_seconds=ttl,
+            tags=body.tags,
+            metadata=body.metadata,
         )
         return JSONResponse(
             {
@@ -273,7 +310,9 @@ def _api_router() -> APIRouter:
     async def list_entries(
         sc: SidecarDep,
         principal: PrincipalDep,
-        namespace: Annotated[str | None, Query(description="Filter: namespace (tenants: their own).")] = None,
+        namespace: Annotated[
+            str | None, Query(description="Filter: namespace (tenants: their own).")
+        ] = None,
         model: str | None = None,
         tag: str | None = None,
         scope: str | None = None,
@@ -297,7 +336,9 @@ def _api_router() -> APIRouter:
             prompt_pattern=prompt_pattern,
         )
         now = sc.cache.sync.timer()
-        entries = await sc.run(_list, sc.cache, None if sel.is_empty() else sel, now, limit=limit, offset=offset)
+        entries = await sc.run(
+            _list, sc.cache, None if sel.is_empty() else sel, now, limit=limit, offset=offset
+        )
         views = [entry_view(e, now, include_value=include_values) for e in entries]
         return JSONResponse({"entries": views, "limit": limit, "offset": offset})
 
@@ -308,7 +349,9 @@ def _api_router() -> APIRouter:
         responses={404: {"model": ErrorBody, "description": "No such entry (for this token)."}},
     )
     async def get_entry(
-        entry_id: Annotated[str, Path(min_length=1, max_length=256)], sc: SidecarDep, principal: PrincipalDep
+        entry_id: Annotated[str, Path(min_length=1, max_length=256)],
+        sc: SidecarDep,
+        principal: PrincipalDep,
     ) -> Any:
         """One entry, with its value."""
         from ..admin import entry_view
@@ -326,7 +369,9 @@ def _api_router() -> APIRouter:
         responses={404: {"model": ErrorBody, "description": "No such entry (for this token)."}},
     )
     async def delete_entry(
-        entry_id: Annotated[str, Path(min_length=1, max_length=256)], sc: SidecarDep, principal: PrincipalDep
+        entry_id: Annotated[str, Path(min_length=1, max_length=256)],
+        sc: SidecarDep,
+        principal: PrincipalDep,
     ) -> Any:
         """Delete one entry from every tier and the index."""
         # the tenant is an AND term of the selector: another tenant's entry is never touched
@@ -356,7 +401,9 @@ def _api_router() -> APIRouter:
         if principal.tenant is None:
             removed = await sc.run(sc.cache.sync.flush)
         else:
-            removed = await sc.run(sc.cache.sync.invalidate_selector, Selector(namespace=principal.tenant))
+            removed = await sc.run(
+                sc.cache.sync.invalidate_selector, Selector(namespace=principal.tenant)
+            )
         return JSONResponse({"removed": removed})
 
     @router.get("/v1/stats", tags=["admin"])
@@ -385,17 +432,27 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.message, "authentication_error" if exc.status == 401 else "permission_error", headers=headers)
+        return error_response(
+            exc.status,
+            exc.message,
+            "authentication_error" if exc.status == 401 else "permission_error",
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        details: list[dict[str, Any]] = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(first["loc"][1:] if first["loc"][:1] == ["body"] else first["loc"])
-        message = f"{where}: {first['msg']}" if where else first["msg"]
+        loc = [str(x) for x in first["loc"]]
+        where = ".".join(loc[1:] if loc[:1] == ["body"] else loc)
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
         return error_response(422, message, "invalid_request_error", details=details)
 
     @app.exception_handler(InvalidInputError)
@@ -406,8 +463,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
             # FastAPI answers 400 for a JSON body that is not UTF-8; it is malformed JSON like any other
-            return error_response(422, "the request body is not valid JSON (UTF-8)", "invalid_request_error")
-        return error_response(exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None))
+            return error_response(
+                422, "the request body is not valid JSON (UTF-8)", "invalid_request_error"
+            )
+        return error_response(
+            exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(SemcacheError)
     async def _semcache(request: Request, exc: SemcacheError) -> JSONResponse:
@@ -465,4 +526,3 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(PrometheusMiddleware, metrics=sidecar.metrics)
     return app
-

@@ -78,7 +78,9 @@ class TokenAuth:
         enabled: ``False`` makes every caller the admin (explicit opt-out only).
     """
 
-    def __init__(self, tokens: Mapping[str, str], admin_token: str | None, *, enabled: bool = True) -> None:
+    def __init__(
+        self, tokens: Mapping[str, str], admin_token: str | None, *, enabled: bool = True
+    ) -> None:
         self.enabled = enabled
         # digests, so a lookup's timing says nothing about how much of a token matched
         self._tenants = {_digest(t): tenant for t, tenant in tokens.items()}

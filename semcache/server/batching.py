@@ -88,7 +88,9 @@ class MicroBatcher:
         """Whether the cache matches semantically at all."""
         return self.cache.sync.index is not None
 
-    async def lookup(self, request: Request, *, threshold: Any = UNSET, semantic: bool = True) -> LookupResult:
+    async def lookup(
+        self, request: Request, *, threshold: Any = UNSET, semantic: bool = True
+    ) -> LookupResult:
         """Look up a request: L1 exact on the loop, else through a batch (or alone when disabled).
 
         Raises:
@@ -138,8 +140,10 @@ class MicroBatcher:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
-                results = await anyio.to_thread.run_sync(self._work, [(i.request, i.threshold) for i in batch])
-            except Exception as exc:  # the whole batch failed (say the embedder): tell every caller
+                results = await anyio.to_thread.run_sync(
+                    self._work, [(i.request, i.threshold) for i in batch]
+                )
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed (the embedder, say): tell every caller
                 results = [exc] * len(batch)
             except BaseException:  # cancelled (shutdown): nobody gets an answer
                 for item in batch:
@@ -169,19 +173,21 @@ class MicroBatcher:
             try:
                 if sync.embeddable(req.text):
                     todo.append(i)
-            except Exception:
-                pass  # lookup() below raises the same error for this item alone
+            except Exception:  # noqa: BLE001,S110 - lookup() below raises the same error for this item alone
+                pass
         if todo:
             t0 = time.perf_counter()
             matrix = sync.embed_many([items[i][0].text for i in todo])
-            log.debug("embedded a batch of %d in %.1f ms", len(todo), (time.perf_counter() - t0) * 1e3)
+            log.debug(
+                "embedded a batch of %d in %.1f ms", len(todo), (time.perf_counter() - t0) * 1e3
+            )
             for j, i in enumerate(todo):
                 vectors[i] = matrix[j]
         out: list[LookupResult | BaseException] = []
         for (req, thr), v in zip(items, vectors):
             try:
                 out.append(LookupResult(sync.lookup(req, threshold=thr, embedding=v), v))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one caller's bad request must not fail the others
                 out.append(exc)
         return out
 

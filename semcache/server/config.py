@@ -89,7 +89,9 @@ def _to_tokens(name: str, raw: Any) -> dict[str, str]:
                 continue
             token, sep, tenant = item.partition("=")
             if not sep:
-                raise ConfigurationError(f"{name}: each item must be TOKEN=TENANT, got one without '='")
+                raise ConfigurationError(
+                    f"{name}: each item must be TOKEN=TENANT, got one without '='"
+                )
             pairs.append((token.strip(), tenant.strip()))
     out: dict[str, str] = {}
     for token, tenant in pairs:
@@ -101,22 +103,25 @@ def _to_tokens(name: str, raw: Any) -> dict[str, str]:
 
 def _to_prices(name: str, raw: Any) -> dict[str, tuple[float, float]]:
     """``{"model": (input $/1M tokens, output $/1M tokens)}`` from a mapping or ``"m=0.15/0.6,…"``."""
+    items: list[tuple[Any, Any]]
     if isinstance(raw, Mapping):
         items = list(raw.items())
     else:
         items = []
         for item in str(raw).split(","):
             if item.strip():
-                model, sep, price = item.partition("=")
+                model_name, sep, pair = item.partition("=")
                 if not sep:
                     raise ConfigurationError(f"{name}: each item must be MODEL=INPUT/OUTPUT")
-                items.append((model.strip(), price.split("/")))
+                items.append((model_name.strip(), pair.split("/")))
     out: dict[str, tuple[float, float]] = {}
     for model, price in items:
         if isinstance(price, (int, float)):
             price = [price, price]
         if not isinstance(price, (list, tuple)) or len(price) != 2:
-            raise ConfigurationError(f"{name}: the price of {model!r} must be [input, output] dollars per 1M tokens")
+            raise ConfigurationError(
+                f"{name}: the price of {model!r} must be [input, output] dollars per 1M tokens"
+            )
         out[str(model)] = (_to_float(name, price[0]), _to_float(name, price[1]))
     return out
 
@@ -149,7 +154,16 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "threshold": _to_float,
     "embedder": lambda n, v: v,
 }
-_CACHE_KEYS = ("redis_url", "redis_prefix", "sql_url", "l1", "l1_max_entries", "ttl_seconds", "threshold", "embedder")
+_CACHE_KEYS = (
+    "redis_url",
+    "redis_prefix",
+    "sql_url",
+    "l1",
+    "l1_max_entries",
+    "ttl_seconds",
+    "threshold",
+    "embedder",
+)
 
 
 def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -167,12 +181,14 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
             data = tomllib.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"the config file {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+        raise ConfigurationError(
+            f"the config file {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {exc}"
+        ) from exc
     if not isinstance(data, dict):
         raise ConfigurationError(f"the config file {p} must hold a table of settings")
     if isinstance(data.get("semcache"), dict):
         data = data["semcache"]
-    return data
+    return dict(data)
 
 
 def load_settings(
@@ -206,7 +222,9 @@ def load_settings(
             raise ConfigurationError(f"unknown setting {name!r}")
         if value is not None:
             merged[name] = value
-    return {name: _SETTINGS[name](f"{prefix}{name.upper()}", value) for name, value in merged.items()}
+    return {
+        name: _SETTINGS[name](f"{prefix}{name.upper()}", value) for name, value in merged.items()
+    }
 
 
 def _cache_config(settings: Mapping[str, Any]) -> CacheConfig:
@@ -278,7 +296,11 @@ class ServerConfig:
     access_log: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+        if (
+            not isinstance(self.port, int)
+            or isinstance(self.port, bool)
+            or not 0 <= self.port <= 65535
+        ):
             raise ConfigurationError(f"port must be in 0..65535, got {self.port!r}")
         if self.max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes must be positive")
@@ -288,8 +310,13 @@ class ServerConfig:
             raise ConfigurationError("batch_max and batch_concurrency must be at least 1")
         if self.upstream_timeout_seconds <= 0:
             raise ConfigurationError("upstream_timeout_seconds must be positive")
-        if self.upstream_url is not None and urlsplit(self.upstream_url).scheme not in ("http", "https"):
-            raise ConfigurationError(f"upstream_url must be an http(s) URL, got {redact_url(self.upstream_url)!r}")
+        if self.upstream_url is not None and urlsplit(self.upstream_url).scheme not in (
+            "http",
+            "https",
+        ):
+            raise ConfigurationError(
+                f"upstream_url must be an http(s) URL, got {redact_url(self.upstream_url)!r}"
+            )
         if self.admin_token is not None and self.admin_token in self.tokens:
             raise ConfigurationError("the admin token must not also be a tenant token")
         if self.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
@@ -322,7 +349,9 @@ class ServerConfig:
         return cls(cache=cache_cfg, **kwargs)
 
     @classmethod
-    def from_env(cls, prefix: str = ENV_PREFIX, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    def from_env(
+        cls, prefix: str = ENV_PREFIX, environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
         """Build a config from ``{prefix}…`` environment variables only."""
         settings = load_settings(environ=environ, prefix=prefix)
         own = {f.name for f in fields(cls)} - {"cache"}

@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ChatCompletionBody",
-    "Message",
     "EntryList",
     "EntryView",
     "ErrorBody",
@@ -19,6 +18,7 @@ __all__ = [
     "InvalidateResponse",
     "LookupRequest",
     "LookupResponse",
+    "Message",
     "ReadyResponse",
     "StoreRequest",
     "StoreResponse",
@@ -75,7 +75,7 @@ class Message(BaseModel):
 
 
 #: A body names exactly one of ``prompt`` and ``messages`` (checked by ``_one_of``, documented here).
-_ONE_OF_PROMPT = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+_ONE_OF_PROMPT: dict[str, Any] = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
 
 
 class _Scoped(_Body):
@@ -83,14 +83,19 @@ class _Scoped(_Body):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF_PROMPT)
 
-    prompt: str | None = Field(None, description="The prompt text (or give `messages`).", min_length=1)
+    prompt: str | None = Field(
+        None, description="The prompt text (or give `messages`).", min_length=1
+    )
     messages: list[Message] | None = Field(
         None, description="OpenAI-style chat messages; the last user turn is matched.", min_length=1
     )
     model: str | None = Field(None, description="Scope: the model name (must match exactly).")
-    params: dict[str, Any] | None = Field(None, description="Scope: generation params that change the output.")
+    params: dict[str, Any] | None = Field(
+        None, description="Scope: generation params that change the output."
+    )
     namespace: str | None = Field(
-        None, description="Scope: the tenant. Tenant tokens are confined to their own; admin may name any."
+        None,
+        description="Scope: the tenant. Tenant tokens are confined to their own; admin may name any.",
     )
 
     @model_validator(mode="after")
@@ -101,13 +106,19 @@ class _Scoped(_Body):
 
     def message_dicts(self) -> list[dict[str, Any]] | None:
         """The messages as plain dicts (what the key rules hash)."""
-        return None if self.messages is None else [m.model_dump(exclude_unset=True) for m in self.messages]
+        return (
+            None
+            if self.messages is None
+            else [m.model_dump(exclude_unset=True) for m in self.messages]
+        )
 
 
 class LookupRequest(_Scoped):
     """Look a prompt up: exact first, then semantic within its scope."""
 
-    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine similarity for this call.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Cosine similarity for this call."
+    )
     semantic: bool = Field(True, description="False for an exact-only lookup.")
     include_value: bool = Field(True, description="Return the cached value on a hit.")
 
@@ -124,18 +135,29 @@ class StoreRequest(_Scoped):
 
     value: Any = Field(..., description="The response: any JSON value.")
     ttl_seconds: float | None = Field(
-        None, gt=0, le=MAX_TTL_SECONDS, description="Seconds to live; null never expires; omitted: the default."
+        None,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        description="Seconds to live; null never expires; omitted: the default.",
     )
     tags: list[str] = Field(default_factory=list, max_length=_MAX_TAGS)
-    metadata: dict[str, Any] | None = Field(None, description="Extras; `usage` and `cost` feed the savings counters.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Extras; `usage` and `cost` feed the savings counters."
+    )
 
 
 class InvalidateRequest(_Body):
     """What to remove; criteria combine with AND. A tenant is always confined to its own entries."""
 
     entry_id: str | None = Field(None, description="One entry id (its exact key).", min_length=1)
-    keys: list[str] = Field(default_factory=list, max_length=10_000, description="Entry ids (exact keys).")
-    prompt: str | None = Field(None, min_length=1, description="The entry stored for this exact prompt (with the scope fields).")
+    keys: list[str] = Field(
+        default_factory=list, max_length=10_000, description="Entry ids (exact keys)."
+    )
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        description="The entry stored for this exact prompt (with the scope fields).",
+    )
     messages: list[Message] | None = Field(None, min_length=1)
     params: dict[str, Any] | None = None
     scope: str | None = Field(None, description="A scope hash.")
@@ -143,12 +165,18 @@ class InvalidateRequest(_Body):
     model: str | None = None
     tag: str | None = None
     older_than_seconds: float | None = Field(None, ge=0, le=1e12)
-    prompt_pattern: str | None = Field(None, description="A glob (fnmatch) over the stored prompt.", min_length=1)
+    prompt_pattern: str | None = Field(
+        None, description="A glob (fnmatch) over the stored prompt.", min_length=1
+    )
     dry_run: bool = Field(False, description="Only count what would be removed.")
 
     def message_dicts(self) -> list[dict[str, Any]] | None:
         """The messages as plain dicts (what the key rules hash)."""
-        return None if self.messages is None else [m.model_dump(exclude_unset=True) for m in self.messages]
+        return (
+            None
+            if self.messages is None
+            else [m.model_dump(exclude_unset=True) for m in self.messages]
+        )
 
 
 class LookupResponse(BaseModel):

@@ -63,7 +63,13 @@ __all__ = ["Proxy", "proxy_router"]
 log = logging.getLogger("semcache.server")
 
 #: Upstream response headers worth handing back to the caller.
-_PASS_BACK = ("content-type", "x-request-id", "retry-after", "openai-processing-ms", "openai-version")
+_PASS_BACK = (
+    "content-type",
+    "x-request-id",
+    "retry-after",
+    "openai-processing-ms",
+    "openai-version",
+)
 _PASS_BACK_PREFIXES = ("x-ratelimit-",)
 #: Caller headers forwarded upstream (besides the key).
 _FORWARD = ("openai-organization", "openai-project", "openai-beta", "user-agent")
@@ -95,7 +101,9 @@ class _Options:
             except ValueError:
                 raise InvalidInputError("X-Semcache-TTL must be a number of seconds") from None
             if not math.isfinite(ttl) or ttl <= 0 or ttl > 100 * 365 * 24 * 3600:
-                raise InvalidInputError("X-Semcache-TTL must be a positive number of seconds (at most 100 years)")
+                raise InvalidInputError(
+                    "X-Semcache-TTL must be a positive number of seconds (at most 100 years)"
+                )
             self.ttl = ttl
 
 
@@ -110,7 +118,9 @@ def _hit_headers(hit: Hit) -> dict[str, str]:
     }
 
 
-def _as_completion(value: Any, metadata: dict[str, Any], model: str, key: str, created: float) -> dict[str, Any] | None:
+def _as_completion(
+    value: Any, metadata: dict[str, Any], model: str, key: str, created: float
+) -> dict[str, Any] | None:
     """The stored value as a ``chat.completion`` dict, or ``None`` when it cannot be one."""
     fmt = metadata.get(FORMAT_KEY)
     if isinstance(value, list) and (metadata.get(STREAM_KEY) or fmt == FORMAT_CHAT_CHUNK):
@@ -128,7 +138,12 @@ def _as_completion(value: Any, metadata: dict[str, Any], model: str, key: str, c
             "created": int(created),
             "model": model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": value}, "finish_reason": "stop", "logprobs": None}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": value},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
             ],
         }
     return None
@@ -145,7 +160,14 @@ class Proxy:
         self.sc = sc
         self.flights = SingleFlight()
         self.lock: AsyncRedisLock | None = None
-        redis_tier = next((t for t in sc.cache.sync.tiers if getattr(t, "name", "") == "l2" and hasattr(t, "client")), None)
+        redis_tier = next(
+            (
+                t
+                for t in sc.cache.sync.tiers
+                if getattr(t, "name", "") == "l2" and hasattr(t, "client")
+            ),
+            None,
+        )
         if redis_tier is not None and sc.cache.config.redis is not None:
             self.lock = AsyncRedisLock(
                 redis_tier.client,
@@ -155,7 +177,10 @@ class Proxy:
 
     # -- upstream --------------------------------------------------------------
     def _upstream_headers(self, request: Request, principal: Principal) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "application/json")}
+        headers = {
+            "content-type": "application/json",
+            "accept": request.headers.get("accept", "application/json"),
+        }
         for name in _FORWARD:
             if name in request.headers:
                 headers[name] = request.headers[name]
@@ -170,7 +195,9 @@ class Proxy:
     @staticmethod
     def _pass_back(headers: Any) -> dict[str, str]:
         return {
-            k: v for k, v in headers.items() if k.lower() in _PASS_BACK or k.lower().startswith(_PASS_BACK_PREFIXES)
+            k: v
+            for k, v in headers.items()
+            if k.lower() in _PASS_BACK or k.lower().startswith(_PASS_BACK_PREFIXES)
         }
 
     async def _call_upstream(self, payload: dict[str, Any], headers: dict[str, str]) -> _Upstream:
@@ -185,7 +212,9 @@ class Proxy:
         except httpx.HTTPError as exc:
             self.sc.metrics.upstream_requests.labels("0").inc()
             log.warning("upstream unreachable: %s", exc)
-            return _Upstream(502, _error_bytes("the upstream is unreachable", "upstream_unreachable", 502))
+            return _Upstream(
+                502, _error_bytes("the upstream is unreachable", "upstream_unreachable", 502)
+            )
         self.sc.metrics.upstream_requests.labels(str(resp.status_code)).inc()
         return _Upstream(resp.status_code, resp.content, self._pass_back(resp.headers))
 
@@ -195,15 +224,23 @@ class Proxy:
         usage = usage_of(completion)
         if usage:
             meta["usage"] = usage
-            price = self.sc.config.prices.get(request_model) or self.sc.config.prices.get(model_of(completion) or "")
+            price = self.sc.config.prices.get(request_model) or self.sc.config.prices.get(
+                model_of(completion) or ""
+            )
             if price is not None:
                 meta["cost"] = (
-                    usage.get("prompt_tokens", 0) * price[0] + usage.get("completion_tokens", 0) * price[1]
+                    usage.get("prompt_tokens", 0) * price[0]
+                    + usage.get("completion_tokens", 0) * price[1]
                 ) / 1e6
         return meta
 
     async def _store(
-        self, req: CacheRequest, completion: dict[str, Any], embedding: np.ndarray | None, opts: _Options, model: str
+        self,
+        req: CacheRequest,
+        completion: dict[str, Any],
+        embedding: np.ndarray | None,
+        opts: _Options,
+        model: str,
     ) -> None:
         try:
             await self.sc.run(
@@ -230,7 +267,9 @@ class Proxy:
         token: str | None = None
         if self.lock is not None and opts.lookup:
             try:
-                token, found = await self.lock.acquire_or_wait(req.key, poll=lambda: self._stored(req))
+                token, found = await self.lock.acquire_or_wait(
+                    req.key, poll=lambda: self._stored(req)
+                )
             except BackendError:
                 token, found = None, None  # Redis trouble: go on without the lock
             if found is not None:
@@ -257,13 +296,19 @@ class Proxy:
         entry = await self.sc.run(self.sc.cache.sync.get_entry, req.key)
         if entry is None or entry.scope != req.scope:
             return None
-        completion = _as_completion(entry.value, entry.metadata, req.model or "", req.key, entry.created_at)
+        completion = _as_completion(
+            entry.value, entry.metadata, req.model or "", req.key, entry.created_at
+        )
         if completion is None:
             return None
-        return _Upstream(200, json.dumps(completion).encode("utf-8"), {"content-type": "application/json"})
+        return _Upstream(
+            200, json.dumps(completion).encode("utf-8"), {"content-type": "application/json"}
+        )
 
     # -- the route -------------------------------------------------------------
-    async def handle(self, request: Request, body: ChatCompletionBody, principal: Principal) -> Response:
+    async def handle(
+        self, request: Request, body: ChatCompletionBody, principal: Principal
+    ) -> Response:
         """Answer one chat completion request."""
         sc = self.sc
         opts = _Options(request)
@@ -273,7 +318,9 @@ class Proxy:
         payload["messages"] = messages
         stream = bool(payload.get("stream"))
         params = {k: v for k, v in payload.items() if k not in ("model", "messages")}
-        req = build_request(messages=messages, model=body.model, params=params, namespace=principal.tenant)
+        req = build_request(
+            messages=messages, model=body.model, params=params, namespace=principal.tenant
+        )
 
         embedding = None
         if opts.lookup:
@@ -281,9 +328,13 @@ class Proxy:
             result = await sc.batcher.lookup(req)
             embedding = result.embedding
             hit = result.hit
-            sc.metrics.observe_lookup("/v1/chat/completions", hit.kind if hit else "miss", time.perf_counter() - t0)
+            sc.metrics.observe_lookup(
+                "/v1/chat/completions", hit.kind if hit else "miss", time.perf_counter() - t0
+            )
             if hit is not None:
-                completion = _as_completion(hit.value, hit.entry.metadata, body.model, hit.key, hit.entry.created_at)
+                completion = _as_completion(
+                    hit.value, hit.entry.metadata, body.model, hit.key, hit.entry.created_at
+                )
                 if completion is not None:
                     if stream:
                         return self._replay(completion, _hit_headers(hit))
@@ -291,7 +342,9 @@ class Proxy:
         marker = {"x-semcache": "miss" if opts.lookup else "bypass"}
         if sc.upstream is None:
             return JSONResponse(
-                _error_json("cache miss and no upstream is configured (set upstream_url)", "cache_miss", 404),
+                _error_json(
+                    "cache miss and no upstream is configured (set upstream_url)", "cache_miss", 404
+                ),
                 status_code=404,
                 headers=marker,
             )
@@ -330,20 +383,32 @@ class Proxy:
         sc = self.sc
         assert sc.upstream is not None
         try:
-            upstream_req = sc.upstream.build_request("POST", "chat/completions", json=payload, headers=headers)
+            upstream_req = sc.upstream.build_request(
+                "POST", "chat/completions", json=payload, headers=headers
+            )
             resp = await sc.upstream.send(upstream_req, stream=True)
         except httpx.TimeoutException:
             sc.metrics.upstream_requests.labels("0").inc()
-            return JSONResponse(_error_json("the upstream timed out", "upstream_timeout", 504), 504, headers=marker)
+            return JSONResponse(
+                _error_json("the upstream timed out", "upstream_timeout", 504), 504, headers=marker
+            )
         except httpx.HTTPError as exc:
             sc.metrics.upstream_requests.labels("0").inc()
             log.warning("upstream unreachable: %s", exc)
-            return JSONResponse(_error_json("the upstream is unreachable", "upstream_unreachable", 502), 502, headers=marker)
+            return JSONResponse(
+                _error_json("the upstream is unreachable", "upstream_unreachable", 502),
+                502,
+                headers=marker,
+            )
         sc.metrics.upstream_requests.labels(str(resp.status_code)).inc()
         if resp.status_code != 200:
             content = await resp.aread()
             await resp.aclose()
-            return Response(content, status_code=resp.status_code, headers={**self._pass_back(resp.headers), **marker})
+            return Response(
+                content,
+                status_code=resp.status_code,
+                headers={**self._pass_back(resp.headers), **marker},
+            )
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             """The upstream's SSE events as chunk dicts; an unfinished stream is an error."""
@@ -374,14 +439,28 @@ class Proxy:
             except (_BrokenStream, httpx.HTTPError) as exc:
                 # the status line is long gone: tell the client in-band, store nothing
                 log.warning("upstream stream failed (%s); nothing stored", exc)
-                yield _sse({"error": {"message": f"upstream stream failed: {exc}", "type": "upstream_error", "code": 502}})
+                yield _sse(
+                    {
+                        "error": {
+                            "message": f"upstream stream failed: {exc}",
+                            "type": "upstream_error",
+                            "code": 502,
+                        }
+                    }
+                )
             finally:
                 if not recording.completed:
                     await recording.aclose()
                 await resp.aclose()
 
         return StreamingResponse(
-            body(), media_type="text/event-stream", headers={**self._pass_back(resp.headers), **marker, "content-type": "text/event-stream"}
+            body(),
+            media_type="text/event-stream",
+            headers={
+                **self._pass_back(resp.headers),
+                **marker,
+                "content-type": "text/event-stream",
+            },
         )
 
 
@@ -411,12 +490,17 @@ def proxy_router() -> APIRouter:
             },
             401: {"model": ErrorBody},
             403: {"model": ErrorBody},
-            404: {"model": ErrorBody, "description": "A miss with no upstream configured (cache-only mode)."},
+            404: {
+                "model": ErrorBody,
+                "description": "A miss with no upstream configured (cache-only mode).",
+            },
             413: {"model": ErrorBody},
             422: {"model": ErrorBody},
         },
     )
-    async def chat_completions(body: ChatCompletionBody, request: Request, sc: SidecarDep, principal: PrincipalDep) -> Response:
+    async def chat_completions(
+        body: ChatCompletionBody, request: Request, sc: SidecarDep, principal: PrincipalDep
+    ) -> Response:
         """OpenAI-compatible chat completions: answered from the cache, or forwarded upstream and stored."""
         return await sc.proxy.handle(request, body, principal)  # type: ignore[no-any-return]
 

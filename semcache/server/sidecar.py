@@ -25,7 +25,14 @@ log = logging.getLogger("semcache.server")
 T = TypeVar("T")
 
 
-def error_response(status: int, message: str, type_: str, *, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    *,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A JSON error in the OpenAI shape, which the ``openai`` client understands."""
     err: dict[str, Any] = {"message": message, "type": type_, "code": status}
     if details is not None:
@@ -79,7 +86,9 @@ class Sidecar:
         """
         if self.cache.sync.state == "closed":
             if self._given_cache is not None:
-                raise ConfigurationError("the cache given to create_app() is closed; pass a new one")
+                raise ConfigurationError(
+                    "the cache given to create_app() is closed; pass a new one"
+                )
             self.cache = AsyncSemanticCache(self.config.cache)
             self.batcher = self._batcher()
         await self.cache.open()

@@ -31,14 +31,40 @@ def fill(cache: SemanticCache) -> None:
     """Five entries: two tenants, two models, tags, one old entry."""
     cache.set_many(
         [
-            {"prompt": "What is the capital of France?", "value": "Paris", "model": "m1", "tags": ["geo"]},
-            {"prompt": "What is the capital of Italy?", "value": "Rome", "model": "m1", "tags": ["geo"]},
-            {"prompt": "How do I reset my password?", "value": {"steps": 3}, "model": "m2", "tags": ["support"]},
-            {"prompt": "Refund policy for orders", "value": "30 days", "model": "m2", "namespace": "acme"},
+            {
+                "prompt": "What is the capital of France?",
+                "value": "Paris",
+                "model": "m1",
+                "tags": ["geo"],
+            },
+            {
+                "prompt": "What is the capital of Italy?",
+                "value": "Rome",
+                "model": "m1",
+                "tags": ["geo"],
+            },
+            {
+                "prompt": "How do I reset my password?",
+                "value": {"steps": 3},
+                "model": "m2",
+                "tags": ["support"],
+            },
+            {
+                "prompt": "Refund policy for orders",
+                "value": "30 days",
+                "model": "m2",
+                "namespace": "acme",
+            },
         ]
     )
     cache.timer = lambda: NOW - 10 * 86400  # written ten days ago
-    cache.set("An old question about billing", "old answer", model="m2", tags=["billing"], ttl_seconds=None)
+    cache.set(
+        "An old question about billing",
+        "old answer",
+        model="m2",
+        tags=["billing"],
+        ttl_seconds=None,
+    )
     cache.timer = lambda: NOW
 
 
@@ -46,6 +72,9 @@ def fill(cache: SemanticCache) -> None:
 def sqlite_db(tmp_path) -> str:
     """A SQLite URL with the five entries of :func:`fill` (created ``NOW``)."""
     url = f"sqlite:///{tmp_path}/cli.db"
-    with SemanticCache(CacheConfig(memory=MemoryConfig(), sql=SQLConfig(url=url), embedder=HashingEmbedder(64)), timer=lambda: NOW) as c:
+    with SemanticCache(
+        CacheConfig(memory=MemoryConfig(), sql=SQLConfig(url=url), embedder=HashingEmbedder(64)),
+        timer=lambda: NOW,
+    ) as c:
         fill(c)
     return url

@@ -34,7 +34,10 @@ def test_db_upgrade_and_current(runner, tmp_path):
 def test_stats(runner, sqlite_db):
     data = js(run(runner, "--sql-url", sqlite_db, "stats", "--json"))
     assert data["target"] == "local" and data["entries"] == 5
-    assert data["tiers"]["l3"]["entries_live"] == 5 and data["tiers"]["l3"]["schema_revision"] == head_revision()
+    assert (
+        data["tiers"]["l3"]["entries_live"] == 5
+        and data["tiers"]["l3"]["schema_revision"] == head_revision()
+    )
     human = run(runner, "stats", "--sql-url", sqlite_db)  # options also after the command
     assert human.exit_code == 0 and "entries_live" in human.stdout and "5" in human.stdout
 
@@ -44,9 +47,14 @@ def test_ls_filters_and_pages(runner, sqlite_db):
     everything = js(run(runner, *base, "--json"))["entries"]
     assert len(everything) == 5
     geo = js(run(runner, *base, "--tag", "geo", "--json"))["entries"]
-    assert sorted(e["prompt"] for e in geo) == ["What is the capital of France?", "What is the capital of Italy?"]
+    assert sorted(e["prompt"] for e in geo) == [
+        "What is the capital of France?",
+        "What is the capital of Italy?",
+    ]
     assert len(js(run(runner, *base, "--model", "m2", "--json"))["entries"]) == 3
-    assert [e["namespace"] for e in js(run(runner, *base, "-n", "acme", "--json"))["entries"]] == ["acme"]
+    assert [e["namespace"] for e in js(run(runner, *base, "-n", "acme", "--json"))["entries"]] == [
+        "acme"
+    ]
     old = js(run(runner, *base, "--older-than", "7d", "--json"))["entries"]
     assert [e["prompt"] for e in old] == ["An old question about billing"]
     assert len(js(run(runner, *base, "--pattern", "*capital*", "--json"))["entries"]) == 2
@@ -54,7 +62,15 @@ def test_ls_filters_and_pages(runner, sqlite_db):
     page3 = js(run(runner, *base, "--limit", "2", "--page", "3", "--json"))["entries"]
     assert len(page1) == 2 and len(page3) == 1 and page1[0]["entry_id"] != page3[0]["entry_id"]
     table = run(runner, *base, "--limit", "2")
-    assert table.stdout.splitlines()[0].split() == ["ID", "AGE", "TTL", "MODEL", "NAMESPACE", "TAGS", "PROMPT"]
+    assert table.stdout.splitlines()[0].split() == [
+        "ID",
+        "AGE",
+        "TTL",
+        "MODEL",
+        "NAMESPACE",
+        "TAGS",
+        "PROMPT",
+    ]
     assert "next: --page 2" in table.stdout
     assert "no entries" in run(runner, *base, "--tag", "nope").stdout
     bad = run(runner, *base, "--older-than", "soon")
@@ -62,7 +78,9 @@ def test_ls_filters_and_pages(runner, sqlite_db):
 
 
 def test_show(runner, sqlite_db):
-    entry = js(run(runner, "--sql-url", sqlite_db, "ls", "--tag", "support", "--json"))["entries"][0]
+    entry = js(run(runner, "--sql-url", sqlite_db, "ls", "--tag", "support", "--json"))["entries"][
+        0
+    ]
     data = js(run(runner, "--sql-url", sqlite_db, "show", entry["entry_id"], "--json"))
     assert data["value"] == {"steps": 3} and data["model"] == "m2" and data["tags"] == ["support"]
     human = run(runner, "--sql-url", sqlite_db, "show", entry["entry_id"])
@@ -73,40 +91,82 @@ def test_show(runner, sqlite_db):
 
 def test_lookup_and_explain(runner, sqlite_db):
     base = ["--sql-url", sqlite_db, "--embedder", "hashing"]
-    hit = js(run(runner, *base, "lookup", "What is the capital of France?", "--model", "m1", "--json"))
+    hit = js(
+        run(runner, *base, "lookup", "What is the capital of France?", "--model", "m1", "--json")
+    )
     assert hit["hit"] and hit["kind"] == "exact" and hit["value"] == "Paris"
-    near = js(run(runner, *base, "lookup", "what is the capital of france", "--model", "m1", "--threshold", "0.8", "--json"))
+    near = js(
+        run(
+            runner,
+            *base,
+            "lookup",
+            "what is the capital of france",
+            "--model",
+            "m1",
+            "--threshold",
+            "0.8",
+            "--json",
+        )
+    )
     assert near["hit"] and near["kind"] == "semantic"
     miss = run(runner, *base, "lookup", "What is the capital of France?", "--model", "m2")
     assert miss.exit_code == 0 and miss.stdout.startswith("miss")
 
-    explained = js(run(runner, *base, "lookup", "what is the capital of france?", "--model", "m1", "--explain", "--json"))
-    assert explained["candidates"] and {"similarity", "guards", "decision", "passed_threshold"} <= explained["candidates"][0].keys()
+    explained = js(
+        run(
+            runner,
+            *base,
+            "lookup",
+            "what is the capital of france?",
+            "--model",
+            "m1",
+            "--explain",
+            "--json",
+        )
+    )
+    assert (
+        explained["candidates"]
+        and {"similarity", "guards", "decision", "passed_threshold"}
+        <= explained["candidates"][0].keys()
+    )
 
     from semcache import CacheConfig, SemanticCache, SQLConfig
     from semcache.embedders import HashingEmbedder
 
-    with SemanticCache(CacheConfig(sql=SQLConfig(url=sqlite_db), embedder=HashingEmbedder(64))) as c:
+    with SemanticCache(
+        CacheConfig(sql=SQLConfig(url=sqlite_db), embedder=HashingEmbedder(64))
+    ) as c:
         c.set("Flights from Paris to Rome", "AF123", ttl_seconds=None)
-    table = run(runner, *base, "lookup", "Flights from Rome to Paris", "--explain", "--threshold", "0.5")
+    table = run(
+        runner, *base, "lookup", "Flights from Rome to Paris", "--explain", "--threshold", "0.5"
+    )
     assert table.exit_code == 0
     lines = table.stdout.splitlines()
     assert lines[1].split() == ["SIMILARITY", ">=THR", "CHECKS", "DECISION", "ENTRY", "PROMPT"]
     # similar enough, but the swapped cities are caught: the table names the failed check
-    assert "order:FAIL" in lines[2] and "rejected by order" in lines[2] and "Flights from Paris to Rome" in lines[2]
+    assert (
+        "order:FAIL" in lines[2]
+        and "rejected by order" in lines[2]
+        and "Flights from Paris to Rome" in lines[2]
+    )
     assert lines[-1] == "decision: miss"
 
 
 def test_invalidate_dry_run_confirmation_and_criteria(runner, sqlite_db):
     base = ["--sql-url", sqlite_db, "invalidate"]
-    assert js(run(runner, *base, "--model", "m2", "--dry-run", "--json")) == {"matched": 3, "dry_run": True}
+    assert js(run(runner, *base, "--model", "m2", "--dry-run", "--json")) == {
+        "matched": 3,
+        "dry_run": True,
+    }
     # more than --confirm-over: asks; "n" aborts and removes nothing
     r = run(runner, *base, "--model", "m2", "--confirm-over", "2", input="n\n")
     assert r.exit_code == 1 and "remove 3 entries?" in r.stderr
     assert js(run(runner, "--sql-url", sqlite_db, "stats", "--json"))["entries"] == 5
     r = run(runner, *base, "--model", "m2", "--confirm-over", "2", input="y\n")
     assert r.exit_code == 0 and "removed 3 entries" in r.stdout
-    assert js(run(runner, *base, "--tag", "geo", "--pattern", "*Italy*", "--json")) == {"removed": 1}
+    assert js(run(runner, *base, "--tag", "geo", "--pattern", "*Italy*", "--json")) == {
+        "removed": 1
+    }
     remaining = js(run(runner, "--sql-url", sqlite_db, "ls", "--json"))["entries"]
     assert [e["prompt"] for e in remaining] == ["What is the capital of France?"]
     eid = remaining[0]["entry_id"]
@@ -117,7 +177,9 @@ def test_invalidate_dry_run_confirmation_and_criteria(runner, sqlite_db):
 
 def test_invalidate_by_exact_prompt_and_age(runner, sqlite_db):
     base = ["--sql-url", sqlite_db, "invalidate", "--json"]
-    assert js(run(runner, *base, "--prompt", "What is the capital of France?", "--model", "m1")) == {"removed": 1}
+    assert js(
+        run(runner, *base, "--prompt", "What is the capital of France?", "--model", "m1")
+    ) == {"removed": 1}
     assert js(run(runner, *base, "--older-than", "1w")) == {"removed": 1}
     assert js(run(runner, "--sql-url", sqlite_db, "stats", "--json"))["entries"] == 3
 
@@ -154,7 +216,10 @@ def test_errors_are_one_line_without_traceback(runner, tmp_path):
         r = runner.invoke(cli, args)
         assert r.exit_code == code, (args, r.output)
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error:") and text in lines[0], (args, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("Error:") and text in lines[0], (
+            args,
+            r.stderr,
+        )
         assert "Traceback" not in r.output
 
 

@@ -45,9 +45,18 @@ def test_read_commands_as_a_tenant(runner, seeded):
     assert len(entries) == 3 and {e["namespace"] for e in entries} == {"tenant-a"}  # never B's
     shown = js(runner.invoke(cli, [*base, "show", entries[0]["entry_id"], "--json"]))
     assert shown["value"].startswith("answer: ")
-    hit = js(runner.invoke(cli, [*base, "lookup", "How do I reset my password?", "--model", "m", "--json"]))
+    hit = js(
+        runner.invoke(
+            cli, [*base, "lookup", "How do I reset my password?", "--model", "m", "--json"]
+        )
+    )
     assert hit["hit"] and hit["kind"] == "exact"
-    explained = js(runner.invoke(cli, [*base, "lookup", "how do i reset my password", "--model", "m", "--explain", "--json"]))
+    explained = js(
+        runner.invoke(
+            cli,
+            [*base, "lookup", "how do i reset my password", "--model", "m", "--explain", "--json"],
+        )
+    )
     assert explained["candidates"][0]["prompt"] == "How do I reset my password?"
     # stats are the admin's
     r = runner.invoke(cli, [*base, "stats"])
@@ -67,11 +76,17 @@ def test_admin_stats_and_index(runner, seeded):
 def test_invalidate_is_confined_to_the_tenant(runner, seeded):
     a = ["--server", seeded.url, "--token", TENANT_A]
     b = ["--server", seeded.url, "--token", TENANT_B]
-    assert js(runner.invoke(cli, [*a, "invalidate", "--tag", "support", "--dry-run", "--json"])) == {"matched": 2, "dry_run": True}
-    r = runner.invoke(cli, [*a, "invalidate", "--tag", "support", "--confirm-over", "1"], input="y\n")
+    assert js(
+        runner.invoke(cli, [*a, "invalidate", "--tag", "support", "--dry-run", "--json"])
+    ) == {"matched": 2, "dry_run": True}
+    r = runner.invoke(
+        cli, [*a, "invalidate", "--tag", "support", "--confirm-over", "1"], input="y\n"
+    )
     assert r.exit_code == 0 and "removed 2 entries" in r.stdout
     # B's support entry is still there; B removes its own with the same command
-    assert js(runner.invoke(cli, [*b, "invalidate", "--tag", "support", "--json"])) == {"removed": 1}
+    assert js(runner.invoke(cli, [*b, "invalidate", "--tag", "support", "--json"])) == {
+        "removed": 1
+    }
     assert js(runner.invoke(cli, [*b, "flush", "--yes", "--json"])) == {"removed": 0}
     assert len(js(runner.invoke(cli, [*a, "ls", "--json"]))["entries"]) == 1
 
@@ -81,12 +96,16 @@ def test_remote_errors(runner, seeded):
     assert r.exit_code == 1 and "HTTP 401" in r.stderr and "--token" in r.stderr
     r = runner.invoke(cli, ["--server", seeded.url, "--token", TENANT_A, "show", "f" * 32])
     assert r.exit_code == 3 and r.stderr.strip() == f"Error: no entry {'f' * 32}"
-    r = runner.invoke(cli, ["--server", seeded.url, "--token", TENANT_A, "invalidate", "--namespace", "tenant-b"])
+    r = runner.invoke(
+        cli, ["--server", seeded.url, "--token", TENANT_A, "invalidate", "--namespace", "tenant-b"]
+    )
     assert r.exit_code == 1 and "own namespace" in r.stderr
 
 
 def test_environment_names_the_sidecar(runner, seeded):
-    r = runner.invoke(cli, ["ls", "--json"], env={"SEMCACHE_SERVER": seeded.url, "SEMCACHE_TOKEN": TENANT_A})
+    r = runner.invoke(
+        cli, ["ls", "--json"], env={"SEMCACHE_SERVER": seeded.url, "SEMCACHE_TOKEN": TENANT_A}
+    )
     assert len(js(r)["entries"]) == 3
 
 
@@ -97,7 +116,12 @@ def test_local_store_with_redis(runner, tmp_path, redis_url, key_prefix):
     from semcache.embedders import HashingEmbedder
 
     sql = f"sqlite:///{tmp_path}/r.db"
-    cfg = CacheConfig(memory=MemoryConfig(), redis=RedisConfig(url=redis_url, prefix=key_prefix), sql=SQLConfig(url=sql), embedder=HashingEmbedder(64))
+    cfg = CacheConfig(
+        memory=MemoryConfig(),
+        redis=RedisConfig(url=redis_url, prefix=key_prefix),
+        sql=SQLConfig(url=sql),
+        embedder=HashingEmbedder(64),
+    )
     with SemanticCache(cfg) as c:
         c.set("cached in redis too", "v", tags=["r"], ttl_seconds=600)
         c.set("another one", "w", ttl_seconds=600)
@@ -110,7 +134,9 @@ def test_local_store_with_redis(runner, tmp_path, redis_url, key_prefix):
     client = redis.Redis.from_url(redis_url)
     try:
         keys = [k.decode() for k in client.scan_iter(match=f"{key_prefix}*")]
-        assert len([k for k in keys if not k.endswith("events")]) == 1  # only "another one" is left in L2
+        assert (
+            len([k for k in keys if not k.endswith("events")]) == 1
+        )  # only "another one" is left in L2
         assert js(runner.invoke(cli, [*base, "flush", "--yes", "--json"])) == {"removed": 1}
         assert list(client.scan_iter(match=f"{key_prefix}*")) == []
     finally:

@@ -20,7 +20,9 @@ async def client(tmp_path):
 
 
 async def store(client, token=TENANT_A, prompt=Q, value="Paris", **extra):
-    r = await client.post("/v1/entries", json={"prompt": prompt, "value": value, **extra}, headers=auth(token))
+    r = await client.post(
+        "/v1/entries", json={"prompt": prompt, "value": value, **extra}, headers=auth(token)
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -45,7 +47,9 @@ async def test_store_then_exact_and_semantic_lookup(client):
 
     other_model = await lookup(client, model="m2")  # a scope field differs: never served
     assert other_model == {"hit": False, "key": other_model["key"]}
-    exact_only = await lookup(client, prompt="what is the capital of france", model="m1", semantic=False)
+    exact_only = await lookup(
+        client, prompt="what is the capital of france", model="m1", semantic=False
+    )
     assert exact_only["hit"] is False
 
 
@@ -53,7 +57,12 @@ async def test_lookup_with_messages_and_params_scope(client):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": Q}]
     r = await client.post(
         "/v1/entries",
-        json={"messages": msgs, "model": "m", "params": {"temperature": 0}, "value": {"answer": "Paris"}},
+        json={
+            "messages": msgs,
+            "model": "m",
+            "params": {"temperature": 0},
+            "value": {"answer": "Paris"},
+        },
         headers=auth(TENANT_A),
     )
     assert r.status_code == 201
@@ -64,27 +73,43 @@ async def test_lookup_with_messages_and_params_scope(client):
 
 
 async def test_entries_get_list_delete(client):
-    e1 = await store(client, prompt="first question here", tags=["a"], metadata={"usage": {"total_tokens": 5}})
+    e1 = await store(
+        client, prompt="first question here", tags=["a"], metadata={"usage": {"total_tokens": 5}}
+    )
     await store(client, prompt="second question here", tags=["b"], model="m")
     r = await client.get(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))
     assert r.status_code == 200
     body = r.json()
-    assert body["value"] == "Paris" and body["prompt"] == "first question here" and body["namespace"] == "tenant-a"
+    assert (
+        body["value"] == "Paris"
+        and body["prompt"] == "first question here"
+        and body["namespace"] == "tenant-a"
+    )
     assert body["metadata"] == {"usage": {"total_tokens": 5}}
 
     r = await client.get("/v1/entries", params={"limit": 1}, headers=auth(TENANT_A))
     assert r.status_code == 200 and len(r.json()["entries"]) == 1
-    page2 = (await client.get("/v1/entries", params={"limit": 1, "offset": 1}, headers=auth(TENANT_A))).json()
+    page2 = (
+        await client.get("/v1/entries", params={"limit": 1, "offset": 1}, headers=auth(TENANT_A))
+    ).json()
     assert len(page2["entries"]) == 1
-    by_tag = (await client.get("/v1/entries", params={"tag": "b"}, headers=auth(TENANT_A))).json()["entries"]
+    by_tag = (await client.get("/v1/entries", params={"tag": "b"}, headers=auth(TENANT_A))).json()[
+        "entries"
+    ]
     assert [e["prompt"] for e in by_tag] == ["second question here"]
-    by_model = (await client.get("/v1/entries", params={"model": "m"}, headers=auth(TENANT_A))).json()["entries"]
+    by_model = (
+        await client.get("/v1/entries", params={"model": "m"}, headers=auth(TENANT_A))
+    ).json()["entries"]
     assert len(by_model) == 1 and "value" not in by_model[0]  # values only when asked for
 
     r = await client.delete(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))
     assert r.status_code == 200 and r.json()["removed"] == 1
-    assert (await client.get(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))).status_code == 404
-    assert (await client.delete(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))).status_code == 404
+    assert (
+        await client.get(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))
+    ).status_code == 404
+    assert (
+        await client.delete(f"/v1/entries/{e1['entry_id']}", headers=auth(TENANT_A))
+    ).status_code == 404
 
 
 async def test_invalidate_by_each_criterion_and_dry_run(client):
@@ -98,7 +123,9 @@ async def test_invalidate_by_each_criterion_and_dry_run(client):
         return r.json()
 
     assert await inv(tag="t1", dry_run=True) == {"removed": 0, "matched": 2, "dry_run": True}
-    assert (await lookup(client, prompt="alpha one", model="m1"))["hit"]  # the dry run removed nothing
+    assert (await lookup(client, prompt="alpha one", model="m1"))[
+        "hit"
+    ]  # the dry run removed nothing
     assert (await inv(prompt_pattern="alpha*", model="m2"))["removed"] == 1
     assert (await inv(tag="t1"))["removed"] == 1
     assert (await inv(entry_id=e3["entry_id"]))["removed"] == 1
@@ -118,22 +145,36 @@ async def test_tenant_isolation(client):
     assert (await lookup(client, TENANT_B))["hit"] is False
     assert (await lookup(client, TENANT_B, prompt="what is the capital of france"))["hit"] is False
     # B cannot read, list, delete or invalidate A's entry
-    assert (await client.get(f"/v1/entries/{a['entry_id']}", headers=auth(TENANT_B))).status_code == 404
+    assert (
+        await client.get(f"/v1/entries/{a['entry_id']}", headers=auth(TENANT_B))
+    ).status_code == 404
     assert (await client.get("/v1/entries", headers=auth(TENANT_B))).json()["entries"] == []
-    assert (await client.delete(f"/v1/entries/{a['entry_id']}", headers=auth(TENANT_B))).status_code == 404
-    for body in ({"tag": "shared-tag"}, {"entry_id": a["entry_id"]}, {"keys": [a["entry_id"]]}, {"older_than_seconds": 0}):
+    assert (
+        await client.delete(f"/v1/entries/{a['entry_id']}", headers=auth(TENANT_B))
+    ).status_code == 404
+    for body in (
+        {"tag": "shared-tag"},
+        {"entry_id": a["entry_id"]},
+        {"keys": [a["entry_id"]]},
+        {"older_than_seconds": 0},
+    ):
         r = await client.post("/v1/invalidate", json=body, headers=auth(TENANT_B))
         assert r.status_code == 200 and r.json()["removed"] == 0, body
     assert (await client.post("/v1/flush", headers=auth(TENANT_B))).json() == {"removed": 0}
     # naming another tenant's namespace is refused outright
-    for path, body in (("/v1/lookup", {"prompt": Q, "namespace": "tenant-a"}), ("/v1/invalidate", {"namespace": "tenant-a"})):
+    for path, body in (
+        ("/v1/lookup", {"prompt": Q, "namespace": "tenant-a"}),
+        ("/v1/invalidate", {"namespace": "tenant-a"}),
+    ):
         r = await client.post(path, json=body, headers=auth(TENANT_B))
         assert r.status_code == 403, path
     r = await client.get("/v1/entries", params={"namespace": "tenant-a"}, headers=auth(TENANT_B))
     assert r.status_code == 403
     # A still has it; the admin sees it in A's namespace
     assert (await lookup(client, TENANT_A))["value"] == "secret of A"
-    r = await client.post("/v1/lookup", json={"prompt": Q, "namespace": "tenant-a"}, headers=auth(ADMIN))
+    r = await client.post(
+        "/v1/lookup", json={"prompt": Q, "namespace": "tenant-a"}, headers=auth(ADMIN)
+    )
     assert r.json()["hit"] is True
     # a tenant's flush removes only its own entries
     await store(client, TENANT_B, value="B's")
@@ -147,11 +188,17 @@ async def test_auth(client):
     assert r.json()["error"]["type"] == "authentication_error"
     r = await client.post("/v1/lookup", json={"prompt": Q}, headers=auth("nope"))
     assert r.status_code == 401
-    r = await client.post("/v1/lookup", json={"prompt": Q}, headers={"authorization": "Basic dXNlcjpwdw=="})
+    r = await client.post(
+        "/v1/lookup", json={"prompt": Q}, headers={"authorization": "Basic dXNlcjpwdw=="}
+    )
     assert r.status_code == 401
     r = await client.post("/v1/lookup", json={"prompt": Q}, headers={"x-semcache-token": TENANT_A})
     assert r.status_code == 200
-    for method, path in (("GET", "/v1/stats"), ("POST", "/v1/index/rebuild"), ("GET", "/v1/index/check")):
+    for method, path in (
+        ("GET", "/v1/stats"),
+        ("POST", "/v1/index/rebuild"),
+        ("GET", "/v1/index/check"),
+    ):
         assert (await client.request(method, path, headers=auth(TENANT_A))).status_code == 403, path
         assert (await client.request(method, path, headers=auth(ADMIN))).status_code == 200, path
     # health and metrics need no token
@@ -171,7 +218,9 @@ async def test_admin_flush_and_stats(client):
 
 
 async def test_auth_switched_off(tmp_path):
-    async with in_process(create_app(server_config(tmp_path, auth=False, tokens={}, admin_token=None))) as c:
+    async with in_process(
+        create_app(server_config(tmp_path, auth=False, tokens={}, admin_token=None))
+    ) as c:
         r = await c.post("/v1/entries", json={"prompt": Q, "value": 1})
         assert r.status_code == 201
         assert (await c.get("/v1/stats")).status_code == 200
@@ -195,7 +244,9 @@ async def test_auth_switched_off(tmp_path):
     ],
 )
 async def test_malformed_lookup_is_422_json(client, body, where):
-    r = await client.post("/v1/lookup", content=body, headers={**auth(TENANT_A), "content-type": "application/json"})
+    r = await client.post(
+        "/v1/lookup", content=body, headers={**auth(TENANT_A), "content-type": "application/json"}
+    )
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["code"] == 422 and err["message"]
@@ -219,7 +270,13 @@ async def test_malformed_store_is_422(client, body):
 
 
 async def test_store_ttl_none_means_never_and_default_applies(client):
-    never = (await client.post("/v1/entries", json={"prompt": "p1", "value": 1, "ttl_seconds": None}, headers=auth(TENANT_A))).json()
+    never = (
+        await client.post(
+            "/v1/entries",
+            json={"prompt": "p1", "value": 1, "ttl_seconds": None},
+            headers=auth(TENANT_A),
+        )
+    ).json()
     assert never["expires_at"] is None
     default = await store(client, prompt="p2")
     assert default["expires_at"] - default["created_at"] == pytest.approx(7 * 24 * 3600)
@@ -235,18 +292,33 @@ async def test_body_over_limit_is_413(client):
             yield b" " * 1000
 
     # no Content-Length: the streamed body is counted as it arrives
-    r = await client.post("/v1/lookup", content=chunked(), headers={**auth(TENANT_A), "content-type": "application/json"})
+    r = await client.post(
+        "/v1/lookup",
+        content=chunked(),
+        headers={**auth(TENANT_A), "content-type": "application/json"},
+    )
     assert r.status_code == 413
 
 
 async def test_explain(client):
     await store(client, prompt="How many legs does a spider have?", value="8")
-    r = await client.post("/v1/explain", json={"prompt": "How many legs does a spider have", "k": 3}, headers=auth(TENANT_A))
+    r = await client.post(
+        "/v1/explain",
+        json={"prompt": "How many legs does a spider have", "k": 3},
+        headers=auth(TENANT_A),
+    )
     assert r.status_code == 200
     out = r.json()
     assert out["decision"] in ("hit", "miss") and out["candidates"]
     cand = out["candidates"][0]
-    assert {"entry_id", "similarity", "prompt", "passed_threshold", "guards", "decision"} <= cand.keys()
+    assert {
+        "entry_id",
+        "similarity",
+        "prompt",
+        "passed_threshold",
+        "guards",
+        "decision",
+    } <= cand.keys()
 
 
 async def test_readyz_reports_each_tier(client):
@@ -274,7 +346,10 @@ async def test_metrics_counts_hits_misses_and_batches(client):
 async def test_two_apps_in_one_process_have_separate_metrics(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    async with in_process(create_app(server_config(tmp_path / "a"))) as a, in_process(create_app(server_config(tmp_path / "b"))) as b:
+    async with (
+        in_process(create_app(server_config(tmp_path / "a"))) as a,
+        in_process(create_app(server_config(tmp_path / "b"))) as b,
+    ):
         await a.post("/v1/lookup", json={"prompt": "x"}, headers=auth(TENANT_A))
         assert "semcache_misses_total 1.0" in (await a.get("/metrics")).text
         assert "semcache_misses_total 0.0" in (await b.get("/metrics")).text
@@ -283,7 +358,17 @@ async def test_two_apps_in_one_process_have_separate_metrics(tmp_path):
 async def test_openapi_document_describes_the_api(client):
     doc = (await client.get("/openapi.json")).json()
     paths = doc["paths"]
-    for path in ("/v1/lookup", "/v1/entries", "/v1/entries/{entry_id}", "/v1/invalidate", "/v1/stats",
-                 "/healthz", "/readyz", "/v1/chat/completions", "/v1/explain", "/v1/flush"):
+    for path in (
+        "/v1/lookup",
+        "/v1/entries",
+        "/v1/entries/{entry_id}",
+        "/v1/invalidate",
+        "/v1/stats",
+        "/healthz",
+        "/readyz",
+        "/v1/chat/completions",
+        "/v1/explain",
+        "/v1/flush",
+    ):
         assert path in paths, path
     assert "HTTPBearer" in doc["components"]["securitySchemes"]

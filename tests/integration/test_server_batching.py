@@ -38,7 +38,12 @@ class RecordingEmbedder(HashingEmbedder):
 async def cache(tmp_path):
     emb = RecordingEmbedder()
     c = AsyncSemanticCache(
-        CacheConfig(memory=MemoryConfig(), sql=SQLConfig(url=f"sqlite:///{tmp_path}/b.db"), embedder=emb, policy=Policy(similarity_threshold=0.8))
+        CacheConfig(
+            memory=MemoryConfig(),
+            sql=SQLConfig(url=f"sqlite:///{tmp_path}/b.db"),
+            embedder=emb,
+            policy=Policy(similarity_threshold=0.8),
+        )
     )
     await c.open()
     await c.set_many([{"prompt": f"stored question number {i}", "value": i} for i in range(10)])
@@ -50,7 +55,9 @@ async def cache(tmp_path):
 async def test_concurrent_lookups_share_one_embedding_call(cache):
     sizes: list[int] = []
     b = MicroBatcher(cache, window_seconds=0.05, max_batch=32, on_batch=sizes.append)
-    reqs = [cache.request(f"Stored question number {i}") for i in range(10)]  # not exact: case differs
+    reqs = [
+        cache.request(f"Stored question number {i}") for i in range(10)
+    ]  # not exact: case differs
     reqs += [cache.request(f"an unrelated prompt {i} about gardening") for i in range(10)]
     results = await asyncio.gather(*(b.lookup(r) for r in reqs))
     assert sizes == [20] and cache.sync.embedder.batches == [20]
@@ -81,7 +88,9 @@ async def test_exact_l1_hit_does_not_wait_for_the_window(cache):
 async def test_disabled_batching_embeds_each_lookup_alone(cache):
     sizes: list[int] = []
     b = MicroBatcher(cache, enabled=False, on_batch=sizes.append)
-    results = await asyncio.gather(*(b.lookup(cache.request(f"Stored question number {i}")) for i in range(5)))
+    results = await asyncio.gather(
+        *(b.lookup(cache.request(f"Stored question number {i}")) for i in range(5))
+    )
     assert all(r.hit is not None for r in results)
     assert cache.sync.embedder.batches == [1] * 5 and sizes == []
     await b.aclose()
@@ -93,7 +102,9 @@ async def test_a_failing_embedder_fails_each_caller(cache):
 
     cache.sync.embedder.embed = broken
     b = MicroBatcher(cache, window_seconds=0.01)
-    results = await asyncio.gather(*(b.lookup(cache.request(f"q {i} here")) for i in range(3)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(b.lookup(cache.request(f"q {i} here")) for i in range(3)), return_exceptions=True
+    )
     assert all(isinstance(r, ValueError) for r in results)
     await b.aclose()
 
@@ -103,7 +114,9 @@ async def test_embedding_never_blocks_the_event_loop(tmp_path):
     cfg = server_config(tmp_path, embedder=slow)
     async with in_process(create_app(cfg)) as client:
         slow.batches.clear()
-        lookup = asyncio.create_task(client.post("/v1/lookup", json={"prompt": "a slow one"}, headers=auth(TENANT_A)))
+        lookup = asyncio.create_task(
+            client.post("/v1/lookup", json={"prompt": "a slow one"}, headers=auth(TENANT_A))
+        )
         await asyncio.sleep(0.1)  # the lookup is now embedding
         t0 = time.perf_counter()
         assert (await client.get("/healthz")).status_code == 200
@@ -118,7 +131,14 @@ async def test_sidecar_batches_concurrent_http_lookups(tmp_path):
     async with in_process(create_app(cfg)) as client:
         emb.batches.clear()
         rs = await asyncio.gather(
-            *(client.post("/v1/lookup", json={"prompt": f"question {i} for the batch"}, headers=auth(TENANT_A)) for i in range(16))
+            *(
+                client.post(
+                    "/v1/lookup",
+                    json={"prompt": f"question {i} for the batch"},
+                    headers=auth(TENANT_A),
+                )
+                for i in range(16)
+            )
         )
         assert all(r.status_code == 200 for r in rs)
         assert sum(emb.batches) == 16 and len(emb.batches) < 16

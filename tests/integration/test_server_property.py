@@ -32,12 +32,23 @@ def _upstream(request: httpx.Request) -> httpx.Response:
     try:
         model = str(json.loads(request.content)["model"])
     except (ValueError, KeyError, TypeError):
-        return httpx.Response(400, json={"error": {"message": "bad request", "type": "invalid_request_error"}})
+        return httpx.Response(
+            400, json={"error": {"message": "bad request", "type": "invalid_request_error"}}
+        )
     return httpx.Response(
         200,
         json={
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         },
     )
@@ -62,11 +73,13 @@ def test_no_input_gives_a_server_error(api_schema, method: str, path: str, token
     strategies = [op.as_strategy(GenerationMode.POSITIVE)]
     try:
         strategies.append(op.as_strategy(GenerationMode.NEGATIVE))
-    except Exception:  # an operation with nothing to violate (no parameters, no body)
+    except Exception:  # noqa: BLE001,S110 - an operation with nothing to violate (no parameters, no body)
         pass
 
     @given(case=st.one_of(strategies))
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     def check(case: schemathesis.Case) -> None:
         headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
         response = case.call(headers={**headers, **auth(token)})

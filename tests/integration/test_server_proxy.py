@@ -26,18 +26,27 @@ def upstream():
 @pytest.fixture
 async def sidecar(tmp_path, upstream):
     upstream.reset()
-    cfg = server_config(tmp_path, upstream_url=upstream.base_url, upstream_api_key="sk-upstream", prices={"stand-in-1": (1.0, 2.0)})
+    cfg = server_config(
+        tmp_path,
+        upstream_url=upstream.base_url,
+        upstream_api_key="sk-upstream",
+        prices={"stand-in-1": (1.0, 2.0)},
+    )
     async with in_process(create_app(cfg)) as client:
         yield client
 
 
 def oai(client: httpx.AsyncClient, token: str = TENANT_A) -> openai.AsyncOpenAI:
     """The official client, changed only in base_url (and its transport, to stay in process)."""
-    return openai.AsyncOpenAI(base_url="http://sidecar/v1", api_key=token, http_client=client, max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url="http://sidecar/v1", api_key=token, http_client=client, max_retries=0
+    )
 
 
 async def create(client, messages=Q, token=TENANT_A, **kw):
-    raw = await oai(client, token).chat.completions.with_raw_response.create(model="stand-in-1", messages=messages, **kw)
+    raw = await oai(client, token).chat.completions.with_raw_response.create(
+        model="stand-in-1", messages=messages, **kw
+    )
     return raw.headers, raw.parse()
 
 
@@ -46,13 +55,21 @@ async def test_miss_then_exact_then_semantic_hit(sidecar, upstream):
     assert h["x-semcache"] == "miss" and upstream.calls == 1
     assert first.choices[0].message.content == "answer 1: What is the capital of France?"
     h, again = await create(sidecar)
-    assert h["x-semcache"] == "hit" and h["x-semcache-kind"] == "exact" and h["x-semcache-similarity"] == "1.0000"
+    assert (
+        h["x-semcache"] == "hit"
+        and h["x-semcache-kind"] == "exact"
+        and h["x-semcache-similarity"] == "1.0000"
+    )
     assert h["x-semcache-tier"] == "l1" and h["x-semcache-entry-id"]
-    assert again.choices[0].message.content == first.choices[0].message.content and upstream.calls == 1
+    assert (
+        again.choices[0].message.content == first.choices[0].message.content and upstream.calls == 1
+    )
     h, near = await create(sidecar, [{"role": "user", "content": "what is the capital of france"}])
     assert h["x-semcache"] == "hit" and h["x-semcache-kind"] == "semantic"
     assert 0.8 <= float(h["x-semcache-similarity"]) < 1.0
-    assert near.choices[0].message.content == first.choices[0].message.content and upstream.calls == 1
+    assert (
+        near.choices[0].message.content == first.choices[0].message.content and upstream.calls == 1
+    )
     # the upstream got the configured key's request, unchanged
     assert upstream.requests[0]["messages"] == Q and upstream.requests[0]["model"] == "stand-in-1"
 
@@ -72,7 +89,9 @@ async def test_streaming_miss_is_stored_and_replayed(sidecar, upstream):
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "answer 1: What is the capital of France?" and upstream.calls == 1
     # replayed as a stream...
-    raw = await client.chat.completions.with_raw_response.create(model="stand-in-1", messages=Q, stream=True)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="stand-in-1", messages=Q, stream=True
+    )
     assert raw.headers["x-semcache"] == "hit"
     replay = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
     assert replay == text
@@ -111,7 +130,9 @@ async def test_upstream_error_passes_through_and_is_not_stored(sidecar, upstream
 async def test_streamed_upstream_error_status_passes_through(sidecar, upstream):
     with pytest.raises(openai.APIStatusError) as exc:
         await oai(sidecar).chat.completions.create(
-            model="stand-in-1", messages=[{"role": "user", "content": "x [[error:503]]"}], stream=True
+            model="stand-in-1",
+            messages=[{"role": "user", "content": "x [[error:503]]"}],
+            stream=True,
         )
     assert exc.value.status_code == 503
 
@@ -127,7 +148,9 @@ async def test_uncacheable_answers_are_not_stored(sidecar, upstream):
 
 async def test_broken_stream_is_not_stored(sidecar, upstream):
     msgs = [{"role": "user", "content": "tell me a long story please [[cut]]"}]
-    stream = await oai(sidecar).chat.completions.create(model="stand-in-1", messages=msgs, stream=True)
+    stream = await oai(sidecar).chat.completions.create(
+        model="stand-in-1", messages=msgs, stream=True
+    )
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
@@ -166,8 +189,14 @@ async def test_cache_control_headers(sidecar, upstream):
     # tags and TTL for what is stored
     msgs = [{"role": "user", "content": "tagged question"}]
     await create(sidecar, msgs, extra_headers={"x-semcache-tags": "faq,v2", "x-semcache-ttl": "60"})
-    entries = (await sidecar.get("/v1/entries", params={"tag": "faq"}, headers=auth(TENANT_A))).json()["entries"]
-    assert len(entries) == 1 and entries[0]["tags"] == ["faq", "v2"] and entries[0]["ttl_seconds_left"] <= 60
+    entries = (
+        await sidecar.get("/v1/entries", params={"tag": "faq"}, headers=auth(TENANT_A))
+    ).json()["entries"]
+    assert (
+        len(entries) == 1
+        and entries[0]["tags"] == ["faq", "v2"]
+        and entries[0]["ttl_seconds_left"] <= 60
+    )
     with pytest.raises(openai.UnprocessableEntityError):
         await create(sidecar, msgs, extra_headers={"x-semcache-ttl": "soon"})
 
@@ -175,7 +204,11 @@ async def test_cache_control_headers(sidecar, upstream):
 async def test_invalid_request_is_422(sidecar, upstream):
     r = await sidecar.post("/v1/chat/completions", json={"model": "m"}, headers=auth(TENANT_A))
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
-    r = await sidecar.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "system", "content": "x"}]}, headers=auth(TENANT_A))
+    r = await sidecar.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "system", "content": "x"}]},
+        headers=auth(TENANT_A),
+    )
     assert r.status_code == 422
     assert upstream.calls == 0
 
@@ -185,10 +218,19 @@ async def test_no_upstream_means_cache_only(tmp_path):
         with pytest.raises(openai.NotFoundError) as exc:
             await create(client)
         assert "no upstream" in exc.value.message
-        body = {"messages": Q, "model": "stand-in-1", "value": "Paris (stored through the JSON API)"}
-        assert (await client.post("/v1/entries", json=body, headers=auth(TENANT_A))).status_code == 201
+        body = {
+            "messages": Q,
+            "model": "stand-in-1",
+            "value": "Paris (stored through the JSON API)",
+        }
+        assert (
+            await client.post("/v1/entries", json=body, headers=auth(TENANT_A))
+        ).status_code == 201
         h, resp = await create(client)
-        assert h["x-semcache"] == "hit" and resp.choices[0].message.content == "Paris (stored through the JSON API)"
+        assert (
+            h["x-semcache"] == "hit"
+            and resp.choices[0].message.content == "Paris (stored through the JSON API)"
+        )
 
 
 async def test_upstream_key_configured_or_the_callers(tmp_path):
@@ -200,29 +242,49 @@ async def test_upstream_key_configured_or_the_callers(tmp_path):
         return httpx.Response(
             200,
             json={
-                "id": "c1", "object": "chat.completion", "created": 1, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "ok"},
+                        "finish_reason": "stop",
+                    }
+                ],
             },
         )
 
-    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1", upstream_api_key="sk-configured")
-    async with in_process(create_app(cfg, upstream_transport=httpx.MockTransport(handler))) as client:
+    cfg = server_config(
+        tmp_path, upstream_url="http://upstream.test/v1", upstream_api_key="sk-configured"
+    )
+    async with in_process(
+        create_app(cfg, upstream_transport=httpx.MockTransport(handler))
+    ) as client:
         await create(client, [{"role": "user", "content": "one"}])
         assert seen[-1].headers["authorization"] == "Bearer sk-configured"
         assert str(seen[-1].url) == "http://upstream.test/v1/chat/completions"
 
     (tmp_path / "b").mkdir()
     cfg = server_config(tmp_path / "b", upstream_url="http://upstream.test/v1")
-    async with in_process(create_app(cfg, upstream_transport=httpx.MockTransport(handler))) as client:
+    async with in_process(
+        create_app(cfg, upstream_transport=httpx.MockTransport(handler))
+    ) as client:
         # the semcache token in Authorization is never sent upstream
         await create(client, [{"role": "user", "content": "two"}])
         assert "authorization" not in seen[-1].headers
         # with the token in X-Semcache-Token, Authorization carries the caller's own key
         own = openai.AsyncOpenAI(
-            base_url="http://sidecar/v1", api_key="sk-callers-own", http_client=client, max_retries=0,
+            base_url="http://sidecar/v1",
+            api_key="sk-callers-own",
+            http_client=client,
+            max_retries=0,
             default_headers={"x-semcache-token": TENANT_A},
         )
-        await own.chat.completions.create(model="m", messages=[{"role": "user", "content": "three"}])
+        await own.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "three"}]
+        )
         assert seen[-1].headers["authorization"] == "Bearer sk-callers-own"
 
 
@@ -231,7 +293,9 @@ async def test_unreachable_upstream_is_502_and_nothing_stored(tmp_path):
         raise httpx.ConnectError("connection refused", request=request)
 
     cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
-    async with in_process(create_app(cfg, upstream_transport=httpx.MockTransport(handler))) as client:
+    async with in_process(
+        create_app(cfg, upstream_transport=httpx.MockTransport(handler))
+    ) as client:
         with pytest.raises(openai.APIStatusError) as exc:
             await create(client)
         assert exc.value.status_code == 502

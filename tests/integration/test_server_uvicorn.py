@@ -101,12 +101,20 @@ def test_openai_client_against_the_proxy(served, upstream):
         streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert streamed.startswith("answer 2:")
     again = client.chat.completions.with_raw_response.create(model="stand-in-1", messages=fresh)
-    assert again.headers["x-semcache"] == "hit" and again.parse().choices[0].message.content == streamed
+    assert (
+        again.headers["x-semcache"] == "hit"
+        and again.parse().choices[0].message.content == streamed
+    )
     assert upstream.calls == 2
 
     # another tenant never gets tenant-a's answer
     other = openai.OpenAI(base_url=served.url + "/v1", api_key="tok-b", max_retries=0)
-    assert other.chat.completions.with_raw_response.create(model="stand-in-1", messages=msgs).headers["x-semcache"] == "miss"
+    assert (
+        other.chat.completions.with_raw_response.create(model="stand-in-1", messages=msgs).headers[
+            "x-semcache"
+        ]
+        == "miss"
+    )
 
 
 def test_json_api_metrics_and_auth_over_http(served):
@@ -114,12 +122,21 @@ def test_json_api_metrics_and_auth_over_http(served):
     with httpx.Client(base_url=served.url, timeout=30) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         assert c.get("/readyz").json()["status"] == "ready"
-        r = c.post("/v1/entries", json={"prompt": "How do I reset my password?", "value": "Use the link."}, headers=h)
+        r = c.post(
+            "/v1/entries",
+            json={"prompt": "How do I reset my password?", "value": "Use the link."},
+            headers=h,
+        )
         assert r.status_code == 201
         hit = c.post("/v1/lookup", json={"prompt": "how do i reset my password"}, headers=h).json()
         assert hit["hit"] and hit["kind"] == "semantic" and hit["value"] == "Use the link."
         assert c.post("/v1/lookup", json={"prompt": "x"}).status_code == 401
-        assert c.post("/v1/lookup", content=b"{", headers={**h, "content-type": "application/json"}).status_code == 422
+        assert (
+            c.post(
+                "/v1/lookup", content=b"{", headers={**h, "content-type": "application/json"}
+            ).status_code
+            == 422
+        )
         assert c.post("/v1/lookup", content=b"x" * (2 * 1024 * 1024), headers=h).status_code == 413
         metrics = c.get("/metrics").text
         assert 'semcache_hits_total{kind="semantic",tier="l1"} 1.0' in metrics
@@ -136,7 +153,12 @@ def test_default_serve_generates_an_admin_token(tmp_path):
         assert (tmp_path / "semcache.db").exists()  # the embedded default: SQLite in the cwd
         with httpx.Client(base_url=sp.url) as c:
             assert c.get("/v1/stats").status_code == 401
-            assert c.get("/v1/stats", headers={"authorization": f"Bearer {token.group(1)}"}).status_code == 200
+            assert (
+                c.get(
+                    "/v1/stats", headers={"authorization": f"Bearer {token.group(1)}"}
+                ).status_code
+                == 200
+            )
     finally:
         assert sp.stop()
 
@@ -154,7 +176,15 @@ def test_no_auth_must_be_explicit_and_warns(tmp_path):
 def test_serve_with_a_bad_setting_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), SEMCACHE_SQL_URL="mysql://nope")
-    r = subprocess.run([sys.executable, "-m", "semcache", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "semcache", "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().startswith("Error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -36,17 +36,28 @@ def test_environment(tmp_path):
         "SEMCACHE_PRICES": "gpt-4o-mini=0.15/0.6",
     }
     cfg = ServerConfig.from_env(environ=env)
-    assert cfg.port == 9000 and cfg.tokens == {"t1": "tenant-a", "t2": "tenant-b"} and cfg.admin_token == "root"
+    assert (
+        cfg.port == 9000
+        and cfg.tokens == {"t1": "tenant-a", "t2": "tenant-b"}
+        and cfg.admin_token == "root"
+    )
     assert cfg.cache.redis is not None and cfg.cache.redis.url.endswith("redis.example:6379/0")
-    assert cfg.cache.policy.similarity_threshold == 0.85 and cfg.cache.policy.default_ttl_seconds is None
+    assert (
+        cfg.cache.policy.similarity_threshold == 0.85
+        and cfg.cache.policy.default_ttl_seconds is None
+    )
     assert isinstance(cfg.cache.embedder, HashingEmbedder) and cfg.cache.embedder.dim == 32
     assert cfg.batching is False and cfg.prices == {"gpt-4o-mini": (0.15, 0.6)}
 
 
 def test_precedence_file_then_env_then_arguments(tmp_path):
     f = tmp_path / "semcache.toml"
-    f.write_text('port = 7000\nhost = "0.0.0.0"\nbatch_max = 8\n[tokens]\n"file-token" = "tenant-f"\n')
-    cfg = ServerConfig.load(file=f, environ={"SEMCACHE_PORT": "7100", "SEMCACHE_BATCH_MAX": "16"}, batch_max=64)
+    f.write_text(
+        'port = 7000\nhost = "0.0.0.0"\nbatch_max = 8\n[tokens]\n"file-token" = "tenant-f"\n'
+    )
+    cfg = ServerConfig.load(
+        file=f, environ={"SEMCACHE_PORT": "7100", "SEMCACHE_BATCH_MAX": "16"}, batch_max=64
+    )
     assert cfg.host == "0.0.0.0"  # file
     assert cfg.port == 7100  # env over file
     assert cfg.batch_max == 64  # argument over env
@@ -111,6 +122,13 @@ def test_secrets_never_printed():
         }
     )
     shown = repr(cfg) + json.dumps(cfg.describe())
-    for secret in ("tenant-secret-token", "admin-secret-token", "redis-password", "pg-password", "up-password", "sk-secret-key"):
+    for secret in (
+        "tenant-secret-token",
+        "admin-secret-token",
+        "redis-password",
+        "pg-password",
+        "up-password",
+        "sk-secret-key",
+    ):
         assert secret not in shown, secret
     assert "acme" in shown and "***" in shown
