@@ -252,3 +252,51 @@ def test_bench_lists_the_benchmarks(runner, monkeypatch):
     assert r.exit_code == 0 and "sidecar_load" in r.stdout.split()
     r = runner.invoke(cli, ["bench", "nope"])
     assert r.exit_code == 3 and "no benchmark" in r.stderr
+
+
+@pytest.mark.parametrize("module", ["semcache", "semcache.cli.main"])
+def test_python_dash_m_entry_points(module, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run(
+        [sys.executable, "-m", module, "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert ok.returncode == 0 and ok.stdout.startswith("semcache ")
+    bad = subprocess.run(
+        [sys.executable, "-m", module, "--sql-url", f"sqlite:///{tmp_path}/none.db", "ls"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert (
+        bad.returncode == 3
+        and bad.stderr.count("\n") == 1
+        and bad.stderr.startswith("Error: no database")
+    )
+
+
+def test_main_turns_an_unexpected_error_into_one_line(monkeypatch, capsys, sqlite_db):
+    from semcache.cli import main as cli_main
+
+    def boom(self):
+        raise RuntimeError("something nobody expected\nwith a second line")
+
+    monkeypatch.setattr(cli_main.LocalTarget, "stats", boom)
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["--sql-url", sqlite_db, "stats"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "RuntimeError: something nobody expected with a second line" in err
+    )
+    assert "Traceback" not in err
