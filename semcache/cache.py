@@ -1200,7 +1200,12 @@ class AsyncSemanticCache:
         """Close the cache."""
         await self._run(self.sync.close)
 
-    def _l1_exact(self, request: Request) -> Hit | None:
+    def lookup_memory(self, request: Request) -> Hit | None:
+        """An exact hit from L1, answered on the event loop without a thread hop; else ``None``.
+
+        Never blocks: it reads only process memory. A ``None`` is not a miss — the
+        other tiers and the index have not been asked (use :meth:`lookup`).
+        """
         c = self.sync
         if c.state != "open" or not c._slots or c._slots[0].name != "l1":
             return None
@@ -1221,7 +1226,7 @@ class AsyncSemanticCache:
 
     async def lookup(self, request: Request, **kwargs: Any) -> Hit | None:
         """Async twin of :meth:`SemanticCache.lookup`."""
-        hit = self._l1_exact(request)
+        hit = self.lookup_memory(request)
         if hit is not None:
             return hit
         return await self._run(self.sync.lookup, request, **kwargs)

@@ -98,7 +98,7 @@ class MicroBatcher:
         """
         sync = self.cache.sync
         # an exact L1 hit costs microseconds; answer it here, without a thread hop or a window
-        hit = self.cache._l1_exact(request)
+        hit = self.cache.lookup_memory(request)
         if hit is not None:
             return LookupResult(hit)
         if not semantic or not self.semantic or not self.enabled:
