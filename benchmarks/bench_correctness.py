@@ -126,7 +126,7 @@ def summarise(probes: list[Probe], thresholds: np.ndarray, guards: tuple[str, ..
 
 def fmt_row(r: dict[str, float]) -> str:
     return (
-        f"{r['thr']:6.2f} {r['correct']:7d} {r['wrong']:6d} {r['false']:6d} {r['fhr']:6.1%} "
+        f"{r['thr']:7.4f} {r['correct']:7d} {r['wrong']:6d} {r['false']:6d} {r['fhr']:6.1%} "
         f"{r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f}"
     )
 
@@ -148,7 +148,7 @@ def main() -> None:
     # a finer grid at the top, where the strict operating points are
     fine = np.round(np.arange(0.95, args.hi + 1e-9, 0.0025), 4)
     thresholds = np.unique(np.concatenate([thresholds, fine, [default_thr, args.hi]]))
-    header = f"{'thr':>6} {'correct':>7} {'wrong':>6} {'false':>6} {'FHR':>6} {'precision':>9} {'recall':>7} {'F1':>6}"
+    header = f"{'thr':>7} {'correct':>7} {'wrong':>6} {'false':>6} {'FHR':>6} {'precision':>9} {'recall':>7} {'F1':>6}"
     for folder in args.datasets:
         print(f"\n=== {folder.name} ===")
         summaries = {}
@@ -167,14 +167,18 @@ def main() -> None:
                 mark = "  <- default" if abs(r["thr"] - default_thr) < 1e-9 else ""
                 print(fmt_row(r) + mark)
         print(f"\nsummary {folder.name}:")
-        print(f"{'':<34}{'best F1':>8} {'@thr':>6} {'R@FHR<=5%':>10} {'R@FHR<=1%':>10} {'P@default':>10} {'R@default':>10} {'FHR@default':>12}")
+        print(f"{'':<34}{'best F1':>8} {'@thr':>6} {'R@FHR<=5% @thr':>14} {'R@FHR<=1% @thr':>14} {'P@default':>10} {'R@default':>10} {'FHR@default':>12}")
         for label, s in summaries.items():
             d = score_at(s, default_thr)
             print(
-                f"{label:<34}{s['best']['f1']:8.3f} {s['best']['thr']:6.2f} {s['r5'][0]:10.3f} {s['r1'][0]:10.3f} "
+                f"{label:<34}{s['best']['f1']:8.3f} {s['best']['thr']:6.4f} {_at(s['r5']):>14} {_at(s['r1']):>14} "
                 f"{d['precision']:10.3f} {d['recall']:10.3f} {d['fhr']:12.1%}"
             )
     sys.stdout.flush()
+
+
+def _at(r: tuple[float, float | None]) -> str:
+    return "0.000 (none)" if r[1] is None else f"{r[0]:.3f} @{r[1]:.4f}"
 
 
 def score_at(summary: dict[str, object], thr: float) -> dict[str, float]:
