@@ -43,14 +43,17 @@ def main() -> None:
                 "How do I reverse a list in Python?",
                 "How do I reverse a list in Python?",
                 "How can I reverse a Python list?",
-                "How do I sort a list in Python?",
-                "How do I reverse a list in Python 2?",
+                "How do I sort a list in Python?",  # close, but another question: a miss
+                "Find cheap flights from Paris to Rome",
+                "Find cheap flights from Rome to Paris",  # similarity 0.999, rejected by the order guard
             ]:
                 ask(cache, prompt)
             st = cache.stats()
             print(f"\nhits={st['hits']} (l1={st['hits_l1']}, l2={st['hits_l2']}, l3={st['hits_l3']}) "
                   f"misses={st['misses']} sets={st['sets']} l1_bytes={st['l1_bytes']} "
                   f"guard_rejections={st['guard_rejections']}")
+            # what this example shows: one exact and one semantic hit, the swapped route refused
+            assert (st["hits_by"], st["guard_rejections"]) == ({"l1_exact": 1, "l1_semantic": 1}, {"order": 1}), st
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("name", ["openai_client", "plain_function", "langchain_adapter"])
+@pytest.mark.parametrize("name", ["quickstart", "openai_client", "plain_function", "langchain_adapter"])
 def test_example_runs(name: str, tmp_path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
