@@ -446,6 +446,12 @@ class CachedFunction:
             meta["response_model"] = entry.model
         return ("payload", entry.payload, meta)
 
+    def _adopt(self, flight: Any, found: _Shared, want_stream: bool | None) -> Any:
+        """Serve what another process stored, and hand it to our followers too."""
+        if flight is not None:
+            flight.resolve(found)
+        return self._from_shared(found, want_stream)
+
     # -- the sync path ---------------------------------------------------------
     def _get_lock(self) -> Any:
         if self._lock is None and self._lock_spec is True:
@@ -491,9 +497,7 @@ class CachedFunction:
                 log.warning("%s: Redis lock unavailable (%s); calling without it", self.name, exc)
                 found = None
             if found is not None:  # another process made the call and stored it
-                if flight is not None:
-                    flight.resolve(found)
-                return self._from_shared(found, want_stream)
+                return self._adopt(flight, found, want_stream)
         release = functools.partial(_release, lock, req.key, token)
         try:
             result = self.fn(*args, **kwargs)
@@ -502,29 +506,26 @@ class CachedFunction:
             if flight is not None:
                 flight.reject(exc)
             raise
+
+        # A stream is stored once it is exhausted, a plain result at once.
+        def settle(value: Any, *, stream: bool) -> None:
+            try:
+                shared = self._finish(req, opts, value, stream=stream)
+            finally:
+                release()
+            if flight is not None:
+                flight.resolve(shared)
+
         kind = is_stream(result)
         if kind is not None:
-            def done(items: list[Any]) -> None:
-                try:
-                    shared = self._finish(req, opts, items, stream=True)
-                finally:
-                    release()
-                if flight is not None:
-                    flight.resolve(shared)
-
             def dropped(exc: BaseException | None) -> None:
                 release()
                 if flight is not None:
                     flight.abandon()
 
             proxy = RecordingStream if kind == "sync" else AsyncRecordingStream
-            return proxy(result, on_complete=done, on_abandon=dropped)
-        try:
-            shared = self._finish(req, opts, result, stream=False)
-        finally:
-            release()
-        if flight is not None:
-            flight.resolve(shared)
+            return proxy(result, on_complete=functools.partial(settle, stream=True), on_abandon=dropped)
+        settle(result, stream=False)
         return result
 
     def _finish(self, req: Request, opts: CallOptions, value: Any, *, stream: bool) -> _Shared:
@@ -581,9 +582,7 @@ class CachedFunction:
                 log.warning("%s: Redis lock unavailable (%s); calling without it", self.name, exc)
                 found = None
             if found is not None:  # another process made the call and stored it
-                if flight is not None:
-                    flight.resolve(found)
-                return self._from_shared(found, want_stream)
+                return self._adopt(flight, found, want_stream)
 
         async def release() -> None:
             await _arelease(lock, req.key, token)
@@ -598,16 +597,18 @@ class CachedFunction:
                 else:  # cancelled: the followers must not inherit our cancellation
                     flight.abandon()
             raise
+
+        # A stream is stored once it is exhausted, a plain result at once.
+        async def settle(value: Any, *, stream: bool) -> None:
+            try:
+                shared = await self._afinish(req, opts, value, stream=stream)
+            finally:
+                await release()
+            if flight is not None:
+                flight.resolve(shared)
+
         kind = is_stream(result)
         if kind is not None:
-            async def adone(items: list[Any]) -> None:
-                try:
-                    shared = await self._afinish(req, opts, items, stream=True)
-                finally:
-                    await release()
-                if flight is not None:
-                    flight.resolve(shared)
-
             def sdone(items: list[Any]) -> None:
                 # a sync iterator from an async function: finished outside any await
                 shared = self._finish(req, opts, items, stream=True)
@@ -621,14 +622,11 @@ class CachedFunction:
                     flight.abandon()
 
             if kind == "async":
-                return AsyncRecordingStream(result, on_complete=adone, on_abandon=dropped)
+                return AsyncRecordingStream(
+                    result, on_complete=functools.partial(settle, stream=True), on_abandon=dropped
+                )
             return RecordingStream(result, on_complete=sdone, on_abandon=dropped)
-        try:
-            shared = await self._afinish(req, opts, result, stream=False)
-        finally:
-            await release()
-        if flight is not None:
-            flight.resolve(shared)
+        await settle(result, stream=False)
         return result
 
     async def _apoll(self, req: Request) -> _Shared | None:
