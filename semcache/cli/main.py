@@ -832,6 +832,25 @@ def filter_options(f: F) -> F:
     return f
 
 
+def _filters(
+    namespace: str | None,
+    model: str | None,
+    tag: str | None,
+    scope: str | None,
+    prompt_pattern: str | None,
+    older_than: float | None,
+) -> dict[str, Any]:
+    """The values of :func:`filter_options` as the entry filters a target takes."""
+    return {
+        "namespace": namespace,
+        "model": model,
+        "tag": tag,
+        "scope": scope,
+        "prompt_pattern": prompt_pattern,
+        "older_than_seconds": older_than,
+    }
+
+
 @cli.command("ls")
 @target_options(envvars=False)
 @filter_options
@@ -854,14 +873,7 @@ def ls(
     as_json: bool,
 ) -> None:
     """List entries, newest first, filtered and paginated."""
-    filters = {
-        "namespace": namespace,
-        "model": model,
-        "tag": tag,
-        "scope": scope,
-        "prompt_pattern": prompt_pattern,
-        "older_than_seconds": older_than,
-    }
+    filters = _filters(namespace, model, tag, scope, prompt_pattern, older_than)
     entries = _with_target(ctx).list(filters, limit, (page - 1) * limit)
     if as_json:
         _echo_json({"entries": entries, "page": page, "limit": limit})
@@ -1071,12 +1083,7 @@ def invalidate(
         "keys": keys,
         "prompt": prompt,
         "params": _params(param_pairs),
-        "namespace": namespace,
-        "model": model,
-        "tag": tag,
-        "scope": scope,
-        "prompt_pattern": prompt_pattern,
-        "older_than_seconds": older_than,
+        **_filters(namespace, model, tag, scope, prompt_pattern, older_than),
     }
     if not any(v not in (None, (), []) for k, v in criteria.items() if k != "params"):
         raise click.UsageError(
@@ -1120,6 +1127,13 @@ def db() -> None:
     """Database schema: upgrade to this version's revision, or show the current one."""
 
 
+db_url_option = click.option(
+    "--url",
+    default=None,
+    help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).",
+)
+
+
 def _sql_url(ctx: CliContext, url: str | None) -> str:
     if url:
         return url
@@ -1135,11 +1149,7 @@ def _sql_url(ctx: CliContext, url: str | None) -> str:
 
 @db.command("upgrade")
 @target_options(envvars=False)
-@click.option(
-    "--url",
-    default=None,
-    help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).",
-)
+@db_url_option
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @json_option
 @pass_ctx
@@ -1166,11 +1176,7 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
 
 @db.command("current")
 @target_options(envvars=False)
-@click.option(
-    "--url",
-    default=None,
-    help="SQLAlchemy URL (default: --sql-url / SEMCACHE_SQL_URL / sqlite:///semcache.db).",
-)
+@db_url_option
 @json_option
 @pass_ctx
 def db_current(ctx: CliContext, url: str | None, as_json: bool) -> None:
