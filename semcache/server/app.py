@@ -33,6 +33,7 @@ from ..errors import (
     SchemaVersionError,
     SemcacheError,
 )
+from ..keys import Request as CacheRequest
 from ..keys import build_request
 from ..types import Selector
 from .auth import AuthError, Principal
@@ -73,6 +74,11 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "The token may not do this."},
     413: {"model": ErrorBody, "description": "The request body is too large."},
     422: {"model": ErrorBody, "description": "Malformed JSON or invalid fields."},
+}
+# The id of GET and DELETE /v1/entries/{entry_id}, and their documented 404.
+_EntryId = Annotated[str, Path(min_length=1, max_length=256)]
+_NO_SUCH_ENTRY: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such entry (for this token)."}
 }
 
 
@@ -145,20 +151,26 @@ def _hit_fields(hit: Any, include_value: bool) -> dict[str, Any]:
     return out
 
 
+def _cache_request(
+    body: LookupRequest | StoreRequest | InvalidateRequest, namespace: str | None
+) -> CacheRequest:
+    """The cache request for the prompt or messages and scope fields of ``body``."""
+    return build_request(
+        body.prompt,
+        messages=body.message_dicts(),
+        model=body.model,
+        params=body.params,
+        namespace=namespace,
+    )
+
+
 def _selector(sc: Sidecar, principal: Principal, body: InvalidateRequest) -> Selector:
     ns = principal.namespace(body.namespace)
     keys = list(body.keys)
     if body.entry_id is not None:
         keys.append(body.entry_id)
     if body.prompt is not None or body.messages is not None:
-        req = build_request(
-            body.prompt,
-            messages=body.message_dicts(),
-            model=body.model,
-            params=body.params,
-            namespace=ns,
-        )
-        keys.append(req.key)
+        keys.append(_cache_request(body, ns).key)
     return Selector(
         keys=tuple(dict.fromkeys(keys)),
         scope=body.scope,
@@ -238,14 +250,7 @@ def _api_router() -> APIRouter:
     @router.post("/v1/lookup", response_model=LookupResponse, tags=["cache"])
     async def lookup(body: LookupRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Look a prompt up: exact first, then semantic within its scope (tenant included)."""
-        ns = principal.namespace(body.namespace)
-        req = build_request(
-            body.prompt,
-            messages=body.message_dicts(),
-            model=body.model,
-            params=body.params,
-            namespace=ns,
-        )
+        req = _cache_request(body, principal.namespace(body.namespace))
         thr = UNSET if body.threshold is None else body.threshold
         t0 = time.perf_counter()
         result = await sc.batcher.lookup(req, threshold=thr, semantic=body.semantic)
@@ -277,14 +282,7 @@ def _api_router() -> APIRouter:
     @router.post("/v1/entries", response_model=StoreResponse, status_code=201, tags=["cache"])
     async def store(body: StoreRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Store a response for a prompt in every tier and the index."""
-        ns = principal.namespace(body.namespace)
-        req = build_request(
-            body.prompt,
-            messages=body.message_dicts(),
-            model=body.model,
-            params=body.params,
-            namespace=ns,
-        )
+        req = _cache_request(body, principal.namespace(body.namespace))
         # omitted: the policy's default TTL; an explicit null: never expire
         ttl = body.ttl_seconds if "ttl_seconds" in body.model_fields_set else UNSET
         entry = await sc.run(
@@ -346,10 +344,10 @@ def _api_router() -> APIRouter:
         "/v1/entries/{entry_id}",
         response_model=EntryView,
         tags=["entries"],
-        responses={404: {"model": ErrorBody, "description": "No such entry (for this token)."}},
+        responses=_NO_SUCH_ENTRY,
     )
     async def get_entry(
-        entry_id: Annotated[str, Path(min_length=1, max_length=256)],
+        entry_id: _EntryId,
         sc: SidecarDep,
         principal: PrincipalDep,
     ) -> Any:
@@ -366,10 +364,10 @@ def _api_router() -> APIRouter:
         "/v1/entries/{entry_id}",
         response_model=InvalidateResponse,
         tags=["entries"],
-        responses={404: {"model": ErrorBody, "description": "No such entry (for this token)."}},
+        responses=_NO_SUCH_ENTRY,
     )
     async def delete_entry(
-        entry_id: Annotated[str, Path(min_length=1, max_length=256)],
+        entry_id: _EntryId,
         sc: SidecarDep,
         principal: PrincipalDep,
     ) -> Any:
