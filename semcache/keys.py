@@ -15,9 +15,11 @@ Pure functions, no I/O. The rules:
   an entry. Every other param is kept: an unknown param splits the cache rather than
   risking a wrong answer.
 * Key order in params and in nested dicts does not matter (canonical JSON).
-* The prompt is normalised for the exact key: Unicode NFKC, surrounding whitespace
-  stripped and inner runs of whitespace collapsed to one space. Case is kept (it
-  matters in code and in names).
+* The prompt is normalised for the exact key conservatively: Unicode NFC (canonical
+  equivalence only: "2³" and "23" stay different, as NFKC would merge them), line
+  endings unified, trailing spaces on each line and surrounding blank space
+  stripped. Inner whitespace and indentation are kept (they matter in code), and so
+  is case. Prompts that differ in more than that are left to the semantic path.
 * The exact key is ``H(scope, normalised text)`` and is also the entry's id.
 """
 
@@ -50,9 +52,8 @@ IGNORED_PARAMS = frozenset(
         "stream_options",
         "user",
         "timeout",
-        "extra_headers",
-        "extra_query",
-        "extra_body",
+        "extra_headers",  # transport only (and may hold secrets); extra_body/extra_query
+        # can carry generation params (guided decoding, top_k, API versions): scope
         "metadata",
         "store",
         "request_id",
@@ -63,7 +64,10 @@ IGNORED_PARAMS = frozenset(
     }
 )
 
-_WS = re.compile(r"\s+")
+#: Longest namespace or model name (the L3 columns are this wide).
+MAX_NAME_LENGTH = 255
+
+_TRAILING_WS = re.compile(r"[ \t]+\n")
 
 
 def canonical_json(value: Any) -> str:
@@ -92,8 +96,9 @@ def _hash(text: str) -> str:
 
 
 def normalize_prompt(text: str) -> str:
-    """Normalise a prompt for the exact key: NFKC, trimmed, whitespace collapsed."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    """Normalise a prompt for the exact key: NFC, unified line endings, trimmed."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return _TRAILING_WS.sub("\n", text).strip()
 
 
 def scope_hash(scope: Mapping[str, Any]) -> str:
@@ -161,10 +166,9 @@ def build_request(
     """
     if (prompt is None) == (messages is None):
         raise InvalidInputError("pass exactly one of prompt= or messages=")
-    if namespace is not None and not isinstance(namespace, str):
-        raise InvalidInputError("namespace must be a string")
-    if model is not None and not isinstance(model, str):
-        raise InvalidInputError("model must be a string")
+    for name, field_value in (("namespace", namespace), ("model", model)):
+        if field_value is not None and (not isinstance(field_value, str) or len(field_value) > MAX_NAME_LENGTH):
+            raise InvalidInputError(f"{name} must be a string of at most {MAX_NAME_LENGTH} characters")
     kept = {k: v for k, v in (params or {}).items() if k not in IGNORED_PARAMS}
     scope: dict[str, Any] = {"ns": namespace, "model": model, "params": kept}
     if prompt is not None:

@@ -19,11 +19,31 @@ def test_same_prompt_same_key():
     assert build_request("Hi there", model="m").key == build_request("Hi there", model="m").key
 
 
-def test_whitespace_and_unicode_normalised_for_exact_key():
-    a = build_request("  What   is\tup?\n", model="m")
-    b = build_request("What is up?", model="m")
-    assert a.key == b.key
-    assert normalize_prompt("ｆｕｌｌｗｉｄｔｈ") == "fullwidth"  # NFKC
+def test_surrounding_space_line_endings_and_canonical_unicode_normalised():
+    assert build_request("  What is up?\n", model="m").key == build_request("What is up?", model="m").key
+    assert normalize_prompt("line one  \r\nline two") == "line one\nline two"
+    assert normalize_prompt("cafe\u0301") == normalize_prompt("caf\u00e9")  # NFC: canonical equivalence
+
+
+def test_compatibility_forms_and_inner_whitespace_are_not_merged():
+    # NFKC would make these equal; they are different questions
+    assert build_request("What is 2³?", model="m").key != build_request("What is 23?", model="m").key
+    assert build_request("½ cup", model="m").key != build_request("1⁄2 cup", model="m").key
+    # indentation is meaning in code
+    assert build_request("if x:\n    y()\nz()", model="m").key != build_request("if x:\n    y()\n    z()", model="m").key
+
+
+def test_extra_body_is_scope_extra_headers_is_not():
+    a = build_request("q", model="m", params={"extra_body": {"guided_choice": ["yes", "no"]}})
+    assert a.scope != build_request("q", model="m").scope
+    assert build_request("q", model="m", params={"extra_headers": {"X-Key": "s"}}).scope == build_request("q", model="m").scope
+
+
+def test_overlong_model_or_namespace_is_rejected():
+    with pytest.raises(InvalidInputError):
+        build_request("q", model="m" * 300)
+    with pytest.raises(InvalidInputError):
+        build_request("q", namespace="n" * 300)
 
 
 def test_case_is_kept():
