@@ -26,9 +26,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
+from cachetools import LRUCache
 
-from .config import UNSET, CacheConfig
+from .config import MAX_TTL_SECONDS, UNSET, CacheConfig
 from .errors import (
+    BackendUnavailable,
     BackendError,
     ConfigurationError,
     InvalidInputError,
@@ -58,6 +60,10 @@ class _Slot:
     down_until: float = 0.0
     errors: int = 0
     skipped: int = 0
+    #: Invalidations (and replica messages) this tier missed while it was down,
+    #: replayed before it serves anything again, so nothing invalidated comes back.
+    pending: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -74,13 +80,19 @@ class _Counters:
             return dict(self.c)
 
 
+#: Missed invalidations kept per tier before it is flushed on recovery instead.
+_MAX_PENDING = 10_000
+
+
 def _validate_ttl(ttl: Any) -> float | None:
     if ttl is None:
         return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or math.isnan(ttl) or math.isinf(ttl):
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
         raise InvalidInputError(f"ttl_seconds must be a positive number of seconds or None, got {ttl!r}")
-    if ttl <= 0:
-        raise InvalidInputError(f"ttl_seconds must be positive (None means never expire), got {ttl!r}")
+    if not 0 < ttl <= MAX_TTL_SECONDS:
+        raise InvalidInputError(
+            f"ttl_seconds must be in (0, {MAX_TTL_SECONDS:.0f}] (None means never expire), got {ttl!r}"
+        )
     return float(ttl)
 
 
@@ -124,6 +136,12 @@ class SemanticCache:
         self._id = uuid.uuid4().hex
         self._listener: EventListener | None = None
         self._index_built = False
+        self._recent: LRUCache[str, np.ndarray] = LRUCache(maxsize=256)
+        self._recent_lock = threading.Lock()
+        self._rebuild_lock = threading.Lock()
+        #: Bumped by every write and invalidation: a lookup that raced one does not
+        #: copy what it read into the tiers above (it may be the old entry).
+        self._epoch = 0
         self._pub: Any = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -243,19 +261,50 @@ class SemanticCache:
 
     # -- tier calls with back-off ---------------------------------------------
     def _fail(self, slot: _Slot, exc: BaseException) -> None:
-        slot.failures += 1
         slot.errors += 1
+        self._stats.inc(f"{slot.name}_errors")
+        if not isinstance(exc, BackendUnavailable):
+            # a failed statement (a constraint, a bad value) says nothing about the
+            # tier's health: count it, but keep using the tier
+            log.warning("tier %s: %s", slot.name, type(exc).__name__)
+            return
+        slot.failures += 1
         pol = self.config.policy
         backoff = min(pol.backoff_max_seconds, pol.backoff_initial_seconds * 2 ** (slot.failures - 1))
         slot.down_until = time.monotonic() + backoff
-        self._stats.inc(f"{slot.name}_errors")
-        log.warning("tier %s failed (%s); skipping it for %.1fs", slot.name, exc, backoff)
+        # the class only: driver messages can carry prompts and payloads
+        log.warning("tier %s is unavailable (%s); skipping it for %.1fs", slot.name, type(exc.__cause__ or exc).__name__, backoff)
+
+    def _defer(self, slot: _Slot, method: str, *args: Any) -> None:
+        """Remember an invalidation a skipped tier must apply before it serves again."""
+        with slot.lock:
+            if len(slot.pending) < _MAX_PENDING:
+                slot.pending.append((method, args))
+            elif not getattr(slot.backend, "stores_embeddings", False):
+                # too much was missed to replay: a cache copy tier is emptied instead
+                slot.pending = [("invalidate", (Selector.everything(), 0.0))]
+            else:
+                log.error("tier %s missed more than %d invalidations while down; some may be lost", slot.name, _MAX_PENDING)
+        self._stats.inc(f"{slot.name}_deferred")
+
+    def _replay(self, slot: _Slot) -> None:
+        with slot.lock:
+            todo, slot.pending = slot.pending, []
+        for n, (method, args) in enumerate(todo):
+            try:
+                getattr(slot.backend, method)(*args)
+            except BackendError:
+                with slot.lock:
+                    slot.pending[:0] = todo[n:]
+                raise
 
     def _call(self, slot: _Slot, method: str, *args: Any) -> Any:
         if slot.down_until and time.monotonic() < slot.down_until:
             slot.skipped += 1
             raise _Skip
         try:
+            if slot.pending:
+                self._replay(slot)
             result = getattr(slot.backend, method)(*args)
         except BackendError as exc:
             self._fail(slot, exc)
@@ -341,43 +390,71 @@ class SemanticCache:
         return check_embeddings(out, len(texts), self.index.dim)
 
     def _embed(self, request: Request) -> np.ndarray | None:
+        # a miss is usually followed by a store of the same prompt (decorator, proxy):
+        # keep the last vectors so that store does not embed the text again
+        with self._recent_lock:
+            v: np.ndarray | None = self._recent.get(request.text)
+        if v is not None:
+            return v
         if not self.embeddable(request.text):
             return None
         t0 = time.perf_counter()
-        v: np.ndarray = self.embed_many([request.text])[0]
+        v = self.embed_many([request.text])[0]
         self._stats.inc("embeddings")
         self._stats.inc("embed_us", int((time.perf_counter() - t0) * 1e6))
+        with self._recent_lock:
+            self._recent[request.text] = v
         return v
 
     # -- reads ---------------------------------------------------------------
-    def _find(self, key: str, now: float) -> tuple[Entry, int] | None:
-        """Find a live entry by key, top tier first, without promoting it."""
+    def _find(self, key: str, now: float) -> tuple[tuple[Entry, int] | None, bool]:
+        """Find a live entry by key, top tier first, without promoting it.
+
+        Returns the entry and its tier index (or ``None``), and whether a tier that
+        was asked before the answer was skipped (down): then a ``None`` is not proof
+        that the entry is gone.
+        """
+        skipped = False
         for i, slot in enumerate(self._slots):
             try:
                 entry = self._call(slot, "get", key, now)
             except _Skip:
+                skipped = True
                 continue
             if entry is not None and not entry.expired(now) and entry.key == key:
-                return entry, i
-        return None
+                return (entry, i), skipped
+        return None, skipped
 
     def _fetch(self, key: str, now: float) -> tuple[Entry, _Slot] | None:
         """Find a live entry by key, top tier first, promoting it upward."""
-        found = self._find(key, now)
-        return None if found is None else self._promote(found[0], found[1], now)
+        epoch = self._epoch
+        found, _ = self._find(key, now)
+        return None if found is None else self._promote(found[0], found[1], now, epoch)
 
-    def _promote(self, entry: Entry, i: int, now: float) -> tuple[Entry, _Slot]:
-        """Copy an entry found in tier ``i`` into the tiers above (remaining TTL)."""
+    def _promote(self, entry: Entry, i: int, now: float, epoch: int) -> tuple[Entry, _Slot]:
+        """Copy an entry found in tier ``i`` into the tiers above (remaining TTL).
+
+        ``epoch`` is :attr:`_epoch` from before the read: if a write or an
+        invalidation happened since, what was read may be stale and is not copied.
+        """
         slot = self._slots[i]
-        targets = self._slots[:i]
+        if epoch != self._epoch:
+            return entry, slot
         if self.config.policy.sliding_expiry and entry.ttl_seconds is not None:
             entry = entry.with_expiry(now + entry.ttl_seconds)
-            targets = self._slots  # the new expiry goes to every tier
-        for upper in targets:
+            for tier in self._slots[i:]:
+                try:
+                    if hasattr(tier.backend, "touch"):
+                        # only the expiry moves: L3 keeps its vector
+                        self._call(tier, "touch", entry.key, entry.expires_at, now)
+                    else:
+                        self._call(tier, "set", entry, now)
+                except _Skip:
+                    pass
+        for upper in self._slots[:i]:
             try:
                 self._call(upper, "set", entry, now)
-                if upper is not slot:
-                    self._stats.inc(f"promotions_{upper.name}")
+                self._stats.inc(f"promotions_{upper.name}")
             except _Skip:
                 pass
         return entry, slot
@@ -502,13 +579,19 @@ class SemanticCache:
             v = self._embed(request)
             if v is None:
                 return None
+        else:
+            from .embedders.base import check_embeddings
+
+            v = check_embeddings(v, 1, self.index.dim)[0]  # a precomputed vector is checked too
         self._stats.inc("semantic_lookups")
         for key, sim in self._candidates(request, v):
             if sim < thr:
                 break
-            found = self._find(key, now)
+            epoch = self._epoch
+            found, skipped = self._find(key, now)
             if found is None:
-                self.index.remove([key])  # expired or deleted elsewhere
+                if not skipped:
+                    self.index.remove([key])  # expired or deleted elsewhere
                 continue
             entry, tier = found
             if entry.scope != request.scope:
@@ -522,7 +605,7 @@ class SemanticCache:
                 # is less likely to be the same one, so this is a miss (and a rejected
                 # candidate is not promoted)
                 return None
-            entry, slot = self._promote(entry, tier, now)
+            entry, slot = self._promote(entry, tier, now, epoch)
             return self._hit(entry, slot.name, "semantic", min(1.0, sim), now)
         return None
 
@@ -715,61 +798,56 @@ class SemanticCache:
 
         Each item is a mapping with ``value`` and either ``prompt`` or ``messages``,
         plus optional ``model``, ``params``, ``namespace``, ``ttl_seconds``, ``tags``,
-        ``metadata``. Every item is validated before anything is written.
+        ``metadata``. Every item is validated (and serialised) before anything is
+        embedded or written: one bad item stores nothing. The same prompt twice: the
+        last one wins, as with :meth:`set`.
         """
         self._ensure_open()
-        out: list[Entry] = []
-        batch: list[Mapping[str, Any]] = []
-        for item in items:
-            batch.append(item)
-            if len(batch) >= batch_size:
-                out.extend(self._set_batch(batch))
-                batch = []
-        if batch:
-            out.extend(self._set_batch(batch))
-        return out
-
-    def _set_batch(self, items: Sequence[Mapping[str, Any]]) -> list[Entry]:
         now = self.timer()
-        reqs: list[Request] = []
+        entries: list[Entry] = []
+        texts: list[str] = []
         for it in items:
             if not isinstance(it, Mapping) or "value" not in it:
                 raise InvalidInputError("each item must be a mapping with a 'value'")
-            reqs.append(
-                build_request(
-                    it.get("prompt"),
-                    messages=it.get("messages"),
-                    model=it.get("model"),
-                    params=it.get("params"),
-                    namespace=it.get("namespace"),
+            req = build_request(
+                it.get("prompt"),
+                messages=it.get("messages"),
+                model=it.get("model"),
+                params=it.get("params"),
+                namespace=it.get("namespace"),
+            )
+            entries.append(
+                self._make_entry(
+                    req,
+                    it["value"],
+                    ttl_seconds=it.get("ttl_seconds", UNSET),
+                    tags=it.get("tags", ()),
+                    metadata=it.get("metadata"),
+                    now=now,
+                    embedding=None,
                 )
             )
-        vecs: list[np.ndarray | None] = [None] * len(reqs)
+            texts.append(req.text)
+        out: list[Entry] = []
+        for i in range(0, len(entries), batch_size):
+            out.extend(self._set_batch(entries[i : i + batch_size], texts[i : i + batch_size], now))
+        return out
+
+    def _set_batch(self, entries: list[Entry], texts: list[str], now: float) -> list[Entry]:
         if self.index is not None:
-            todo = [i for i, r in enumerate(reqs) if self.embeddable(r.text)]
+            todo = [i for i, t in enumerate(texts) if self.embeddable(t)]
             if todo:
-                m = self.embed_many([reqs[i].text for i in todo])
+                m = self.embed_many([texts[i] for i in todo])
                 self._stats.inc("embeddings", len(todo))
+                mid = self.embedder.model_id
                 for j, i in enumerate(todo):
-                    vecs[i] = m[j]
-        entries = [
-            self._make_entry(
-                r,
-                it["value"],
-                ttl_seconds=it.get("ttl_seconds", UNSET),
-                tags=it.get("tags", ()),
-                metadata=it.get("metadata"),
-                now=now,
-                embedding=v,
-            )
-            for r, it, v in zip(reqs, items, vecs)
-        ]
-        # the same prompt twice in one batch: the last one wins, as with set()
+                    entries[i] = replace(entries[i], embedding=m[j].tobytes(), embedder_id=mid)
         entries = list({e.key: e for e in entries}.values())
         self._write(entries, now)
         return entries
 
     def _write(self, entries: list[Entry], now: float) -> None:
+        self._epoch += 1
         # bottom tier first: L3's commit is the commit point
         lean = [replace(e, embedding=None) if e.embedding is not None else e for e in entries]
         for slot in reversed(self._slots):
@@ -782,6 +860,9 @@ class SemanticCache:
                     for e in batch:
                         self._call(slot, "set", e, now)
             except _Skip:
+                # the tier may still hold an older value under these keys: drop it
+                # before the tier serves again
+                self._defer(slot, "delete", [e.key for e in entries])
                 continue
         self._stats.inc("sets", len(entries))
         if self.index is not None:
@@ -798,11 +879,12 @@ class SemanticCache:
 
     # -- deletes and invalidation --------------------------------------------
     def _delete_everywhere(self, keys: Sequence[str]) -> None:
+        self._epoch += 1
         for slot in self._slots:
             try:
                 self._call(slot, "delete", list(keys))
             except _Skip:
-                pass
+                self._defer(slot, "delete", list(keys))
         if self.index is not None:
             self.index.remove(keys)
         self._publish(invalidate_message(keys, None))
@@ -859,12 +941,14 @@ class SemanticCache:
         """Remove every entry ``selector`` matches; return how many distinct entries went."""
         self._ensure_open()
         now = self.timer()
+        self._epoch += 1
         gone: set[str] = set()
         for slot in self._slots:
             try:
                 gone.update(self._call(slot, "invalidate", selector, now))
             except _Skip:
-                continue
+                # applied when the tier is back, before it serves anything
+                self._defer(slot, "invalidate", selector, now)
         if self.index is not None and gone:
             self.index.remove(list(gone))
         if self.index is not None and selector.all:
@@ -907,18 +991,26 @@ class SemanticCache:
         slot = self._sql_slot()
         if slot is None:
             return len(self.index)
-        sql = slot.backend
+        with self._rebuild_lock:
+            return self._rebuild(slot.backend, reembed=reembed, progress=progress)
+
+    def _rebuild(self, sql: Any, *, reembed: bool, progress: bool | None) -> int:
+        # fill a new index and swap it in at the end: lookups keep the old one meanwhile,
+        # and a failure (L3 down) leaves it as it was
+        from .index.faiss import FaissIndex
+
+        old, fresh = self.index, FaissIndex(self.index.dim, self.config.index)
+        old.start_journal()
         now = self.timer()
         mid = self.embedder.model_id
         show = _want_progress(self.config.index.progress if progress is None else progress)
         total = sql.count(now, embedder_id=mid) if show else None
         bar = _progress(total, "rebuilding index", show)
-        self.index.clear()
         try:
             for batch in sql.iter_embeddings(mid, now):
                 by_scope: dict[str, tuple[list[str], list[bytes]]] = {}
                 for key, scope, emb in batch:
-                    if len(emb) != self.index.dim * 4:
+                    if len(emb) != fresh.dim * 4:
                         continue  # another dimension: never compared
                     ks, vs = by_scope.setdefault(scope, ([], []))
                     ks.append(key)
@@ -929,29 +1021,35 @@ class SemanticCache:
                         good = np.asarray(np.isfinite(mat).all(axis=1), dtype=bool)
                         ks = [k for k, g in zip(ks, good.tolist()) if g]  # skip corrupt vectors
                         mat = mat[good]
-                    self.index.add(scope, ks, mat)
+                    fresh.add(scope, ks, mat)
                 bar.update(len(batch))
             if reembed:
-                self._reembed(sql, now, bar)
+                self._reembed(sql, now, bar, fresh)
+        except BaseException:
+            old.take_journal()
+            raise
         finally:
             bar.close()
+        # writes and invalidations that reached the old index meanwhile
+        fresh.replay(old.take_journal())
+        self.index = fresh
         self._index_built = True
-        return len(self.index)
+        return len(fresh)
 
-    def _reembed(self, sql: Any, now: float, bar: Any) -> None:
+    def _reembed(self, sql: Any, now: float, bar: Any, index: Any) -> None:
         offset = 0
         while True:
             entries = sql.list_entries(None, now, limit=500, offset=offset)
             if not entries:
                 return
             offset += len(entries)
-            todo = [e for e in entries if e.key not in self.index and self.embeddable(e.prompt)]
+            todo = [e for e in entries if e.key not in index and self.embeddable(e.prompt)]
             if not todo:
                 continue
             m = self.embed_many([e.prompt for e in todo])
             for e, v in zip(todo, m):
                 sql.set_embedding(e.key, v.tobytes(), self.embedder.model_id)
-                self.index.add(e.scope, [e.key], v.reshape(1, -1))
+                index.add(e.scope, [e.key], v.reshape(1, -1))
             bar.update(len(todo))
 
     def check_index(self) -> dict[str, Any]:
@@ -984,16 +1082,28 @@ class SemanticCache:
         if slot is None or self.config.redis is None or not self.config.redis.pubsub:
             return
         message["origin"] = self._id
+        args = (f"{self.config.redis.prefix}events", json.dumps(message))
         try:
-            self._call(slot, "publish", f"{self.config.redis.prefix}events", json.dumps(message))
+            self._call(slot, "publish", *args)
         except _Skip:
-            pass
+            if message.get("op") == "inv":
+                self._defer(slot, "publish", *args)  # other replicas must still hear of it
 
     def _start_listener(self) -> None:
         slot = self._redis_slot()
         assert slot is not None and self.config.redis is not None
-        self._listener = EventListener(slot.backend.client, f"{self.config.redis.prefix}events", self.apply_event)
+        self._listener = EventListener(
+            slot.backend.client, f"{self.config.redis.prefix}events", self.apply_event, self._events_missed
+        )
         self._listener.start()
+
+    def _events_missed(self) -> None:
+        # the subscription dropped: invalidations may have been missed, so this
+        # replica's L1 copies can no longer be trusted (the shared tiers are)
+        mem = next((s.backend for s in self._slots if s.name == "l1"), None)
+        if mem is not None:
+            mem.clear()
+            self._stats.inc("l1_cleared_after_event_gap")
 
     def apply_event(self, msg: Mapping[str, Any]) -> None:
         """Apply an invalidation or index update published by another replica."""

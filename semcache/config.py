@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import ConfigurationError
 
 __all__ = [
+    "MAX_TTL_SECONDS",
     "UNSET",
     "CacheConfig",
     "IndexConfig",
@@ -38,6 +39,10 @@ class _Unset(enum.Enum):
 UNSET = _Unset.UNSET
 
 
+#: The longest TTL accepted (100 years): anything longer is "never", say ``None``.
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600.0
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``."""
     try:
@@ -54,8 +59,15 @@ def redact_url(url: str) -> str:
 def _check_ttl(name: str, value: float | None) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TTL_SECONDS
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds (at most {MAX_TTL_SECONDS:.0f}) or None, got {value!r}"
+        )
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -188,7 +200,11 @@ class Policy:
             raise ConfigurationError("Policy.long_prompt must be 'exact_only', 'truncate' or 'error'")
         if self.on_backend_error not in ("miss", "raise"):
             raise ConfigurationError("Policy.on_backend_error must be 'miss' or 'raise'")
-        if self.backoff_initial_seconds <= 0 or self.backoff_max_seconds < self.backoff_initial_seconds:
+        if not (
+            math.isfinite(self.backoff_initial_seconds)
+            and math.isfinite(self.backoff_max_seconds)
+            and 0 < self.backoff_initial_seconds <= self.backoff_max_seconds
+        ):
             raise ConfigurationError("back-off must satisfy 0 < initial <= max")
 
 

@@ -7,6 +7,8 @@ database at an older revision raises :class:`~semcache.errors.SchemaVersionError
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -17,8 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 from ..db.migrate import ensure_schema
 from ..db.models import EntryRow, TagRow
-from ..errors import BackendError, BackendUnavailable, SerializationError
-from ..serde import loads
+from ..errors import BackendError, BackendUnavailable
 from ..types import Entry, Selector
 from .base import tier_expiry
 
@@ -37,6 +38,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         engine = create_engine(
             url,
             echo=echo,
+            hide_parameters=True,  # driver errors must not carry prompts into logs
             connect_args={"timeout": 30, "check_same_thread": False},
             poolclass=StaticPool if memory else None,
         )
@@ -51,7 +53,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, echo=echo, hide_parameters=True, pool_pre_ping=True, pool_size=10, max_overflow=20
+    )
+
+
+def _dialect_insert(engine: Engine) -> Any:
+    """The INSERT construct with ON CONFLICT support for this engine's dialect."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
 def _row_to_entry(row: Any) -> Entry:
@@ -107,6 +118,12 @@ class SQLBackend:
         self._ready = False
         self._corrupt = 0
         self._swept = 0
+        # an in-memory SQLite database is one connection shared by every thread:
+        # serialise its use (a file or a server has a pool of real connections)
+        self._lock: Any = threading.RLock() if url in ("sqlite://", "sqlite:///:memory:") else None
+
+    def _guard(self) -> Any:
+        return self._lock if self._lock is not None else contextlib.nullcontext()
 
     @property
     def engine(self) -> Engine:
@@ -139,6 +156,10 @@ class SQLBackend:
     def _translate(self, exc: SQLAlchemyError) -> BackendError:
         from sqlalchemy.exc import DisconnectionError, OperationalError
 
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+        if sqlstate.startswith("40"):
+            # a deadlock or serialisation failure: this statement lost, the server is fine
+            return BackendError(f"SQL transaction conflict ({sqlstate})")
         if isinstance(exc, (OperationalError, DisconnectionError)):
             return BackendUnavailable(f"SQL database is unavailable: {exc.__class__.__name__}: {exc}")
         return BackendError(f"SQL error: {exc.__class__.__name__}: {exc}")
@@ -146,21 +167,20 @@ class SQLBackend:
     def get(self, key: str, now: float) -> Entry | None:
         """Read a live entry (without its embedding)."""
         try:
-            with self.engine.connect() as conn:
+            with self._guard(), self.engine.connect() as conn:
                 row = conn.execute(_GET, {"key": key, "now": now}).first()
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         if row is None:
             return None
         try:
-            entry = _row_to_entry(row)
-            loads(entry.payload)
-        except (SerializationError, TypeError, ValueError, KeyError):
-            # unreadable row: a miss, and removed so it cannot fail again
+            return _row_to_entry(row)
+        except (TypeError, ValueError, KeyError):
+            # unreadable row: a miss, and removed so it cannot fail again (a corrupt
+            # payload is caught where it is decoded, and removed from every tier)
             self._corrupt += 1
             self.delete([key])
             return None
-        return entry
 
     def _row(self, entry: Entry, now: float) -> dict[str, Any]:
         dim = None
@@ -194,22 +214,42 @@ class SQLBackend:
         rows = [self._row(e, now) for e in entries]
         keys = [r["key"] for r in rows]
         tags = [{"key": e.key, "tag": t} for e in entries for t in dict.fromkeys(e.tags)]
+        engine = self.engine
+        insert = _dialect_insert(engine)
+        # INSERT ... ON CONFLICT DO UPDATE: concurrent writers of one key (replicas
+        # answering the same prompt) replace each other instead of failing
+        upsert = insert(_E)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[_E.c.key], set_={c.name: upsert.excluded[c.name] for c in _E.c if c.name != "key"}
+        )
         try:
-            with self.engine.begin() as conn:
+            with self._guard(), engine.begin() as conn:
+                # the entry rows first: concurrent writers of a key queue on its row
+                # lock before touching its tags, so they never deadlock on the tags
+                conn.execute(upsert, rows)
                 for i in range(0, len(keys), _BATCH):
-                    chunk = keys[i : i + _BATCH]
-                    conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
-                    conn.execute(delete(_E).where(_E.c.key.in_(chunk)))
-                conn.execute(_E.insert(), rows)
+                    conn.execute(delete(_T).where(_T.c.key.in_(keys[i : i + _BATCH])))
                 if tags:
-                    conn.execute(_T.insert(), tags)
+                    conn.execute(insert(_T).on_conflict_do_nothing(), tags)
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+
+    def touch(self, key: str, expires_at: float | None, now: float) -> None:
+        """Move an entry's expiry (sliding expiry), capped by this tier's max TTL."""
+        until = expires_at
+        if self.max_ttl_seconds is not None:
+            cap = now + self.max_ttl_seconds
+            until = cap if until is None else min(until, cap)
+        try:
+            with self._guard(), self.engine.begin() as conn:
+                conn.execute(_E.update().where(_E.c.key == key).values(expires_at=until))
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
 
     def set_embedding(self, key: str, embedding: bytes, embedder_id: str) -> None:
         """Attach (or replace) the embedding of an existing entry (index repair)."""
         try:
-            with self.engine.begin() as conn:
+            with self._guard(), self.engine.begin() as conn:
                 conn.execute(
                     _E.update()
                     .where(_E.c.key == key)
@@ -222,7 +262,7 @@ class SQLBackend:
         """Delete entries (and their tags) by key."""
         n = 0
         try:
-            with self.engine.begin() as conn:
+            with self._guard(), self.engine.begin() as conn:
                 for i in range(0, len(keys), _BATCH):
                     chunk = list(keys[i : i + _BATCH])
                     conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
@@ -251,8 +291,14 @@ class SQLBackend:
         """Keys of the entries ``selector`` matches (live or expired), without deleting."""
         if selector.is_empty():
             return []
+        if len(selector.keys) > _BATCH:
+            # bind-parameter limits: look the keys up in chunks
+            out: list[str] = []
+            for i in range(0, len(selector.keys), _BATCH):
+                out += self.select_keys(dataclasses.replace(selector, keys=selector.keys[i : i + _BATCH]), now)
+            return out
         try:
-            with self.engine.connect() as conn:
+            with self._guard(), self.engine.connect() as conn:
                 if selector.prompt_pattern is None:
                     q = select(_E.c.key).where(*self._where(selector, now))
                     return [r[0] for r in conn.execute(q)]
@@ -271,7 +317,7 @@ class SQLBackend:
     def sweep(self, now: float) -> list[str]:
         """Delete expired rows; return their keys (so the index can drop them too)."""
         try:
-            with self.engine.begin() as conn:
+            with self._guard(), self.engine.begin() as conn:
                 keys = [r[0] for r in conn.execute(select(_E.c.key).where(_E.c.expires_at <= now))]
                 for i in range(0, len(keys), _BATCH):
                     chunk = keys[i : i + _BATCH]
@@ -289,7 +335,7 @@ class SQLBackend:
         last = ""
         try:
             while True:
-                with self.engine.connect() as conn:
+                with self._guard(), self.engine.connect() as conn:
                     rows = conn.execute(
                         select(_E.c.key, _E.c.scope, _E.c.embedding)
                         .where(
@@ -316,7 +362,7 @@ class SQLBackend:
         if embedder_id is not None:
             q = q.where(_E.c.embedder_id == embedder_id, _E.c.embedding.is_not(None))
         try:
-            with self.engine.connect() as conn:
+            with self._guard(), self.engine.connect() as conn:
                 return int(conn.execute(q).scalar_one())
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
@@ -330,7 +376,7 @@ class SQLBackend:
             q = q.where(*self._where(selector, now))
         q = q.order_by(_E.c.created_at.desc(), _E.c.key).limit(limit).offset(offset)
         try:
-            with self.engine.connect() as conn:
+            with self._guard(), self.engine.connect() as conn:
                 out = [_row_to_entry(r) for r in conn.execute(q)]
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
@@ -341,7 +387,7 @@ class SQLBackend:
     def ping(self) -> bool:
         """Whether the database answers."""
         try:
-            with self.engine.connect() as conn:
+            with self._guard(), self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
             return True
         except SQLAlchemyError as exc:

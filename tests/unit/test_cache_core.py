@@ -346,3 +346,133 @@ async def test_async_facade(clock, sqlite_url):
         assert await cache.get("q", model="x") is None
         assert await cache.invalidate(model="m") == 1
         assert await cache.get("q", model="m") is None
+
+
+# -- behaviour found by review: each test fails on the code before its fix -------------
+
+
+def test_invalidation_while_l3_is_down_is_applied_when_it_returns(clock, sqlite_url):
+    l1 = MemoryBackend()
+    l3 = SQLBackend(sqlite_url)
+    flaky = _Flaky(l3)
+    pol = Policy(backoff_initial_seconds=0.01, backoff_max_seconds=0.01)
+    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, tiers=[l1, flaky]) as cache:
+        e = cache.set("q", "v", tags=["t"])
+        flaky.down = True
+        cache.invalidate(tag="t")  # L1 drops it; L3 is down and still holds it
+        flaky.down = False
+        import time
+
+        time.sleep(0.02)
+        assert cache.get("q") is None  # L3 applied the missed invalidation first
+        assert l3.get(e.key, clock()) is None
+
+
+def test_overwrite_while_l3_is_down_never_serves_the_old_value_later(clock, sqlite_url):
+    l1 = MemoryBackend()
+    l3 = SQLBackend(sqlite_url)
+    flaky = _Flaky(l3)
+    pol = Policy(backoff_initial_seconds=0.01, backoff_max_seconds=0.01)
+    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, tiers=[l1, flaky]) as cache:
+        e = cache.set("q", "old")
+        flaky.down = True
+        cache.set("q", "new")
+        flaky.down = False
+        import time
+
+        time.sleep(0.02)
+        l1.delete([e.key])  # evicted
+        hit = cache.get("q")
+        assert hit is None or hit.value == "new"
+
+
+def test_a_lookup_racing_an_invalidation_does_not_promote_the_old_entry(clock, sqlite_url):
+    l1 = MemoryBackend()
+    l3 = SQLBackend(sqlite_url)
+    with SemanticCache(CacheConfig(embedder=None), timer=clock, tiers=[l1, l3]) as cache:
+        e = cache.set("q", "v")
+        l1.delete([e.key])
+        real_get = l3.get
+
+        def get_then_race(key, now):
+            entry = real_get(key, now)
+            cache.invalidate(key=e.key)  # lands between the read and the promotion
+            return entry
+
+        l3.get = get_then_race
+        cache.get("q")
+        l3.get = real_get
+        assert l1.get(e.key, clock()) is None
+        assert cache.get("q") is None
+
+
+def test_a_failed_statement_does_not_take_the_tier_down(clock, sqlite_url):
+    from semcache.errors import BackendError
+
+    class Picky(MemoryBackend):
+        def set(self, entry, now):
+            if entry.prompt == "bad":
+                raise BackendError("value rejected")
+            super().set(entry, now)
+
+    tier = Picky()
+    with SemanticCache(CacheConfig(embedder=None), timer=clock, tiers=[tier]) as cache:
+        cache.set("bad", "x")
+        cache.set("good", "y")  # the tier was not put in back-off by the other statement
+        assert cache.get("good").value == "y"
+        assert cache.stats()["tier_errors"]["l1"] == 1
+
+
+@pytest.mark.parametrize("ttl", [1e17, float("inf")])
+def test_absurd_ttls_are_refused(three_tier, ttl):
+    cache, *_ = three_tier
+    with pytest.raises(InvalidInputError):
+        cache.set("q", "v", ttl_seconds=ttl)
+    with pytest.raises(ConfigurationError):
+        Policy(default_ttl_seconds=ttl)
+
+
+def test_set_many_stores_nothing_when_one_item_is_bad(three_tier):
+    cache, _, _, l3 = three_tier
+    items = [{"prompt": f"p{i}", "value": i} for i in range(5)] + [{"prompt": "bad", "value": object()}]
+    with pytest.raises(SerializationError):
+        cache.set_many(items, batch_size=2)
+    assert l3.count() == 0
+
+
+def test_in_memory_sqlite_is_safe_across_threads(clock):
+    cfg = CacheConfig(embedder=None, sql=SQLConfig(url="sqlite://"), memory=None)
+    with SemanticCache(cfg, timer=clock) as cache:
+        def writer(t):
+            for i in range(40):
+                cache.set(f"t{t} p{i}", i)
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert cache.tiers[0].count() == 240
+        assert cache.stats()["tier_errors"]["l3"] == 0
+
+
+class _Flaky:
+    """Wraps a tier; while ``down`` every call fails like a dead server."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.max_ttl_seconds = inner.max_ttl_seconds
+        self.down = False
+
+    def __getattr__(self, attr):
+        target = getattr(self.inner, attr)
+        if not callable(target) or attr in ("stats", "close"):
+            return target
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise BackendUnavailable("connection refused")
+            return target(*args, **kwargs)
+
+        return call
