@@ -89,11 +89,19 @@ def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id:
 class EventListener(threading.Thread):
     """A daemon thread subscribed to the events channel; it outlives Redis outages."""
 
-    def __init__(self, client: Any, channel: str, on_message: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        channel: str,
+        on_message: Callable[[dict[str, Any]], None],
+        on_gap: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name="semcache-events", daemon=True)
         self.client = client
         self.channel = channel
         self.on_message = on_message
+        #: Called after a resubscription: messages may have been missed meanwhile.
+        self.on_gap = on_gap
         self.stopping = threading.Event()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -106,21 +114,30 @@ class EventListener(threading.Thread):
         """Subscribe, apply messages, and resubscribe with back-off after errors."""
         pubsub = None
         delay = 0.2
+        subscribed_before = False
         while not self.stopping.is_set():
             try:
                 if pubsub is None:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.channel)
+                    if subscribed_before and self.on_gap is not None:
+                        self.on_gap()
+                    subscribed_before = True
                 msg = pubsub.get_message(timeout=0.5)
                 delay = 0.2
-                if msg is not None and msg.get("type") == "message":
-                    self.on_message(json.loads(msg["data"]))
-            except Exception as exc:  # noqa: BLE001 - Redis down or a bad message: keep listening
+            except Exception as exc:  # noqa: BLE001 - Redis down: resubscribe after a back-off
                 log.debug("event listener: %s", exc)
                 _close(pubsub)
                 pubsub = None
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            if msg is None or msg.get("type") != "message":
+                continue
+            try:
+                self.on_message(json.loads(msg["data"]))
+            except Exception:  # noqa: BLE001 - one bad message must not cost the subscription
+                log.warning("ignored a malformed semcache event", exc_info=True)
         _close(pubsub)
 
 

@@ -53,6 +53,9 @@ class FaissIndex:
         self._key_to: dict[str, tuple[str, int]] = {}
         self._id_to_key: dict[int, str] = {}
         self._next = 1
+        #: While a replacement index is being built, the changes made to this one, so
+        #: they can be replayed onto the replacement before it takes over.
+        self._journal: list[tuple[str, tuple[Any, ...]]] | None = None
 
     # -- construction -------------------------------------------------------
     def _new_index(self, hnsw: bool) -> Any:
@@ -76,21 +79,47 @@ class FaissIndex:
         return v
 
     def _rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> _Scope:
-        live = np.fromiter(sorted(sc.ids), dtype=np.int64, count=len(sc.ids))
+        # all stored vectors at once (tombstoned ones included), then keep the live ids
+        n = sc.index.ntotal
+        ids = self._faiss.vector_to_array(sc.index.id_map).astype(np.int64)
+        vecs = sc.index.index.reconstruct_n(0, n) if n else np.empty((0, self.dim), np.float32)
+        keep = np.isin(ids, np.fromiter(sc.ids, dtype=np.int64, count=len(sc.ids)))
         new = _Scope(self._new_index(hnsw), hnsw)
-        if len(live):
-            vecs = np.vstack([sc.index.reconstruct(int(i)) for i in live]).astype(np.float32)
-            new.index.add_with_ids(vecs, live)
-            new.ids = set(int(i) for i in live)
+        if keep.any():
+            new.index.add_with_ids(np.ascontiguousarray(vecs[keep], dtype=np.float32), ids[keep])
+        new.ids = set(sc.ids)
         self._scopes[scope] = new
         return new
 
     # -- protocol -----------------------------------------------------------
+    def start_journal(self) -> None:
+        """Start recording changes (see :meth:`take_journal`)."""
+        with self._lock:
+            self._journal = []
+
+    def take_journal(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """Stop recording and return the changes made since :meth:`start_journal`."""
+        with self._lock:
+            ops, self._journal = self._journal or [], None
+            return ops
+
+    def replay(self, ops: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Apply changes recorded on another index."""
+        for name, args in ops:
+            getattr(self, name)(*args)
+
     def add(self, scope: str, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Add or replace vectors under ``keys`` in ``scope``."""
         v = self._check(vectors, len(keys))
+        if self._journal is not None:
+            self._journal.append(("add", (scope, list(keys), v.copy())))
         if not len(keys):
             return
+        if len(set(keys)) != len(keys):
+            # the same key twice in one call: the last vector wins
+            last = {k: i for i, k in enumerate(keys)}
+            keys = list(last)
+            v = v[list(last.values())]
         with self._lock:
             # replacing a key: drop its old vector first (it may live in another scope)
             self._remove_locked([k for k in keys if k in self._key_to])
@@ -135,6 +164,8 @@ class FaissIndex:
     def remove(self, keys: Sequence[str]) -> int:
         """Remove vectors by key; unknown keys are ignored."""
         with self._lock:
+            if self._journal is not None:
+                self._journal.append(("remove", (list(keys),)))
             return self._remove_locked(keys)
 
     def search(self, scope: str, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
@@ -144,19 +175,23 @@ class FaissIndex:
             sc = self._scopes.get(scope)
             if sc is None or not sc.ids:
                 return []
-            # over-fetch past tombstones so deleted ids do not crowd out live ones
-            kk = min(k + len(sc.dead), len(sc.ids) + len(sc.dead), k + 64)
-            sims, ids = sc.index.search(v, kk)
-            out: list[tuple[str, float]] = []
-            for s, i in zip(sims[0].tolist(), ids[0].tolist()):
-                if i < 0 or i in sc.dead:
-                    continue
-                key = self._id_to_key.get(i)
-                if key is not None:
-                    out.append((key, float(s)))
-                    if len(out) == k:
-                        break
-            return out
+            total = len(sc.ids) + len(sc.dead)
+            kk = min(k, total)
+            while True:
+                sims, ids = sc.index.search(v, kk)
+                out: list[tuple[str, float]] = []
+                for s, i in zip(sims[0].tolist(), ids[0].tolist()):
+                    if i < 0 or i in sc.dead:
+                        continue
+                    key = self._id_to_key.get(i)
+                    if key is not None:
+                        out.append((key, float(s)))
+                        if len(out) == k:
+                            return out
+                if kk >= total or not sc.dead:
+                    return out
+                # tombstones crowded out live neighbours: search wider
+                kk = min(total, kk * 4 + len(sc.dead) // 8)
 
     def scope_of(self, key: str) -> str | None:
         """The scope a key is indexed under, if any."""
@@ -166,6 +201,8 @@ class FaissIndex:
     def clear(self) -> None:
         """Remove everything."""
         with self._lock:
+            if self._journal is not None:
+                self._journal.append(("clear", ()))
             self._scopes.clear()
             self._key_to.clear()
             self._id_to_key.clear()

@@ -160,3 +160,48 @@ def test_concurrent_writers_postgres(pg_schema_url):
         for th in threads:
             th.join()
         assert cache.tiers[-1].count() == 240
+
+
+@pytest.mark.redis
+def test_a_malformed_event_does_not_cost_the_subscription(redis_url, tmp_path, key_prefix):
+    import redis as redis_lib
+
+    sql = f"sqlite:///{tmp_path}/shared.db"
+    with _three(redis_url, sql, key_prefix) as a, _three(redis_url, sql, key_prefix) as b:
+        a.set("shared", "v1")
+        assert b.get("shared").tier in ("l2", "l3")
+        assert b.get("shared").tier == "l1"
+        time.sleep(0.3)
+        redis_lib.Redis.from_url(redis_url).publish(f"{key_prefix}events", b"{not json")
+        a.invalidate(key=a.request("shared").key)
+        deadline = time.time() + 5
+        while time.time() < deadline and b.tiers[0].get(b.request("shared").key, time.time()) is not None:
+            time.sleep(0.05)
+        assert b.get("shared") is None
+        a.flush()
+
+
+@pytest.mark.postgres
+def test_concurrent_writers_of_one_key_postgres(pg_schema_url):
+    import threading
+
+    caches = [SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=pg_schema_url))).open() for _ in range(6)]
+    try:
+        barrier = threading.Barrier(len(caches))
+
+        def writer(i):
+            barrier.wait()
+            for n in range(20):
+                caches[i].set("the same prompt", {"writer": i, "n": n}, tags=["t"])
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(caches))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        # upserts: nobody's L3 was marked down by a unique violation
+        assert all(c.stats()["tier_errors"]["l3"] == 0 for c in caches), [c.stats()["tier_errors"] for c in caches]
+        assert caches[0].tiers[-1].count() == 1
+    finally:
+        for c in caches:
+            c.close()

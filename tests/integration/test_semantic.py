@@ -250,3 +250,73 @@ def test_index_updates_reach_other_replicas(tmp_path, minilm, redis_url, key_pre
             time.sleep(0.05)
         assert len(b.index) == 1 and b.get(PARA) is None
         a.flush()
+
+
+def test_sliding_expiry_keeps_the_vector_in_l3(sqlite_url, minilm, clock):
+    pol = Policy(sliding_expiry=True)
+    with SemanticCache(cfg(sqlite_url, minilm, policy=pol), timer=clock) as cache:
+        e = cache.set(Q, "v", ttl_seconds=100)
+        for _ in range(3):
+            clock.advance(60)
+            assert cache.get(Q) is not None  # exact hits slide the expiry
+        l3 = cache.tiers[-1]
+        assert l3.count(clock(), embedder_id=minilm.model_id) == 1  # the vector survived
+        assert l3.get(e.key, clock()).expires_at == pytest.approx(clock() + 100)
+    with SemanticCache(cfg(sqlite_url, minilm, policy=pol), timer=clock) as cache:
+        assert cache.get(PARA).kind == "semantic"  # and the rebuilt index still finds it
+
+
+def test_semantic_lookup_while_l3_is_down_keeps_the_index(sqlite_url, minilm):
+    from semcache.errors import BackendUnavailable
+
+    pol = Policy(backoff_initial_seconds=0.01, backoff_max_seconds=0.01)
+    with SemanticCache(cfg(sqlite_url, minilm, policy=pol)) as cache:
+        e = cache.set(Q, "v")
+        l1, l3 = cache.tiers
+        l1.delete([e.key])
+        real_get = l3.get
+
+        def down(key, now):
+            raise BackendUnavailable("down")
+
+        l3.get = down
+        assert cache.get(PARA) is None  # a miss while L3 is down...
+        assert len(cache.index) == 1  # ...that does not forget the vector
+        l3.get = real_get
+        import time
+
+        time.sleep(0.02)
+        assert cache.get(PARA).value == "v"
+
+
+def test_a_failed_rebuild_keeps_the_index(sqlite_url, minilm):
+    from semcache.errors import BackendUnavailable
+
+    with SemanticCache(cfg(sqlite_url, minilm)) as cache:
+        cache.set(Q, "v")
+        l3 = cache.tiers[-1]
+
+        def down(*a, **k):
+            raise BackendUnavailable("down")
+
+        l3.iter_embeddings = down
+        with pytest.raises(BackendUnavailable):
+            cache.rebuild_index()
+        assert len(cache.index) == 1 and cache.get(PARA) is not None
+
+
+def test_a_miss_then_store_embeds_once(sqlite_url, minilm):
+    with SemanticCache(cfg(sqlite_url, minilm)) as cache:
+        assert cache.get("What is the speed of light in vacuum?") is None
+        cache.set("What is the speed of light in vacuum?", "c")
+        assert cache.stats()["embeddings"] == 1
+
+
+def test_precomputed_lookup_vectors_are_checked(sqlite_url, minilm):
+    with SemanticCache(cfg(sqlite_url, minilm)) as cache:
+        cache.set(Q, "v")
+        unrelated = minilm.embed(["The weather in Lisbon is mild in winter."])[0]
+        # an unnormalised vector must not turn a low cosine into a "similarity" above 1
+        assert cache.lookup(cache.request("The weather in Lisbon is mild in winter."), embedding=unrelated * 50) is None
+        with pytest.raises(EmbeddingError):
+            cache.lookup(cache.request("x y z"), embedding=np.full(minilm.dim, np.nan))
