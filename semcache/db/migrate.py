@@ -84,6 +84,25 @@ def ensure_schema(engine: Engine, url: str, *, create_if_empty: bool, auto_upgra
     current = current_revision(engine)
     if current == head:
         return
+    if engine.dialect.name == "postgresql":
+        # replicas starting together on an empty database: one migrates, the others
+        # wait for it and then find the schema at head
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(74696564)"))
+            try:
+                _ensure(engine, url, head, current_revision(engine), create_if_empty, auto_upgrade)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(74696564)"))
+                conn.commit()
+        return
+    _ensure(engine, url, head, current, create_if_empty, auto_upgrade)
+
+
+def _ensure(engine: Engine, url: str, head: str, current: str | None, create_if_empty: bool, auto_upgrade: bool) -> None:
+    if current == head:
+        return
     if current is None:
         tables = set(inspect(engine).get_table_names())
         if "semcache_entries" in tables:
@@ -94,7 +113,11 @@ def ensure_schema(engine: Engine, url: str, *, create_if_empty: bool, auto_upgra
         if create_if_empty:
             upgrade(url, "head", engine)
             return
-        raise SchemaVersionError(f"the database has no semcache schema: run `semcache db upgrade --url {url}`")
+        from ..config import redact_url
+
+        raise SchemaVersionError(
+            f"the database has no semcache schema: run `semcache db upgrade --url {redact_url(url)}`"
+        )
     from alembic.script import ScriptDirectory
 
     known = {rev.revision for rev in ScriptDirectory(str(script_location())).walk_revisions()}

@@ -23,6 +23,11 @@ __all__ = ["RedisBackend"]
 _SCAN_BATCH = 500
 
 
+def _glob_escape(text: str) -> str:
+    """Escape Redis MATCH pattern characters, so a prefix matches only itself."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
 def _redis() -> Any:
     try:
         import redis
@@ -119,7 +124,7 @@ class RedisBackend:
         cursor = 0
         start = len(self.prefix) + 2
         while True:
-            cursor, names = self.client.scan(cursor, match=f"{self.prefix}e:*", count=_SCAN_BATCH)
+            cursor, names = self.client.scan(cursor, match=f"{_glob_escape(self.prefix)}e:*", count=_SCAN_BATCH)
             if names:
                 blobs = self.client.mget(names)
                 for name, blob in zip(names, blobs):

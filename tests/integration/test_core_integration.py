@@ -205,3 +205,29 @@ def test_concurrent_writers_of_one_key_postgres(pg_schema_url):
     finally:
         for c in caches:
             c.close()
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_on_an_empty_database(pg_schema_url):
+    import threading
+
+    caches = [SemanticCache(CacheConfig(embedder=None, memory=None, sql=SQLConfig(url=pg_schema_url))) for _ in range(4)]
+    barrier = threading.Barrier(len(caches))
+
+    def start(c):
+        barrier.wait()
+        c.open()
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in caches]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    try:
+        for i, c in enumerate(caches):
+            c.set(f"p{i}", i)  # every replica has a working L3: one migrated, the others waited
+        assert all(c.stats()["tier_errors"]["l3"] == 0 for c in caches)
+        assert caches[0].tiers[-1].count() == 4
+    finally:
+        for c in caches:
+            c.close()
