@@ -153,6 +153,9 @@ class IndexConfig:
     top_k: int = 4
     #: Rebuild a scope's HNSW graph once this share of its ids are deleted.
     compact_ratio: float = 0.25
+    #: Build a scope's HNSW graph (and compactions) in a background thread while the
+    #: old index keeps serving; ``False`` builds in the calling thread.
+    background_rebuild: bool = True
     #: OpenMP threads FAISS may use (process-wide). 1 by default: for single-query
     #: searches on a busy 2-core machine, 2 threads measured 15x slower than 1
     #: (OpenMP spin-waits against the other work).

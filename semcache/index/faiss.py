@@ -31,13 +31,14 @@ def _faiss() -> Any:
 
 
 class _Scope:
-    __slots__ = ("dead", "hnsw", "ids", "index")
+    __slots__ = ("dead", "hnsw", "ids", "index", "rebuilding")
 
     def __init__(self, index: Any, hnsw: bool) -> None:
         self.index = index
         self.hnsw = hnsw
         self.ids: set[int] = set()  # live int ids
         self.dead: set[int] = set()  # tombstones (HNSW only)
+        self.rebuilding = False  # a replacement is being built in the background
 
 
 class FaissIndex:
@@ -56,6 +57,7 @@ class FaissIndex:
         #: While a replacement index is being built, the changes made to this one, so
         #: they can be replayed onto the replacement before it takes over.
         self._journal: list[tuple[str, tuple[Any, ...]]] | None = None
+        self._workers: list[threading.Thread] = []
 
     # -- construction -------------------------------------------------------
     def _new_index(self, hnsw: bool) -> Any:
@@ -78,18 +80,59 @@ class FaissIndex:
             raise EmbeddingError("vectors contain NaN or infinite values")
         return v
 
-    def _rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> _Scope:
-        # all stored vectors at once (tombstoned ones included), then keep the live ids
+    def _live_vectors(self, sc: _Scope, exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The live ids of a scope and their vectors (all read at once), minus ``exclude``."""
         n = sc.index.ntotal
         ids = self._faiss.vector_to_array(sc.index.id_map).astype(np.int64)
         vecs = sc.index.index.reconstruct_n(0, n) if n else np.empty((0, self.dim), np.float32)
-        keep = np.isin(ids, np.fromiter(sc.ids, dtype=np.int64, count=len(sc.ids)))
+        want = sc.ids if exclude is None else sc.ids - exclude
+        keep = np.isin(ids, np.fromiter(want, dtype=np.int64, count=len(want)))
+        return ids[keep], np.ascontiguousarray(vecs[keep], dtype=np.float32)
+
+    def _schedule_rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> None:
+        """Replace a scope's index (flat -> HNSW, or a compaction) without blocking searches.
+
+        Called with the lock held. The new index is built from a snapshot in a
+        background thread while the old one keeps serving; changes made meanwhile are
+        applied when it is swapped in.
+        """
+        if sc.rebuilding:
+            return
+        sc.rebuilding = True
+        if not self.config.background_rebuild:
+            self._rebuild(scope, sc, hnsw)
+            return
+        worker = threading.Thread(target=self._rebuild, args=(scope, sc, hnsw), name="semcache-index", daemon=True)
+        self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+        worker.start()
+
+    def _rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> None:
+        with self._lock:
+            if self._scopes.get(scope) is not sc:
+                return
+            ids, vecs = self._live_vectors(sc)
         new = _Scope(self._new_index(hnsw), hnsw)
-        if keep.any():
-            new.index.add_with_ids(np.ascontiguousarray(vecs[keep], dtype=np.float32), ids[keep])
-        new.ids = set(sc.ids)
-        self._scopes[scope] = new
-        return new
+        if len(ids):
+            new.index.add_with_ids(vecs, ids)  # the slow part, outside the lock
+        with self._lock:
+            if self._scopes.get(scope) is not sc:
+                return  # the scope was emptied or cleared meanwhile
+            built = set(ids.tolist())
+            late_ids, late_vecs = self._live_vectors(sc, exclude=built)
+            if len(late_ids):
+                new.index.add_with_ids(late_vecs, late_ids)
+            removed = built - sc.ids
+            if removed and hnsw:
+                new.dead = removed
+            elif removed:
+                new.index.remove_ids(np.fromiter(removed, dtype=np.int64, count=len(removed)))
+            new.ids = set(sc.ids)
+            self._scopes[scope] = new
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for background rebuilds to finish (tests, benchmarks, shutdown)."""
+        for worker in list(self._workers):
+            worker.join(timeout)
 
     # -- protocol -----------------------------------------------------------
     def start_journal(self) -> None:
@@ -129,13 +172,13 @@ class FaissIndex:
                 self._scopes[scope] = sc
             ids = np.arange(self._next, self._next + len(keys), dtype=np.int64)
             self._next += len(keys)
-            if not sc.hnsw and len(sc.ids) + len(keys) >= self.config.hnsw_min_entries:
-                sc = self._rebuild(scope, sc, hnsw=True)
             sc.index.add_with_ids(v, ids)
             for k, i in zip(keys, ids.tolist()):
                 sc.ids.add(i)
                 self._key_to[k] = (scope, i)
                 self._id_to_key[i] = k
+            if not sc.hnsw and len(sc.ids) >= self.config.hnsw_min_entries:
+                self._schedule_rebuild(scope, sc, hnsw=True)
 
     def _remove_locked(self, keys: Sequence[str]) -> int:
         by_scope: dict[str, list[int]] = {}
@@ -154,7 +197,7 @@ class FaissIndex:
                 sc.dead.update(ids)
                 total = len(sc.ids) + len(sc.dead)
                 if len(sc.dead) > self.config.compact_ratio * total:
-                    self._rebuild(scope, sc, hnsw=len(sc.ids) >= self.config.hnsw_min_entries // 2)
+                    self._schedule_rebuild(scope, sc, hnsw=len(sc.ids) >= self.config.hnsw_min_entries // 2)
             else:
                 sc.index.remove_ids(np.asarray(ids, dtype=np.int64))
             if not self._scopes[scope].ids:

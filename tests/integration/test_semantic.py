@@ -221,6 +221,7 @@ def test_hnsw_scope_with_deletes(sqlite_url, minilm):
     texts = [f"Question number {i}: how do I configure service {i} on port {8000 + i}?" for i in range(80)]
     with SemanticCache(cfg(sqlite_url, minilm, index=small, policy=Policy(guards=()))) as cache:
         cache.set_many([{"prompt": t, "value": i} for i, t in enumerate(texts)])
+        cache.index.wait()
         assert cache.index.stats()["hnsw_scopes"] == 1
         assert cache.get(texts[10]).kind == "exact"
         ex = cache.explain(texts[10] + " please")

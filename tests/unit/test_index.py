@@ -37,6 +37,7 @@ def test_tombstones_do_not_hide_live_neighbours(clustered):
     idx = FaissIndex(16, IndexConfig(hnsw_min_entries=100, compact_ratio=0.5))
     keys = [f"k{i}" for i in range(len(X))]
     idx.add("s", keys, X)
+    idx.wait()
     assert idx.stats()["hnsw_scopes"] == 1
     idx.remove(keys[:100])  # every close neighbour of q is deleted
     hits = idx.search("s", q, 4)
@@ -48,7 +49,9 @@ def test_compaction_keeps_the_live_vectors(clustered):
     idx = FaissIndex(16, IndexConfig(hnsw_min_entries=100, compact_ratio=0.25))
     keys = [f"k{i}" for i in range(len(X))]
     idx.add("s", keys, X)
+    idx.wait()
     idx.remove(keys[100:500])  # past the compaction ratio: rebuilt
+    idx.wait()
     assert idx.stats()["tombstones"] == 0 and len(idx) == 700
     assert idx.search("s", X[3], 1)[0][0] == "k3"
 
@@ -86,3 +89,24 @@ def test_journal_replays_changes_made_during_a_rebuild():
     fresh.add("s", ["gone"], unit([[0, 1, 0, 0]]))
     fresh.replay(old.take_journal())
     assert "new" in fresh and "gone" not in fresh
+
+
+def test_the_hnsw_switch_runs_in_the_background_and_keeps_late_changes(clustered):
+    q, X = clustered
+    idx = FaissIndex(16, IndexConfig(hnsw_min_entries=500))
+    keys = [f"k{i}" for i in range(len(X))]
+    idx.add("s", keys[:600], X[:600])  # crosses the threshold: a build starts
+    idx.add("s", keys[600:], X[600:])  # while it runs, more arrive...
+    idx.remove(keys[:50])  # ...and some go
+    idx.wait()
+    st = idx.stats()
+    assert st["hnsw_scopes"] == 1 and st["entries"] == len(X) - 50
+    found = {k for k, _ in idx.search("s", X[700], 3)}
+    assert "k700" in found
+    assert all(k not in keys[:50] for k, _ in idx.search("s", q, 10))
+
+
+def test_synchronous_rebuilds_when_asked():
+    idx = FaissIndex(4, IndexConfig(hnsw_min_entries=3, background_rebuild=False))
+    idx.add("s", ["a", "b", "c"], unit(np.eye(4)[:3]))
+    assert idx.stats()["hnsw_scopes"] == 1
