@@ -502,20 +502,31 @@ class SemanticCache:
         threshold: Any = UNSET,
         semantic: bool = True,
         embedding: np.ndarray | None = None,
+        exact: bool = True,
     ) -> Hit | None:
-        """Look up a prepared :class:`~semcache.keys.Request` (``embedding`` may be precomputed)."""
+        """Look up a prepared :class:`~semcache.keys.Request`.
+
+        ``embedding`` may be precomputed (it is checked); ``exact=False`` skips the
+        exact path, for a caller that already ran :meth:`lookup_exact`.
+        """
         self._ensure_open()
         thr = self.threshold_for(request, threshold)
         now = self.timer()
-        hit = self._exact(request, now)
-        if hit is not None:
-            return hit
+        if exact:
+            hit = self._exact(request, now)
+            if hit is not None:
+                return hit
         if semantic and self.index is not None:
             hit = self._semantic(request, now, thr, embedding)
             if hit is not None:
                 return hit
         self._stats.inc("misses")
         return None
+
+    def lookup_exact(self, request: Request) -> Hit | None:
+        """The exact path alone: L1 → L2 → L3 by key, promoting; never embeds, counts no miss."""
+        self._ensure_open()
+        return self._exact(request, self.timer())
 
     def _exact(self, request: Request, now: float) -> Hit | None:
         found = self._fetch(request.key, now)

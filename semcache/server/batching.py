@@ -165,16 +165,21 @@ class MicroBatcher:
                     self._dispatch(loop)
 
     def _work(self, items: list[tuple[Request, Any]]) -> list[LookupResult | BaseException]:
-        """In a worker thread: embed every embeddable text at once, then finish each lookup."""
+        """In a worker thread: exact lookups first (they never pay for an embedding), then
+        embed every remaining embeddable text at once, then finish each lookup."""
         sync = self.cache.sync
         vectors: list[np.ndarray | None] = [None] * len(items)
+        exact: list[LookupResult | BaseException | None] = [None] * len(items)
         todo: list[int] = []
         for i, (req, _) in enumerate(items):
             try:
-                if sync.embeddable(req.text):
+                hit = sync.lookup_exact(req)
+                if hit is not None:
+                    exact[i] = LookupResult(hit)
+                elif sync.embeddable(req.text):
                     todo.append(i)
-            except Exception:  # noqa: BLE001,S110 - lookup() below raises the same error for this item alone
-                pass
+            except Exception as exc:  # noqa: BLE001 - this caller's error, not the batch's
+                exact[i] = exc
         if todo:
             t0 = time.perf_counter()
             matrix = sync.embed_many([items[i][0].text for i in todo])
@@ -184,9 +189,12 @@ class MicroBatcher:
             for j, i in enumerate(todo):
                 vectors[i] = matrix[j]
         out: list[LookupResult | BaseException] = []
-        for (req, thr), v in zip(items, vectors):
+        for (req, thr), v, done in zip(items, vectors, exact):
+            if done is not None:
+                out.append(done)
+                continue
             try:
-                out.append(LookupResult(sync.lookup(req, threshold=thr, embedding=v), v))
+                out.append(LookupResult(sync.lookup(req, threshold=thr, embedding=v, exact=False), v))
             except Exception as exc:  # noqa: BLE001 - one caller's bad request must not fail the others
                 out.append(exc)
         return out

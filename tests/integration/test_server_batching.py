@@ -85,6 +85,18 @@ async def test_exact_l1_hit_does_not_wait_for_the_window(cache):
     await b.aclose()
 
 
+async def test_exact_hits_below_l1_pay_for_no_embedding(cache):
+    sizes: list[int] = []
+    b = MicroBatcher(cache, window_seconds=0.02, on_batch=sizes.append)
+    reqs = [cache.request(f"stored question number {i}") for i in range(4)]
+    l1 = cache.sync.tiers[0]
+    l1.delete([r.key for r in reqs])  # evicted: the exact answers are in L3 only
+    results = await asyncio.gather(*(b.lookup(r) for r in reqs))
+    assert [(r.hit.kind, r.hit.tier) for r in results] == [("exact", "l3")] * 4
+    assert cache.sync.embedder.batches == []  # the exact path ran before any embedding
+    await b.aclose()
+
+
 async def test_disabled_batching_embeds_each_lookup_alone(cache):
     sizes: list[int] = []
     b = MicroBatcher(cache, enabled=False, on_batch=sizes.append)
