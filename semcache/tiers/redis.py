@@ -111,6 +111,26 @@ class RedisBackend:
         except self._errors as exc:
             raise self._translate(exc) from exc
 
+    def set_many(self, entries: Sequence[Entry], now: float) -> None:
+        """SET many entries in one pipeline (one round trip per batch)."""
+        pipe = self.client.pipeline(transaction=False)
+        queued = 0
+        for entry in entries:
+            until = tier_expiry(entry, now, self.max_ttl_seconds)
+            px = None if until is None else int(math.ceil((until - now) * 1000))
+            if px is not None and px <= 0:
+                continue
+            if until != entry.expires_at:
+                entry = entry.with_expiry(until)
+            pipe.set(self._k(entry.key), entry_to_blob(entry), px=px)
+            queued += 1
+        if not queued:
+            return
+        try:
+            pipe.execute()
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
     def delete(self, keys: Sequence[str]) -> int:
         """DEL the entries."""
         if not keys:
@@ -146,7 +166,15 @@ class RedisBackend:
                 removed = pipe.execute()
                 return [k for k, n in zip(selector.keys, removed) if n]
             gone: list[str] = []
-            for key, blob in self._scan():
+            # named keys plus other criteria: read just those keys, not the keyspace
+            found = (
+                zip(selector.keys, self.client.mget([self._k(k) for k in selector.keys]))
+                if selector.keys
+                else self._scan()
+            )
+            for key, blob in found:
+                if blob is None:
+                    continue
                 entry = self._decode(key, blob)
                 if entry is not None and selector.matches(entry, now):
                     gone.append(key)

@@ -130,6 +130,7 @@ def test_delete(backend):
         (Selector(model="m2"), {"b"}),
         (Selector(tag="red"), {"a", "b"}),
         (Selector(tag="red", model="m2"), {"b"}),
+        (Selector(keys=("a", "c"), namespace="t1"), {"a"}),
         (Selector(older_than_seconds=50), {"a"}),
         (Selector(prompt_pattern="*paris*"), {"b"}),
         (Selector(), set()),
@@ -166,3 +167,11 @@ async def test_async_protocol_through_the_adapter(backend):
     assert await ab.delete(["c"]) == 1
     assert await ab.get("c", NOW) is None
     assert isinstance(ab.stats(), dict)
+
+
+def test_set_many_when_offered(backend):
+    if not hasattr(backend, "set_many"):
+        pytest.skip("this tier has no batch write")
+    backend.set_many([make_entry("a"), make_entry("b", expires_at=NOW - 1), make_entry("c", value="x")], NOW)
+    assert backend.get("a", NOW) is not None and backend.get("b", NOW) is None
+    assert backend.get("c", NOW).value == "x"
