@@ -104,6 +104,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 cache.set_many({"prompt": p, "value": f"answer {i}"} for i, p in enumerate(prompts))
                 rate = n / (time.perf_counter() - t0)
+                cache.index.wait()  # a background HNSW build still running would skew the timings
                 sample = rng.sample(prompts, 2 * args.n)
                 # distinct stored prompts for the exact and the semantic probes, so the
                 # exact probes' promotion into L1 does not flatter the semantic ones
