@@ -30,8 +30,8 @@ from cachetools import LRUCache
 
 from .config import MAX_TTL_SECONDS, UNSET, CacheConfig
 from .errors import (
-    BackendUnavailable,
     BackendError,
+    BackendUnavailable,
     ConfigurationError,
     InvalidInputError,
     SerializationError,
@@ -580,7 +580,7 @@ class SemanticCache:
             # priced at hit time, so a price table set later also covers older entries
             cost = self.config.prices.cost_usd(model or meta.get("response_model"), usage)
         if isinstance(cost, (int, float)) and cost > 0:
-            self._stats.inc("saved_cost_microusd", int(round(cost * 1e6)))
+            self._stats.inc("saved_cost_microusd", round(cost * 1e6))
 
     def _candidates(self, request: Request, v: np.ndarray) -> list[tuple[str, float]]:
         return self.index.search(request.scope, v, self.config.index.top_k)  # type: ignore[no-any-return]
@@ -1156,7 +1156,7 @@ class SemanticCache:
         for slot in self._slots:
             try:
                 ts = dict(slot.backend.stats())
-            except Exception:
+            except Exception:  # noqa: BLE001 - a third-party tier's stats must not break ours
                 ts = {}
             ts.update(
                 errors=slot.errors,

@@ -162,11 +162,7 @@ class Selector:
             entry.created_at <= now - self.older_than_seconds
         ):
             return False
-        if self.prompt_pattern is not None and not fnmatch.fnmatchcase(
-            entry.prompt, self.prompt_pattern
-        ):
-            return False
-        return True
+        return self.prompt_pattern is None or fnmatch.fnmatchcase(entry.prompt, self.prompt_pattern)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (for the invalidation stream between replicas)."""

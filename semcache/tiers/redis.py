@@ -101,7 +101,7 @@ class RedisBackend:
         until = tier_expiry(entry, now, self.max_ttl_seconds)
         px = None
         if until is not None:
-            px = int(math.ceil((until - now) * 1000))
+            px = math.ceil((until - now) * 1000)
             if px <= 0:
                 return
         try:
@@ -117,7 +117,7 @@ class RedisBackend:
         queued = 0
         for entry in entries:
             until = tier_expiry(entry, now, self.max_ttl_seconds)
-            px = None if until is None else int(math.ceil((until - now) * 1000))
+            px = None if until is None else math.ceil((until - now) * 1000)
             if px is not None and px <= 0:
                 continue
             if until != entry.expires_at:
