@@ -136,7 +136,7 @@ class EventListener(threading.Thread):
                 continue
             try:
                 self.on_message(json.loads(msg["data"]))
-            except Exception:  # noqa: BLE001 - one bad message must not cost the subscription
+            except Exception:
                 log.warning("ignored a malformed semcache event", exc_info=True)
         _close(pubsub)
 
@@ -146,5 +146,5 @@ def _close(pubsub: Any) -> None:
         return
     try:
         pubsub.close()
-    except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
+    except Exception:
         log.debug("closing pubsub failed", exc_info=True)
