@@ -104,3 +104,28 @@ def pg_schema_url(pg_url, request) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+# -- the real servers' share of the run, printed at the end -----------------------------
+_MARKED = ("redis", "postgres", "model")
+_outcomes: dict[str, dict[str, int]] = {m: {"passed": 0, "failed": 0, "skipped": 0} for m in _MARKED}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        for marker in _MARKED:
+            if marker in report.keywords:
+                _outcomes[marker][report.outcome] = _outcomes[marker].get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    names = {"redis": "real Redis", "postgres": "real PostgreSQL", "model": "real MiniLM model"}
+    lines = [
+        f"{names[marker]} tests — passed {c['passed']}, failed {c['failed']}, skipped {c['skipped']}"
+        for marker, c in _outcomes.items()
+        if any(c.values())
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "tests against real servers and the real model")
+        for line in lines:
+            terminalreporter.write_line(line)
