@@ -206,36 +206,15 @@ class SemanticCache:
             if cfg.memory is not None:
                 from .tiers.memory import MemoryBackend
 
-                backends.append(
-                    MemoryBackend(
-                        max_entries=cfg.memory.max_entries,
-                        max_bytes=cfg.memory.max_bytes,
-                        max_ttl_seconds=cfg.memory.max_ttl_seconds,
-                    )
-                )
+                backends.append(MemoryBackend.from_config(cfg.memory))
             if cfg.redis is not None:
                 from .tiers.redis import RedisBackend
 
-                backends.append(
-                    RedisBackend(
-                        cfg.redis.url,
-                        prefix=cfg.redis.prefix,
-                        max_ttl_seconds=cfg.redis.max_ttl_seconds,
-                        socket_timeout_seconds=cfg.redis.socket_timeout_seconds,
-                    )
-                )
+                backends.append(RedisBackend.from_config(cfg.redis))
             if cfg.sql is not None:
                 from .tiers.sql import SQLBackend
 
-                backends.append(
-                    SQLBackend(
-                        cfg.sql.url,
-                        max_ttl_seconds=cfg.sql.max_ttl_seconds,
-                        create_if_empty=cfg.sql.create_if_empty,
-                        auto_upgrade=cfg.sql.auto_upgrade,
-                        echo=cfg.sql.echo,
-                    )
-                )
+                backends.append(SQLBackend.from_config(cfg.sql))
         self._slots = [_Slot(b, getattr(b, "name", f"t{i}")) for i, b in enumerate(backends)]
         for slot in self._slots:
             opener = getattr(slot.backend, "open", None)

@@ -8,6 +8,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from ..config import MemoryConfig
 from ..types import Entry, Selector
 from .base import tier_expiry
 
@@ -58,6 +59,11 @@ class MemoryBackend:
         self._lru = _CountingLRU(max_bytes, max_entries)
         self._lock = threading.Lock()
         self._expired = 0
+
+    @classmethod
+    def from_config(cls, config: MemoryConfig) -> MemoryBackend:
+        """Build the tier from its :class:`~semcache.config.MemoryConfig`."""
+        return cls(max_entries=config.max_entries, max_bytes=config.max_bytes, max_ttl_seconds=config.max_ttl_seconds)
 
     def get(self, key: str, now: float) -> Entry | None:
         """Return the live entry under ``key``; drop it if it has expired."""

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..config import RedisConfig
 from ..errors import BackendError, BackendUnavailable, MissingDependencyError, SerializationError
 from ..serde import entry_from_blob, entry_to_blob
 from ..types import Entry, Selector
@@ -62,6 +63,16 @@ class RedisBackend:
             health_check_interval=30,
         )
         self._corrupt = 0
+
+    @classmethod
+    def from_config(cls, config: RedisConfig) -> RedisBackend:
+        """Build the tier from its :class:`~semcache.config.RedisConfig`."""
+        return cls(
+            config.url,
+            prefix=config.prefix,
+            max_ttl_seconds=config.max_ttl_seconds,
+            socket_timeout_seconds=config.socket_timeout_seconds,
+        )
 
     def _k(self, key: str) -> str:
         return f"{self.prefix}e:{key}"

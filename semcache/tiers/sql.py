@@ -17,6 +17,7 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, delete, event, f
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from ..config import SQLConfig
 from ..db.migrate import ensure_schema
 from ..db.models import EntryRow, TagRow
 from ..errors import BackendError, BackendUnavailable
@@ -121,6 +122,17 @@ class SQLBackend:
         # an in-memory SQLite database is one connection shared by every thread:
         # serialise its use (a file or a server has a pool of real connections)
         self._lock: Any = threading.RLock() if url in ("sqlite://", "sqlite:///:memory:") else None
+
+    @classmethod
+    def from_config(cls, config: SQLConfig) -> SQLBackend:
+        """Build the tier from its :class:`~semcache.config.SQLConfig`."""
+        return cls(
+            config.url,
+            max_ttl_seconds=config.max_ttl_seconds,
+            create_if_empty=config.create_if_empty,
+            auto_upgrade=config.auto_upgrade,
+            echo=config.echo,
+        )
 
     def _guard(self) -> Any:
         return self._lock if self._lock is not None else contextlib.nullcontext()
