@@ -22,6 +22,7 @@ the caller's own upstream key when the sidecar has none configured.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -73,6 +74,21 @@ _PASS_BACK = (
 _PASS_BACK_PREFIXES = ("x-ratelimit-",)
 #: Caller headers forwarded upstream (besides the key).
 _FORWARD = ("openai-organization", "openai-project", "openai-beta", "user-agent")
+#: Upstream request headers that decide whose account answers (and whether it may).
+_CREDENTIALS = ("authorization", "openai-organization", "openai-project")
+
+
+def _flight_key(cache_key: str, headers: dict[str, str]) -> str:
+    """The single-flight key: the cache key plus a digest of the upstream credentials.
+
+    With callers' own keys, two identical requests made with different keys must not
+    share one upstream call: a bad key's 401 (or a rate limit on one account) would
+    otherwise be handed to a caller whose key is fine, and vice versa.
+    """
+    digest = hashlib.sha256()
+    for name in _CREDENTIALS:
+        digest.update(name.encode("ascii") + b"\0" + headers.get(name, "").encode("utf-8") + b"\0")
+    return f"{cache_key}:{digest.hexdigest()[:32]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,8 +369,14 @@ class Proxy:
             return await self._stream(payload, headers, req, embedding, opts, marker)
         if opts.lookup:
             up, shared = await self.flights.do_async(
-                req.key, lambda: self._fetch_and_store(payload, headers, req, embedding, opts)
+                _flight_key(req.key, headers),
+                lambda: self._fetch_and_store(payload, headers, req, embedding, opts),
             )
+            if shared and not 200 <= up.status < 300:
+                # a leader's failure (timeout, rate limit, upstream hiccup) is its own:
+                # a follower asks upstream itself rather than inherit someone else's error
+                up = await self._fetch_and_store(payload, headers, req, embedding, opts)
+                shared = False
             if shared:
                 marker["x-semcache-shared"] = "1"
         else:

@@ -302,3 +302,73 @@ async def test_unreachable_upstream_is_502_and_nothing_stored(tmp_path):
         assert (await client.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []
         metrics = (await client.get("/metrics")).text
         assert 'semcache_upstream_requests_total{status="0"} 1.0' in metrics
+
+
+def _credential_upstream(seen: list[str | None]) -> httpx.MockTransport:
+    """An upstream that answers only the key ``sk-good``, slowly enough for calls to overlap."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        await asyncio.sleep(0.3)
+        if request.headers.get("authorization") != "Bearer sk-good":
+            return httpx.Response(401, json={"error": {"message": "Incorrect API key"}})
+        body = json.loads(request.content)
+        return httpx.Response(
+            200,
+            json={
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "ok"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        )
+
+    return httpx.MockTransport(handler)
+
+
+async def test_single_flight_never_shares_across_upstream_credentials(tmp_path):
+    seen: list[str | None] = []
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=_credential_upstream(seen))
+    body = {"model": "m", "messages": [{"role": "user", "content": "q1"}]}
+    bad = {"x-semcache-token": TENANT_A, "authorization": "Bearer sk-bad"}
+    good = {"x-semcache-token": TENANT_A, "authorization": "Bearer sk-good"}
+    async with in_process(app) as client:
+
+        async def later(headers):
+            await asyncio.sleep(0.05)
+            return await client.post("/v1/chat/completions", json=body, headers=headers)
+
+        r_bad, r_good = await asyncio.gather(
+            client.post("/v1/chat/completions", json=body, headers=bad), later(good)
+        )
+        assert r_bad.status_code == 401
+        assert r_good.status_code == 200 and "x-semcache-shared" not in r_good.headers
+        assert sorted(seen, key=str) == ["Bearer sk-bad", "Bearer sk-good"]
+
+
+async def test_single_flight_follower_of_a_failed_leader_asks_upstream_itself(tmp_path):
+    seen: list[str | None] = []
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=_credential_upstream(seen))
+    body = {"model": "m", "messages": [{"role": "user", "content": "q2"}]}
+    bad = {"x-semcache-token": TENANT_A, "authorization": "Bearer sk-bad"}
+    async with in_process(app) as client:
+
+        async def later():
+            await asyncio.sleep(0.05)
+            return await client.post("/v1/chat/completions", json=body, headers=bad)
+
+        first, second = await asyncio.gather(
+            client.post("/v1/chat/completions", json=body, headers=bad), later()
+        )
+        assert first.status_code == second.status_code == 401
+        assert "x-semcache-shared" not in second.headers
+        assert len(seen) == 2
