@@ -339,8 +339,11 @@ def _completion_reason(wire: Mapping[str, Any]) -> str | None:
         if not isinstance(c, Mapping):
             continue
         if "message" in c:
-            msg = c.get("message") or {}
-            if (msg.get("content") or "").strip() or any(
+            msg = c.get("message")
+            if not isinstance(msg, Mapping):
+                continue  # not a message object: nothing here that could be replayed
+            content = msg.get("content")
+            if (content.strip() if isinstance(content, str) else content) or any(
                 msg.get(k) for k in ("tool_calls", "function_call", "audio", "refusal")
             ):
                 return None
@@ -354,9 +357,18 @@ def uncacheable_reason(value: Any, *, stream: bool = False) -> str | None:
 
     ``"error"``: a dict carrying an ``error``. ``"content_filter"``: a choice stopped by
     the content filter. ``"empty"``: ``None``, a blank string, an empty stream, or a
-    completion whose choices hold no content, tool call or refusal. With ``stream=True``
-    ``value`` is the list of recorded items.
+    completion whose choices hold no content, tool call or refusal. ``"malformed"``: a
+    response shaped like a completion (or stream) that cannot be read as one. With
+    ``stream=True`` ``value`` is the list of recorded items. Never raises on odd input.
     """
+    try:
+        return _uncacheable_reason(value, stream=stream)
+    except (SerializationError, AttributeError, TypeError, ValueError, LookupError):
+        # an answer this check cannot even read would not replay either: never cache it
+        return "malformed"
+
+
+def _uncacheable_reason(value: Any, *, stream: bool) -> str | None:
     if stream:
         items = [_as_wire(v) for v in value]
         if not items:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,13 +32,15 @@ _MAX_TAGS = 64
 
 
 def check_text(value: Any, depth: int = 0) -> None:
-    """Reject strings that cannot be UTF-8 encoded (lone surrogates) anywhere in a JSON value.
+    """Reject values that cannot be re-encoded anywhere in a JSON value.
 
     JSON allows ``"\\ud800"``; Python decodes it to a string that no hash, database or
     socket can encode, so it is refused up front with a 422 instead of failing later.
+    Python's JSON parser also accepts ``NaN`` and ``Infinity``, which strict JSON (the
+    key hash, the upstream request, the stored entry) cannot carry: refused the same way.
 
     Raises:
-        ValueError: a lone surrogate, or nesting deeper than 64 levels.
+        ValueError: a lone surrogate, a non-finite number, or nesting deeper than 64 levels.
     """
     if depth > 64:
         raise ValueError("the JSON value is nested too deeply (more than 64 levels)")
@@ -46,6 +49,9 @@ def check_text(value: Any, depth: int = 0) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ValueError("strings must be valid Unicode (no lone surrogates)") from exc
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
     elif isinstance(value, dict):
         for k, v in value.items():
             check_text(k, depth + 1)

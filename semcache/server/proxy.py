@@ -165,6 +165,15 @@ def _as_completion(
     return None
 
 
+def _cacheable(value: Any, *, stream: bool = False) -> bool:
+    """Whether an upstream answer may be stored; an answer that breaks the check may not."""
+    try:
+        return uncacheable_reason(value, stream=stream) is None
+    except Exception as exc:  # noqa: BLE001 - an odd upstream body must not fail the caller
+        log.warning("could not check an upstream answer (%s); not storing it", exc)
+        return False
+
+
 def _sse(chunk: Any) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
@@ -297,7 +306,7 @@ class Proxy:
                     completion = json.loads(up.body)
                 except ValueError:
                     completion = None
-                if isinstance(completion, dict) and uncacheable_reason(completion) is None:
+                if isinstance(completion, dict) and _cacheable(completion):
                     await self._store(req, completion, embedding, opts, payload["model"])
             return up
         finally:
@@ -447,9 +456,14 @@ class Proxy:
             raise _BrokenStream("the upstream stream ended without [DONE]")
 
         async def on_complete(items: list[Any]) -> None:
-            if not opts.store or uncacheable_reason(items, stream=True) is not None:
+            if not opts.store or not _cacheable(items, stream=True):
                 return
-            await self._store(req, chunks_to_completion(items), embedding, opts, payload["model"])
+            try:
+                completion = chunks_to_completion(items)
+            except SemcacheError as exc:  # chunks the check let through but cannot assemble
+                log.warning("could not assemble a streamed answer (%s); not storing it", exc)
+                return
+            await self._store(req, completion, embedding, opts, payload["model"])
 
         recording = AsyncRecordingStream(chunks(), on_complete=on_complete)
 

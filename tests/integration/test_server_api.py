@@ -241,6 +241,8 @@ async def test_auth_switched_off(tmp_path):
         (b'{"prompt": "\\ud800"}', ""),
         (b'{"messages": [{"role": "system", "content": "no user turn"}]}', ""),
         (b'{"messages": [{"role": "user", "content": 5}]}', ""),
+        (b'{"prompt": "x", "params": {"t": NaN}}', "finite"),
+        (b'{"prompt": "x", "params": {"t": [-Infinity]}}', "finite"),
     ],
 )
 async def test_malformed_lookup_is_422_json(client, body, where):

@@ -372,3 +372,38 @@ async def test_single_flight_follower_of_a_failed_leader_asks_upstream_itself(tm
         assert first.status_code == second.status_code == 401
         assert "x-semcache-shared" not in second.headers
         assert len(seen) == 2
+
+
+async def test_non_finite_numbers_are_422_not_500(sidecar, upstream):
+    for raw in (b"NaN", b"Infinity", b"-Infinity"):
+        r = await sidecar.post(
+            "/v1/chat/completions",
+            content=b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":'
+            + raw
+            + b"}",
+            headers={**auth(TENANT_A), "content-type": "application/json"},
+        )
+        assert r.status_code == 422, r.text
+        assert "finite" in r.json()["error"]["message"]
+    assert upstream.calls == 0
+
+
+async def test_unreadable_upstream_answer_is_passed_through_not_stored(tmp_path):
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(
+            200, json={"object": "chat.completion", "choices": [{"message": "hi"}]}
+        )
+
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=httpx.MockTransport(handler))
+    body = {"model": "m", "messages": [{"role": "user", "content": "weird one"}]}
+    async with in_process(app) as client:
+        for _ in range(2):
+            r = await client.post("/v1/chat/completions", json=body, headers=auth(TENANT_A))
+            assert r.status_code == 200 and r.headers["x-semcache"] == "miss"
+            assert r.json()["choices"] == [{"message": "hi"}]
+        assert len(calls) == 2
+        assert (await client.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []

@@ -145,6 +145,19 @@ def test_uncacheable_reasons() -> None:
     assert oc.uncacheable_reason([chunk("", role="assistant"), chunk(finish="stop")], stream=True) == "empty"
 
 
+def test_uncacheable_reason_never_raises_on_odd_shapes() -> None:
+    # what an upstream may send with a 200: none of it is replayable, none of it may raise
+    assert oc.uncacheable_reason({"object": "chat.completion", "choices": [{"message": "hi"}]}) == "empty"
+    assert oc.uncacheable_reason({"object": "chat.completion", "choices": ["x", 5]}) == "empty"
+    odd_content = {"choices": [{"message": {"content": 5}, "finish_reason": "stop"}]}
+    assert oc.uncacheable_reason(odd_content) is None
+    assert oc.uncacheable_reason({"choices": [{"message": {"content": [1]}}]}) is None
+    bad_chunk = {"object": "chat.completion.chunk", "choices": [{"index": "x", "delta": {}}]}
+    assert oc.uncacheable_reason(bad_chunk) == "malformed"
+    assert oc.uncacheable_reason([bad_chunk], stream=True) == "malformed"
+    assert oc.uncacheable_reason(5, stream=True) == "malformed"
+
+
 def test_usage_and_model() -> None:
     ok = ChatCompletion.construct(**copy.deepcopy(COMPLETION))
     assert oc.usage_of(ok) == {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
