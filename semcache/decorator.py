@@ -373,9 +373,15 @@ class CachedFunction:
 
     # -- encoding results ---------------------------------------------------
     def _cacheable(self, value: Any, *, stream: bool) -> bool:
-        if self.should_cache is not None:
-            return bool(self.should_cache(value))
-        reason = oc.uncacheable_reason(value, stream=stream)
+        # a rule that fails on an odd value means "do not store it": the caller still
+        # gets the value, never the rule's exception
+        try:
+            if self.should_cache is not None:
+                return bool(self.should_cache(value))
+            reason = oc.uncacheable_reason(value, stream=stream)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: the response is not cached: checking it failed (%r)", self.name, exc)
+            return False
         if reason is not None:
             log.debug("%s: response not cached (%s)", self.name, reason)
         return reason is None
@@ -402,7 +408,7 @@ class CachedFunction:
         try:
             stored, meta = self._encode(value, stream=stream)
             payload = dumps(stored)
-        except (SemcacheError, TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - an odd value is returned, not stored
             log.warning("%s: the result cannot be cached (%s)", self.name, exc)
             return ("object", value, None), None, None
         return ("payload", payload, meta), stored, meta
@@ -484,6 +490,17 @@ class CachedFunction:
     def _lead(
         self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        try:
+            return self._lead_once(flight, req, opts, want_stream, args, kwargs)
+        except BaseException as exc:
+            # however the leader failed (inside the lock wait or the store included), the
+            # key must not stay in flight: later calls for it would each wait ``wait_seconds``
+            _fail(flight, exc)
+            raise
+
+    def _lead_once(
+        self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         token = None
         lock = self._get_lock() if self._lock_spec else None
         if lock is not None:
@@ -501,20 +518,18 @@ class CachedFunction:
         release = functools.partial(_release, lock, req.key, token)
         try:
             result = self.fn(*args, **kwargs)
-        except BaseException as exc:
+        except BaseException:
             release()
-            if flight is not None:
-                flight.reject(exc)
             raise
 
         # A stream is stored once it is exhausted, a plain result at once.
         def settle(value: Any, *, stream: bool) -> None:
+            shared = None
             try:
                 shared = self._finish(req, opts, value, stream=stream)
             finally:
                 release()
-            if flight is not None:
-                flight.resolve(shared)
+                _settle(flight, shared)
 
         kind = is_stream(result)
         if kind is not None:
@@ -569,6 +584,16 @@ class CachedFunction:
     async def _alead(
         self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        try:
+            return await self._alead_once(flight, req, opts, want_stream, args, kwargs)
+        except BaseException as exc:
+            # cancelled while waiting for the lock or storing included: see _lead
+            _fail(flight, exc)
+            raise
+
+    async def _alead_once(
+        self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         token = None
         lock = self._get_lock() if self._lock_spec else None
         if lock is not None:
@@ -589,32 +614,31 @@ class CachedFunction:
 
         try:
             result = await self._invoke(args, kwargs)
-        except BaseException as exc:
+        except BaseException:
             await release()
-            if flight is not None:
-                if isinstance(exc, Exception):
-                    flight.reject(exc)
-                else:  # cancelled: the followers must not inherit our cancellation
-                    flight.abandon()
             raise
 
         # A stream is stored once it is exhausted, a plain result at once.
         async def settle(value: Any, *, stream: bool) -> None:
+            shared = None
             try:
                 shared = await self._afinish(req, opts, value, stream=stream)
             finally:
-                await release()
-            if flight is not None:
-                flight.resolve(shared)
+                try:
+                    await release()
+                finally:
+                    _settle(flight, shared)
 
         kind = is_stream(result)
         if kind is not None:
             def sdone(items: list[Any]) -> None:
                 # a sync iterator from an async function: finished outside any await
-                shared = self._finish(req, opts, items, stream=True)
-                _release(_sync_lock(lock), req.key, token)
-                if flight is not None:
-                    flight.resolve(shared)
+                shared = None
+                try:
+                    shared = self._finish(req, opts, items, stream=True)
+                finally:
+                    _release(_sync_lock(lock), req.key, token)
+                    _settle(flight, shared)
 
             def dropped(exc: BaseException | None) -> None:
                 _release(_sync_lock(lock), req.key, token)
@@ -640,6 +664,26 @@ class CachedFunction:
             except Exception as exc:  # noqa: BLE001 - a tier outage must never fail a working call
                 log.warning("%s: could not store the response (%s)", self.name, exc)
         return shared
+
+
+def _fail(flight: Any, exc: BaseException) -> None:
+    """Settle a failed leader's call: followers get its exception, or start over."""
+    if flight is None:
+        return
+    if isinstance(exc, Exception):
+        flight.reject(exc)
+    else:  # cancelled, KeyboardInterrupt, SystemExit: followers must not inherit them
+        flight.abandon()
+
+
+def _settle(flight: Any, shared: _Shared | None) -> None:
+    # ``None``: finishing failed or was cancelled; the followers make their own call
+    if flight is None:
+        return
+    if shared is None:
+        flight.abandon()
+    else:
+        flight.resolve(shared)
 
 
 def _flights_of(cache: Any) -> SingleFlight:

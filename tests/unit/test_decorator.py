@@ -456,6 +456,61 @@ def test_stream_followers_replay_the_leaders_stream(cache) -> None:
     assert calls.n == 1 and out == [["x", "y"]] * 5
 
 
+def test_failing_cacheability_check_returns_the_value_and_frees_the_key(cache) -> None:
+    calls = Counter()
+
+    def broken(value: object) -> bool:
+        raise KeyError("boom")
+
+    @cache.cached(should_cache=broken, wait_seconds=5)
+    def ask(prompt: str) -> str:
+        calls.bump()
+        return "answer"
+
+    @cache.cached(wait_seconds=5)
+    def odd(prompt: str) -> dict:
+        calls.bump()
+        return {"choices": [{"message": "plain"}]}  # the default rule cannot read this shape
+
+    @cache.cached(should_cache=broken, wait_seconds=5)
+    def gen(prompt: str) -> Iterator[str]:
+        calls.bump()
+        yield "a"
+
+    t0 = time.monotonic()
+    assert ask("q") == "answer" and ask("q") == "answer"
+    assert odd("q") == {"choices": [{"message": "plain"}]} and odd("q") == odd("q")
+    assert list(gen("q")) == ["a"] and list(gen("q")) == ["a"]
+    assert time.monotonic() - t0 < 2  # nobody waited for a leader that was never settled
+    assert calls.n == 7 and len(cache._semcache_flights) == 0
+
+
+async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
+    calls = Counter()
+    store = acache.sync.store
+
+    def slow_store(*a, **k):
+        time.sleep(0.3)
+        return store(*a, **k)
+
+    acache.sync.store = slow_store
+
+    @acache.cached(wait_seconds=5)
+    async def ask(prompt: str) -> str:
+        calls.bump()
+        return "answer"
+
+    task = asyncio.create_task(ask("q"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    acache.sync.store = store
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(ask("q"), 2) == "answer"
+    assert time.monotonic() - t0 < 1 and len(acache.sync._semcache_flights) == 0
+
+
 def test_single_flight_can_be_turned_off(cache) -> None:
     calls = Counter()
 
