@@ -343,9 +343,16 @@ class Proxy:
         payload["messages"] = messages
         stream = bool(payload.get("stream"))
         params = {k: v for k, v in payload.items() if k not in ("model", "messages")}
-        req = build_request(
-            messages=messages, model=body.model, params=params, namespace=principal.tenant
-        )
+        try:
+            req = build_request(
+                messages=messages, model=body.model, params=params, namespace=principal.tenant
+            )
+        except InvalidInputError:
+            if sc.upstream is None:
+                raise  # cache-only: nothing else could answer, so say why it cannot be keyed
+            # a valid OpenAI request the cache cannot key (no user turn, an image-only or
+            # blank last turn, a very long model name): the upstream still answers it
+            return await self._bypass(request, payload, principal, opts, stream)
 
         embedding = None
         if opts.lookup:
@@ -392,6 +399,23 @@ class Proxy:
             up = await self._fetch_and_store(payload, headers, req, embedding, opts)
         return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
 
+    async def _bypass(
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        principal: Principal,
+        opts: _Options,
+        stream: bool,
+    ) -> Response:
+        """Forward a request upstream untouched by the cache: no lookup, no flight, no store."""
+        opts.lookup = opts.store = False
+        marker = {"x-semcache": "bypass"}
+        headers = self._upstream_headers(request, principal)
+        if stream:
+            return await self._stream(payload, headers, None, None, opts, marker)
+        up = await self._call_upstream(payload, headers)
+        return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
+
     def _replay(self, completion: dict[str, Any], headers: dict[str, str]) -> StreamingResponse:
         async def events() -> AsyncIterator[bytes]:
             for chunk in completion_to_chunks(completion):
@@ -404,7 +428,7 @@ class Proxy:
         self,
         payload: dict[str, Any],
         headers: dict[str, str],
-        req: CacheRequest,
+        req: CacheRequest | None,
         embedding: np.ndarray | None,
         opts: _Options,
         marker: dict[str, str],
@@ -456,7 +480,7 @@ class Proxy:
             raise _BrokenStream("the upstream stream ended without [DONE]")
 
         async def on_complete(items: list[Any]) -> None:
-            if not opts.store or not _cacheable(items, stream=True):
+            if req is None or not opts.store or not _cacheable(items, stream=True):
                 return
             try:
                 completion = chunks_to_completion(items)

@@ -204,13 +204,43 @@ async def test_cache_control_headers(sidecar, upstream):
 async def test_invalid_request_is_422(sidecar, upstream):
     r = await sidecar.post("/v1/chat/completions", json={"model": "m"}, headers=auth(TENANT_A))
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
-    r = await sidecar.post(
-        "/v1/chat/completions",
-        json={"model": "m", "messages": [{"role": "system", "content": "x"}]},
-        headers=auth(TENANT_A),
-    )
-    assert r.status_code == 422
     assert upstream.calls == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "stand-in-1", "messages": [{"role": "system", "content": "x"}]},
+        {"model": "stand-in-1", "messages": [{"role": "user", "content": "  "}]},
+        {
+            "model": "stand-in-1",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ],
+        },
+        {"model": "m" * 300, "messages": [{"role": "user", "content": "x"}]},
+    ],
+)
+async def test_requests_the_cache_cannot_key_go_upstream_uncached(sidecar, upstream, body):
+    for stream in (False, True):
+        r = await sidecar.post(
+            "/v1/chat/completions", json={**body, "stream": stream}, headers=auth(TENANT_A)
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-semcache"] == "bypass"
+        assert ("data: [DONE]" in r.text) == stream
+    assert upstream.calls == 2
+    assert (await sidecar.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []
+
+
+async def test_requests_the_cache_cannot_key_are_422_without_an_upstream(tmp_path):
+    async with in_process(create_app(server_config(tmp_path))) as client:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "system", "content": "x"}]},
+            headers=auth(TENANT_A),
+        )
+        assert r.status_code == 422 and "user turn" in r.json()["error"]["message"]
 
 
 async def test_no_upstream_means_cache_only(tmp_path):
