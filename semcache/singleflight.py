@@ -24,7 +24,7 @@ A :class:`Call` is thread-safe and can be awaited from any asyncio loop and wait
 from any thread at once (the decorator's threads and the sidecar's event loop share
 the same mechanism). Followers of a leader that failed get the leader's exception
 (like Go's ``singleflight``); followers of a leader that gave up (a stream abandoned
-halfway) get :class:`FlightAbandoned` and should start over, so one of them leads.
+halfway, a cancelled task, a ``KeyboardInterrupt``) get :class:`FlightAbandoned` and should start over, so one of them leads.
 
 The Redis lock is ``SET key token NX PX timeout``: a holder that crashes blocks the
 others only until the lock expires. Release deletes the key only while it still holds
@@ -189,8 +189,13 @@ class SingleFlight:
             if leader:
                 try:
                     value = fn()
-                except BaseException as exc:
+                except Exception as exc:
                     call.reject(exc)
+                    raise
+                except BaseException:
+                    # KeyboardInterrupt, SystemExit: the leader's thread is going away, the
+                    # followers are not; they start over (one of them leads), as async does
+                    call.abandon()
                     raise
                 call.resolve(value)
                 return value, False

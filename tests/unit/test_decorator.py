@@ -511,6 +511,35 @@ async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
     assert time.monotonic() - t0 < 1 and len(acache.sync._semcache_flights) == 0
 
 
+def test_followers_of_an_interrupted_leader_call_on_their_own(cache) -> None:
+    calls = Counter()
+    started, go = threading.Event(), threading.Event()
+
+    @cache.cached(wait_seconds=5)
+    def ask(prompt: str) -> str:
+        if calls.bump() == 1:
+            started.set()
+            go.wait(5)
+            raise KeyboardInterrupt
+        return "answer"
+
+    def lead() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            ask("q")
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    started.wait(5)
+    out: list[str] = []
+    follower = threading.Thread(target=lambda: out.append(ask("q")))
+    follower.start()
+    time.sleep(0.1)
+    go.set()
+    leader.join(5)
+    follower.join(5)
+    assert out == ["answer"] and calls.n == 2
+
+
 def test_single_flight_can_be_turned_off(cache) -> None:
     calls = Counter()
 

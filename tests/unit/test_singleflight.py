@@ -64,6 +64,34 @@ def test_abandoned_call_releases_followers() -> None:
         other.wait(1)
 
 
+def test_interrupted_sync_leader_abandons() -> None:
+    flights = SingleFlight()
+    started, go = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def interrupted() -> int:
+        started.set()
+        go.wait(5)
+        raise KeyboardInterrupt
+
+    def lead() -> None:
+        try:
+            flights.do("k", interrupted)
+        except KeyboardInterrupt as exc:
+            outcome.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    started.wait(5)
+    call, led = flights.begin("k")
+    assert not led
+    go.set()
+    with pytest.raises(FlightAbandoned):  # not the leader's KeyboardInterrupt
+        call.wait(5)
+    leader.join(5)
+    assert len(outcome) == 1 and len(flights) == 0
+
+
 def test_wait_times_out() -> None:
     call, _ = SingleFlight().begin("k")
     with pytest.raises(TimeoutError):
