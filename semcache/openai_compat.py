@@ -283,11 +283,13 @@ def chunks_to_completion(chunks: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
-def completion_to_chunks(completion: Any) -> list[dict[str, Any]]:
+def completion_to_chunks(completion: Any, *, include_usage: bool = True) -> list[dict[str, Any]]:
     """Replay a ``chat.completion`` (dict or SDK object) as ``chat.completion.chunk`` dicts.
 
     Each choice becomes one chunk carrying the whole message as its delta; the usage,
-    if any, follows in a last chunk with no choices, as the API sends it.
+    if any, follows in a last chunk with no choices, as the API sends it. With
+    ``include_usage=False`` that last chunk is left out, as the API does for a request
+    without ``stream_options.include_usage`` (clients may index ``choices[0]``).
     """
     wire = _as_wire(completion)
     if not isinstance(wire, Mapping):
@@ -317,7 +319,7 @@ def completion_to_chunks(completion: Any) -> list[dict[str, Any]]:
                 ],
             }
         )
-    if wire.get("usage"):
+    if include_usage and wire.get("usage"):
         chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": wire["usage"]})
     return chunks
 

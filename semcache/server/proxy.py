@@ -174,6 +174,12 @@ def _cacheable(value: Any, *, stream: bool = False) -> bool:
         return False
 
 
+def _wants_usage(payload: dict[str, Any]) -> bool:
+    """Whether a streamed request asked for the trailing usage chunk (``stream_options``)."""
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 def _sse(chunk: Any) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
@@ -369,7 +375,7 @@ class Proxy:
                 )
                 if completion is not None:
                     if stream:
-                        return self._replay(completion, _hit_headers(hit))
+                        return self._replay(completion, _hit_headers(hit), _wants_usage(payload))
                     return JSONResponse(completion, headers=_hit_headers(hit))
         marker = {"x-semcache": "miss" if opts.lookup else "bypass"}
         if sc.upstream is None:
@@ -416,9 +422,11 @@ class Proxy:
         up = await self._call_upstream(payload, headers)
         return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
 
-    def _replay(self, completion: dict[str, Any], headers: dict[str, str]) -> StreamingResponse:
+    def _replay(
+        self, completion: dict[str, Any], headers: dict[str, str], include_usage: bool
+    ) -> StreamingResponse:
         async def events() -> AsyncIterator[bytes]:
-            for chunk in completion_to_chunks(completion):
+            for chunk in completion_to_chunks(completion, include_usage=include_usage):
                 yield _sse(chunk)
             yield b"data: [DONE]\n\n"
 

@@ -437,3 +437,21 @@ async def test_unreadable_upstream_answer_is_passed_through_not_stored(tmp_path)
             assert r.json()["choices"] == [{"message": "hi"}]
         assert len(calls) == 2
         assert (await client.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []
+
+
+async def test_streamed_replay_sends_usage_only_when_asked(sidecar, upstream):
+    client = oai(sidecar)
+    await create(sidecar)  # stored with its usage
+    raw = await client.chat.completions.with_raw_response.create(
+        model="stand-in-1", messages=Q, stream=True
+    )
+    assert raw.headers["x-semcache"] == "hit"
+    chunks = [c async for c in raw.parse()]
+    assert chunks and all(c.choices for c in chunks)  # a naive choices[0] never fails
+    raw = await client.chat.completions.with_raw_response.create(
+        model="stand-in-1", messages=Q, stream=True, stream_options={"include_usage": True}
+    )
+    assert raw.headers["x-semcache"] == "hit"
+    chunks = [c async for c in raw.parse()]
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+    assert upstream.calls == 1

@@ -158,6 +158,12 @@ def test_uncacheable_reason_never_raises_on_odd_shapes() -> None:
     assert oc.uncacheable_reason(5, stream=True) == "malformed"
 
 
+def test_completion_to_chunks_leaves_usage_out_when_asked() -> None:
+    assert "usage" in oc.completion_to_chunks(COMPLETION)[-1]  # the default keeps it
+    chunks = oc.completion_to_chunks(COMPLETION, include_usage=False)
+    assert all(c["choices"] and "usage" not in c for c in chunks)
+
+
 def test_usage_and_model() -> None:
     ok = ChatCompletion.construct(**copy.deepcopy(COMPLETION))
     assert oc.usage_of(ok) == {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
