@@ -174,6 +174,16 @@ def _cacheable(value: Any, *, stream: bool = False) -> bool:
         return False
 
 
+def _finished(completion: dict[str, Any]) -> bool:
+    """Whether every choice says why it stopped; one that does not may be cut short."""
+    choices = completion.get("choices")
+    return (
+        isinstance(choices, list)
+        and bool(choices)
+        and all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    )
+
+
 def _wants_usage(payload: dict[str, Any]) -> bool:
     """Whether a streamed request asked for the trailing usage chunk (``stream_options``)."""
     options = payload.get("stream_options")
@@ -312,7 +322,11 @@ class Proxy:
                     completion = json.loads(up.body)
                 except ValueError:
                     completion = None
-                if isinstance(completion, dict) and _cacheable(completion):
+                if (
+                    isinstance(completion, dict)
+                    and _finished(completion)
+                    and _cacheable(completion)
+                ):
                     await self._store(req, completion, embedding, opts, payload["model"])
             return up
         finally:
@@ -494,6 +508,10 @@ class Proxy:
                 completion = chunks_to_completion(items)
             except SemcacheError as exc:  # chunks the check let through but cannot assemble
                 log.warning("could not assemble a streamed answer (%s); not storing it", exc)
+                return
+            if not _finished(completion):
+                # [DONE] without a finish_reason: the upstream may have cut the answer short
+                log.warning("a streamed answer ended without a finish_reason; not storing it")
                 return
             await self._store(req, completion, embedding, opts, payload["model"])
 

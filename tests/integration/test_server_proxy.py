@@ -455,3 +455,58 @@ async def test_streamed_replay_sends_usage_only_when_asked(sidecar, upstream):
     chunks = [c async for c in raw.parse()]
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
     assert upstream.calls == 1
+
+
+def _sse_upstream(events: list[bytes], calls: list[int]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if not json.loads(request.content).get("stream"):
+            return httpx.Response(
+                200,
+                json={
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "partial"},
+                            "finish_reason": None,
+                        }
+                    ],
+                },
+            )
+        return httpx.Response(
+            200, content=b"".join(events), headers={"content-type": "text/event-stream"}
+        )
+
+    return httpx.MockTransport(handler)
+
+
+async def test_answers_without_a_finish_reason_are_not_stored(tmp_path):
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": "partial"},
+                "finish_reason": None,
+            }
+        ],
+    }
+    events = [b"data: " + json.dumps(chunk).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    calls: list[int] = []
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=_sse_upstream(events, calls))
+    async with in_process(app) as client:
+        for stream in (True, True, False, False):
+            body = {"model": "m", "messages": [{"role": "user", "content": "q"}], "stream": stream}
+            r = await client.post("/v1/chat/completions", json=body, headers=auth(TENANT_A))
+            assert r.status_code == 200 and r.headers["x-semcache"] == "miss"
+            assert "partial" in r.text
+        assert len(calls) == 4
+        assert (await client.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []
