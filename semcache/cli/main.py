@@ -289,11 +289,16 @@ class LocalTarget(_Target):
         cache = self.cache
         out: dict[str, Any] = {"target": "local", "tiers": {}}
         now = cache.timer()
+        health = cache.health()
         for t in cache.tiers:
             name = getattr(t, "name", "?")
             if name == "l1":
                 continue  # this process's own L1 is empty: nothing to report
-            info: dict[str, Any] = {}
+            # a tier that cannot be reached says so, instead of an empty but normal-looking row
+            info: dict[str, Any] = {"status": health.get(name, "ok")}
+            if info["status"] != "ok":
+                out["tiers"][name] = info
+                continue
             if name == "l3":
                 from ..config import redact_url
                 from ..db.migrate import current_revision, head_revision
@@ -376,11 +381,46 @@ class LocalTarget(_Target):
         sel = Selector.everything() if criteria.get("all") else self._selector(criteria)
         return count_matching(self.cache, sel, self.cache.timer())
 
+    def _tier_counters(self) -> dict[str, tuple[int, int]]:
+        """Each tier's (errors, skipped) counts, to tell afterwards whether a call missed it."""
+        tiers = self.cache.stats().get("tiers", {})
+        return {
+            name: (int(t.get("errors", 0)), int(t.get("skipped", 0))) for name, t in tiers.items()
+        }
+
+    def _reach_every_tier(self, what: str, fn: Callable[[], int]) -> int:
+        """Run a removal; fail when a tier missed it.
+
+        The cache defers what a tier down misses until the tier is back, but only in
+        this process, which exits right after: the entries would live on in that tier.
+
+        Raises:
+            UnreachableError: a tier was down, or failed, during the call.
+        """
+        before = self._tier_counters()
+        removed = fn()
+        tiers = self.cache.stats().get("tiers", {})
+        missed = [
+            name
+            for name, t in tiers.items()
+            if t.get("down")
+            or (int(t.get("errors", 0)), int(t.get("skipped", 0))) != before.get(name, (0, 0))
+        ]
+        if missed:
+            raise UnreachableError(
+                f"tier {', '.join(missed)} could not be reached and missed the {what} "
+                f"({removed} entries removed from the other tiers); run it again once it is back"
+            )
+        return removed
+
     def invalidate(self, criteria: dict[str, Any]) -> int:
-        return int(self.cache.invalidate_selector(self._selector(criteria)))
+        sel = self._selector(criteria)
+        return self._reach_every_tier(
+            "invalidation", lambda: int(self.cache.invalidate_selector(sel))
+        )
 
     def flush(self) -> int:
-        return int(self.cache.flush())
+        return self._reach_every_tier("flush", lambda: int(self.cache.flush()))
 
     def index_rebuild(self, reembed: bool, progress: bool) -> int:
         return int(self.cache.rebuild_index(reembed=reembed, progress=progress))

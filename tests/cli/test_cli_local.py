@@ -300,3 +300,23 @@ def test_main_turns_an_unexpected_error_into_one_line(monkeypatch, capsys, sqlit
         err.count("\n") == 1 and "RuntimeError: something nobody expected with a second line" in err
     )
     assert "Traceback" not in err
+
+
+# a port nothing listens on: Redis there is unreachable
+_DEAD_REDIS = "redis://127.0.0.1:1/0"
+
+
+def test_invalidate_and_flush_fail_when_a_tier_is_unreachable(runner, sqlite_db):
+    base = ["--sql-url", sqlite_db, "--redis-url", _DEAD_REDIS]
+    r = run(runner, *base, "invalidate", "--tag", "geo")
+    assert r.exit_code == 4, r.output
+    assert "l2" in r.stderr and "invalidation" in r.stderr and "removed 2" not in r.stdout
+    r = run(runner, *base, "flush", "--yes")
+    assert r.exit_code == 4, r.output
+    assert "l2" in r.stderr and "flush" in r.stderr
+
+
+def test_stats_shows_an_unreachable_tier_as_down(runner, sqlite_db):
+    data = js(run(runner, "--sql-url", sqlite_db, "--redis-url", _DEAD_REDIS, "stats", "--json"))
+    assert data["tiers"]["l2"]["status"].startswith("down")
+    assert data["tiers"]["l3"]["status"] == "ok" and data["tiers"]["l3"]["entries_live"] == 5
