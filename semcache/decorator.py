@@ -43,6 +43,8 @@ tasks) make one underlying call; the others wait for it (at most ``wait_seconds`
 and get a copy of its result, or its exception. With ``lock=True`` (needs Redis as
 L2) processes sharing Redis do the same through a lock that expires after
 ``lock_timeout_seconds``. Waiters are counted in ``stats()["coalesced_calls"]``.
+A call made by the thread (or task) that leads an identical call still in flight, e.g.
+one holding the leader's stream unread, never waits on it: it calls on its own.
 
 A cache tier that fails never turns a working call into an error: lookups follow
 ``Policy.on_backend_error`` and a failed store is logged, never raised.
@@ -50,11 +52,13 @@ A cache tier that fails never turns a working call into an error: lookups follow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
@@ -478,7 +482,12 @@ class CachedFunction:
         while True:
             flight, leader = self._flights.begin(req.key)
             if leader:
+                flight.owner = threading.get_ident()
                 return self._lead(flight, req, opts, want_stream, args, kwargs)
+            if flight.owner == threading.get_ident():
+                # this thread leads that call: it holds the leader's stream unread (or is
+                # inside the call); waiting would wait on itself, so it calls on its own
+                return self._lead(None, req, opts, want_stream, args, kwargs, use_lock=False)
             try:
                 return self._from_shared(flight.wait(self.wait_seconds), want_stream)
             except FlightAbandoned:
@@ -488,10 +497,18 @@ class CachedFunction:
                 return self._lead(None, req, opts, want_stream, args, kwargs)
 
     def _lead(
-        self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        flight: Any,
+        req: Request,
+        opts: CallOptions,
+        want_stream: bool | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        use_lock: bool = True,
     ) -> Any:
         try:
-            return self._lead_once(flight, req, opts, want_stream, args, kwargs)
+            return self._lead_once(flight, req, opts, want_stream, args, kwargs, use_lock)
         except BaseException as exc:
             # however the leader failed (inside the lock wait or the store included), the
             # key must not stay in flight: later calls for it would each wait ``wait_seconds``
@@ -499,10 +516,18 @@ class CachedFunction:
             raise
 
     def _lead_once(
-        self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        flight: Any,
+        req: Request,
+        opts: CallOptions,
+        want_stream: bool | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        use_lock: bool,
     ) -> Any:
         token = None
-        lock = self._get_lock() if self._lock_spec else None
+        # our own Redis lock may be held by our own unread stream: a call on its own skips it
+        lock = self._get_lock() if self._lock_spec and use_lock else None
         if lock is not None:
             try:
                 token, found = lock.acquire_or_wait(
@@ -567,7 +592,11 @@ class CachedFunction:
         while True:
             flight, leader = self._flights.begin(req.key)
             if leader:
+                flight.owner = asyncio.current_task()
                 return await self._alead(flight, req, opts, want_stream, args, kwargs)
+            if flight.owner is asyncio.current_task():
+                # this task leads that call (see call): never wait on ourselves
+                return await self._alead(None, req, opts, want_stream, args, kwargs, use_lock=False)
             try:
                 return self._from_shared(await flight.wait_async(self.wait_seconds), want_stream)
             except FlightAbandoned:
@@ -582,20 +611,36 @@ class CachedFunction:
         return await result if inspect.isawaitable(result) else result
 
     async def _alead(
-        self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        flight: Any,
+        req: Request,
+        opts: CallOptions,
+        want_stream: bool | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        use_lock: bool = True,
     ) -> Any:
         try:
-            return await self._alead_once(flight, req, opts, want_stream, args, kwargs)
+            return await self._alead_once(flight, req, opts, want_stream, args, kwargs, use_lock)
         except BaseException as exc:
             # cancelled while waiting for the lock or storing included: see _lead
             _fail(flight, exc)
             raise
 
     async def _alead_once(
-        self, flight: Any, req: Request, opts: CallOptions, want_stream: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        flight: Any,
+        req: Request,
+        opts: CallOptions,
+        want_stream: bool | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        use_lock: bool,
     ) -> Any:
         token = None
-        lock = self._get_lock() if self._lock_spec else None
+        # our own Redis lock may be held by our own unread stream: a call on its own skips it
+        lock = self._get_lock() if self._lock_spec and use_lock else None
         if lock is not None:
             try:
                 token, found = await lock.acquire_or_wait(

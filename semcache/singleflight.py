@@ -68,6 +68,9 @@ class Call:
         self._on_settle = on_settle
         #: How many followers joined this call.
         self.followers = 0
+        #: Who leads it (a thread id, an asyncio task), set by the leader: a follower
+        #: with the same owner must not wait on it, since it would wait on itself.
+        self.owner: Any = None
 
     @property
     def done(self) -> bool:

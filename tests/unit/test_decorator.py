@@ -540,6 +540,37 @@ def test_followers_of_an_interrupted_leader_call_on_their_own(cache) -> None:
     assert out == ["answer"] and calls.n == 2
 
 
+def test_a_thread_never_waits_on_its_own_unread_stream(cache) -> None:
+    calls = Counter()
+
+    @cache.cached(wait_seconds=5)
+    def gen(prompt: str) -> Iterator[str]:
+        calls.bump()
+        yield from ["a", "b"]
+
+    t0 = time.monotonic()
+    streams = [gen(p) for p in ["x", "y", "x"]]  # made first, read later
+    assert [list(s) for s in streams] == [["a", "b"]] * 3
+    assert time.monotonic() - t0 < 2 and calls.n == 3
+
+
+async def test_a_task_never_waits_on_its_own_unread_stream(acache) -> None:
+    @acache.cached(wait_seconds=5)
+    async def gen(prompt: str) -> AsyncIterator[str]:
+        for tok in ["a", "b"]:
+            yield tok
+
+    @acache.cached(wait_seconds=5)
+    async def ask(prompt: str) -> AsyncIterator[str]:
+        return gen.__wrapped__(prompt)
+
+    t0 = time.monotonic()
+    first = await ask("x")
+    second = await ask("x")  # same task: it must not wait for the first stream to be read
+    assert [t async for t in first] == ["a", "b"] and [t async for t in second] == ["a", "b"]
+    assert time.monotonic() - t0 < 1
+
+
 def test_single_flight_can_be_turned_off(cache) -> None:
     calls = Counter()
 
