@@ -7,6 +7,7 @@ lowest tier that can list (L3, else L2), because L1 holds only a hot subset.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import Any
 
 from .errors import InvalidInputError
@@ -16,6 +17,8 @@ __all__ = ["count_matching", "entry_view", "list_entries", "listing_tier", "valu
 
 #: Most entries a dry run counts by scanning L2 (L3 counts in SQL, without a cap).
 _SCAN_CAP = 1_000_000
+#: Rows read per round trip when a prompt pattern is filtered here rather than in SQL.
+_PATTERN_PAGE = 500
 
 
 def listing_tier(cache: Any) -> Any:
@@ -44,7 +47,9 @@ def list_entries(
             "listing entries needs L2 (Redis) or L3 (SQL); this cache has neither"
         )
     if hasattr(tier, "list_entries"):
-        return list(tier.list_entries(selector, now, limit=limit, offset=offset))
+        if selector is None or selector.prompt_pattern is None or selector.all:
+            return list(tier.list_entries(selector, now, limit=limit, offset=offset))
+        return _list_by_pattern(tier, selector, now, limit=limit, offset=offset)
     found = [
         e
         for e in tier.iter_entries()
@@ -52,6 +57,32 @@ def list_entries(
         and (selector is None or selector.all or selector.is_empty() or selector.matches(e, now))
     ]
     found.sort(key=lambda e: (-e.created_at, e.key))
+    return found[offset : offset + limit]
+
+
+def _list_by_pattern(
+    tier: Any, selector: Selector, now: float, *, limit: int, offset: int
+) -> list[Entry]:
+    """One page of the entries matching a selector with a prompt pattern.
+
+    The database cannot match a glob, so the tier filters the pattern after it pages:
+    ``limit``/``offset`` would count rows before the filter, and a page could come back
+    short or empty with matches further on. Here the tier pages without the pattern,
+    and rows are read until ``offset + limit`` matches are found or the rows run out.
+    """
+    if limit <= 0:
+        return []
+    rest = dataclasses.replace(selector, prompt_pattern=None)
+    base = None if rest.is_empty() else rest
+    page = max(limit + offset, _PATTERN_PAGE)
+    found: list[Entry] = []
+    raw_offset = 0
+    while len(found) < offset + limit:
+        rows = list(tier.list_entries(base, now, limit=page, offset=raw_offset))
+        found.extend(e for e in rows if selector.matches(e, now))
+        if len(rows) < page:
+            break  # the store is exhausted
+        raw_offset += page
     return found[offset : offset + limit]
 
 

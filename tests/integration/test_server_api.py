@@ -374,3 +374,28 @@ async def test_openapi_document_describes_the_api(client):
     ):
         assert path in paths, path
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
+
+
+async def test_prompt_pattern_filters_before_it_pages(client, monkeypatch):
+    import semcache.admin
+
+    monkeypatch.setattr(semcache.admin, "_PATTERN_PAGE", 7, raising=False)  # several trips
+    for i in range(3):
+        await store(client, prompt=f"refund please {i}")
+    for i in range(30):
+        await store(client, prompt=f"other question {i}")  # newer: listed first
+
+    async def page(**params):
+        r = await client.get(
+            "/v1/entries", params={"prompt_pattern": "*refund*", **params}, headers=auth(TENANT_A)
+        )
+        assert r.status_code == 200, r.text
+        return [e["prompt"] for e in r.json()["entries"]]
+
+    assert sorted(await page(limit=10)) == [f"refund please {i}" for i in range(3)]
+    first, second = await page(limit=2), await page(limit=2, offset=2)
+    assert len(first) == 2 and len(second) == 1
+    assert sorted(first + second) == [f"refund please {i}" for i in range(3)]
+    assert await page(limit=2, offset=3) == []
+    # other criteria still apply, in the database
+    assert await page(limit=10, model="no-such-model") == []
