@@ -36,7 +36,8 @@ items are stored only when the stream is exhausted; one closed or dropped early,
 one that fails, stores nothing. A hit on a stored stream is replayed as a stream of
 the same item type (``ChatCompletionChunk`` for OpenAI). A call with ``stream=True``
 that hits a stored completion gets it as chunks, and ``stream=False`` on a stored
-stream gets the assembled ``ChatCompletion``.
+stream gets the assembled ``ChatCompletion``. Other values cannot be converted: such a
+call is a miss that goes through to the function, and the stored form is kept.
 
 One call for many: concurrent calls with the same exact key (threads, or asyncio
 tasks) make one underlying call; the others wait for it (at most ``wait_seconds``)
@@ -170,6 +171,9 @@ def _is_not_given(v: Any) -> bool:
 
 
 _Shared = tuple[str, Any, Any]  # ("payload", serde bytes, metadata) | ("object", value, None)
+# what decoding gives for a value stored as a stream when the call wants none, or the
+# reverse, in a form that cannot be converted (anything but OpenAI chat completions)
+_OTHER_FORM: Any = object()
 
 
 class CachedFunction:
@@ -421,10 +425,14 @@ class CachedFunction:
         fmt = meta.get(oc.FORMAT_KEY)
         replay = AsyncReplayStream if self.is_async else ReplayStream
         if meta.get(oc.STREAM_KEY):
-            if want_stream is False and fmt == oc.FORMAT_CHAT_CHUNK:
+            if want_stream is False:
+                if fmt != oc.FORMAT_CHAT_CHUNK:
+                    return _OTHER_FORM  # only chat chunks can be assembled into one value
                 return oc.from_storable(oc.chunks_to_completion(value), oc.FORMAT_CHAT_COMPLETION)
             return replay([oc.item_from_storable(v, fmt) for v in value])
-        if want_stream is True and fmt == oc.FORMAT_CHAT_COMPLETION:
+        if want_stream is True:
+            if fmt != oc.FORMAT_CHAT_COMPLETION:
+                return _OTHER_FORM  # only a chat completion can be cut into chunks
             return replay([oc.item_from_storable(c, oc.FORMAT_CHAT_CHUNK) for c in oc.completion_to_chunks(value)])
         return oc.from_storable(value, fmt)
 
@@ -432,12 +440,14 @@ class CachedFunction:
         kind, data, meta = shared
         if kind == "object":
             return data
-        self.cache.count_saved_call(meta)
         try:
             value = loads(data)
         except SerializationError:
             return None
-        return self._decode(value, meta, want_stream)
+        out = self._decode(value, meta, want_stream)
+        if out is not _OTHER_FORM:
+            self.cache.count_saved_call(meta)
+        return out
 
     def _store_kwargs(self, opts: CallOptions, meta: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -476,7 +486,10 @@ class CachedFunction:
         if opts.lookup:
             hit = self.cache.lookup(req, **self._lookup_kwargs(opts))
             if hit is not None:
-                return self._decode(hit.value, hit.entry.metadata, want_stream)
+                out = self._decode(hit.value, hit.entry.metadata, want_stream)
+                # stored in the other form (stream or not) and not convertible: a miss
+                # that is not stored, so the stored form stays
+                return self.fn(*args, **kwargs) if out is _OTHER_FORM else out
         if not self.single_flight:
             return self._lead(None, req, opts, want_stream, args, kwargs)
         while True:
@@ -489,7 +502,8 @@ class CachedFunction:
                 # inside the call); waiting would wait on itself, so it calls on its own
                 return self._lead(None, req, opts, want_stream, args, kwargs, use_lock=False)
             try:
-                return self._from_shared(flight.wait(self.wait_seconds), want_stream)
+                out = self._from_shared(flight.wait(self.wait_seconds), want_stream)
+                return self.fn(*args, **kwargs) if out is _OTHER_FORM else out
             except FlightAbandoned:
                 continue  # the leader's stream was dropped: start over, one of us leads
             except TimeoutError:
@@ -539,7 +553,8 @@ class CachedFunction:
                 log.warning("%s: Redis lock unavailable (%s); calling without it", self.name, exc)
                 found = None
             if found is not None:  # another process made the call and stored it
-                return self._adopt(flight, found, want_stream)
+                out = self._adopt(flight, found, want_stream)
+                return self.fn(*args, **kwargs) if out is _OTHER_FORM else out
         release = functools.partial(_release, lock, req.key, token)
         try:
             result = self.fn(*args, **kwargs)
@@ -586,7 +601,9 @@ class CachedFunction:
         if opts.lookup:
             hit = await self.acache.lookup(req, **self._lookup_kwargs(opts))
             if hit is not None:
-                return self._decode(hit.value, hit.entry.metadata, want_stream)
+                out = self._decode(hit.value, hit.entry.metadata, want_stream)
+                # see call: the other, unconvertible form is a miss that is not stored
+                return await self._invoke(args, kwargs) if out is _OTHER_FORM else out
         if not self.single_flight:
             return await self._alead(None, req, opts, want_stream, args, kwargs)
         while True:
@@ -598,7 +615,8 @@ class CachedFunction:
                 # this task leads that call (see call): never wait on ourselves
                 return await self._alead(None, req, opts, want_stream, args, kwargs, use_lock=False)
             try:
-                return self._from_shared(await flight.wait_async(self.wait_seconds), want_stream)
+                out = self._from_shared(await flight.wait_async(self.wait_seconds), want_stream)
+                return await self._invoke(args, kwargs) if out is _OTHER_FORM else out
             except FlightAbandoned:
                 continue
             except TimeoutError:
@@ -652,7 +670,8 @@ class CachedFunction:
                 log.warning("%s: Redis lock unavailable (%s); calling without it", self.name, exc)
                 found = None
             if found is not None:  # another process made the call and stored it
-                return self._adopt(flight, found, want_stream)
+                out = self._adopt(flight, found, want_stream)
+                return await self._invoke(args, kwargs) if out is _OTHER_FORM else out
 
         async def release() -> None:
             await _arelease(lock, req.key, token)

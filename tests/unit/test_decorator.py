@@ -378,6 +378,22 @@ def test_failed_stream_stores_nothing(cache) -> None:
 # -- one call for many -----------------------------------------------------------------------
 
 
+def test_stream_flag_on_an_unconvertible_stored_form_is_a_miss(cache) -> None:
+    calls = Counter()
+
+    @cache.cached
+    def chat(prompt: str, stream: bool = False) -> object:
+        calls.bump()
+        return iter(["hel", "lo"]) if stream else "hello"
+
+    assert chat("greet", stream=False) == "hello"
+    assert list(chat("greet", stream=True)) == ["hel", "lo"]  # not the stored string
+    assert chat("greet", stream=False) == "hello" and calls.n == 2  # the stored form was kept
+    assert list(chat("other", stream=True)) == ["hel", "lo"]
+    assert chat("other", stream=False) == "hello"  # not a replay of the stored stream
+    assert list(chat("other", stream=True)) == ["hel", "lo"] and calls.n == 4
+
+
 def test_concurrent_identical_calls_in_threads_make_one_call(cache) -> None:
     calls = Counter()
 
