@@ -99,9 +99,11 @@ class CallOptions:
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(CallOptions))
-# {id(cache) or None (every cache): CallOptions}; replaced, never mutated
-_OPTIONS: contextvars.ContextVar[Mapping[int | None, CallOptions]] = contextvars.ContextVar(
-    "semcache_options", default=MappingProxyType({})
+# the open ``with`` blocks, outermost first: (id(cache) or None for every cache, the
+# controls the block names). Replaced, never mutated. Only named controls are kept,
+# so an inner block overrides exactly what it names, even back to a default value.
+_OPTIONS: contextvars.ContextVar[tuple[tuple[int | None, Mapping[str, Any]], ...]] = contextvars.ContextVar(
+    "semcache_options", default=()
 )
 
 
@@ -121,34 +123,35 @@ def options(_owner: Any = None, **given: Any) -> Iterator[CallOptions]:
 
     Keyword args: ``bypass``, ``lookup``, ``store``, ``semantic``, ``ttl_seconds``,
     ``threshold``, ``tags`` (added to the decorator's), ``namespace``. Blocks nest;
-    an inner block overrides what it names. ``cache.options(...)`` applies to that
-    cache's functions only; this module-level function to every cache's.
+    an inner block overrides exactly what it names, whether it is this module-level
+    function (every cache's functions) or ``cache.options(...)`` (that cache's only).
 
     Raises:
-        InvalidInputError: an unknown control name.
+        InvalidInputError: an unknown control name, or ``tags`` given as a string.
     """
     unknown = set(given) - _OPTION_NAMES
     if unknown:
         raise InvalidInputError(f"unknown cache option(s) {sorted(unknown)}; known: {sorted(_OPTION_NAMES)}")
+    _merge(CallOptions(), given)  # reject bad values when the block opens, not at the first call
     owner = None if _owner is None else id(_owner)
-    current = dict(_OPTIONS.get())
-    merged = _merge(current.get(owner, CallOptions()), given)
-    current[owner] = merged
-    token = _OPTIONS.set(current)
+    token = _OPTIONS.set((*_OPTIONS.get(), (owner, MappingProxyType(dict(given)))))
     try:
-        yield merged
+        yield current_options(_owner)
     finally:
         _OPTIONS.reset(token)
 
 
 def current_options(owner: Any = None) -> CallOptions:
-    """The controls in force for ``owner``'s cached calls (module-wide ones first, then its own)."""
-    table = _OPTIONS.get()
-    opts = table.get(None, CallOptions())
-    if owner is not None and id(owner) in table:
-        mine = table[id(owner)]
-        given = {f.name: getattr(mine, f.name) for f in fields(CallOptions) if getattr(mine, f.name) != getattr(CallOptions(), f.name)}
-        opts = _merge(opts, given)
+    """The controls in force for ``owner``'s cached calls (every cache's when ``None``).
+
+    The open blocks apply outermost first: module-wide ones and ``owner``'s own, in
+    the order they were opened.
+    """
+    mine = None if owner is None else id(owner)
+    opts = CallOptions()
+    for who, given in _OPTIONS.get():
+        if who is None or who == mine:
+            opts = _merge(opts, given)
     return opts
 
 

@@ -233,6 +233,30 @@ def test_options_are_scoped_to_their_cache(make_cache, tmp_path) -> None:
         assert fb("x") == "b2"  # still cached
 
 
+def test_inner_options_override_exactly_what_they_name(cache, clock) -> None:
+    from semcache.decorator import current_options, options
+
+    calls = Counter()
+
+    @cache.cached
+    def ask(prompt: str) -> str:
+        return f"a{calls.bump()}"
+
+    with options(bypass=True), cache.options(bypass=False):
+        assert current_options(cache).bypass is False
+        assert ask("q") == "a1" and ask("q") == "a1"  # looked up and stored
+    with options(store=False), cache.options(store=True):
+        assert current_options(cache).store is True
+    with cache.options(ttl_seconds=60, tags=["a"]), options(ttl_seconds=5, tags=["b"]):
+        assert current_options(cache).ttl_seconds == 5 and current_options(cache).tags == ("a", "b")
+        assert current_options().ttl_seconds == 5 and current_options().tags == ("b",)
+        ask("short")
+    clock.advance(6)
+    assert ask("short") == "a3"  # stored with the inner ttl of 5s, not the outer 60s
+    with options(namespace="t1"), cache.options(namespace=None):
+        assert current_options(cache).namespace is None
+
+
 def test_threshold_option(cache) -> None:
     calls = Counter()
 
