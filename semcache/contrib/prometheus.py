@@ -182,6 +182,10 @@ class CacheMetrics:
         return bytes(generate_latest(self.registry))
 
 
+#: HTTP methods counted under their own name in ``http_requests``.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class PrometheusMiddleware:
     """ASGI middleware counting requests by route template (not raw path: ids would explode labels)."""
 
@@ -207,7 +211,9 @@ class PrometheusMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(
-                template, scope.get("method", ""), str(status[0])
-            ).inc()
+            method = scope.get("method", "")
+            # any token is a valid method to the server: unknown ones share one label value
+            if method not in _METHODS:
+                method = "other"
+            self.metrics.http_requests.labels(template, method, str(status[0])).inc()
             self.metrics.http_seconds.labels(template).observe(time.perf_counter() - t0)

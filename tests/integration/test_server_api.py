@@ -345,6 +345,16 @@ async def test_metrics_counts_hits_misses_and_batches(client):
     assert 'semcache_http_requests_total{method="POST",route="/v1/lookup",status="200"} 3.0' in text
 
 
+async def test_metrics_put_unknown_http_methods_under_one_label(client):
+    for i in range(20):
+        await client.request(f"X{i}", "/nope")
+    text = (await client.get("/metrics")).text
+    assert 'method="X' not in text
+    assert (
+        'semcache_http_requests_total{method="other",route="unmatched",status="404"} 20.0' in text
+    )
+
+
 async def test_two_apps_in_one_process_have_separate_metrics(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
