@@ -87,7 +87,8 @@ def _to_tokens(name: str, raw: Any) -> dict[str, str]:
             item = item.strip()
             if not item:
                 continue
-            token, sep, tenant = item.partition("=")
+            # the last "=": base64 tokens end in "=" padding, tenant names have none
+            token, sep, tenant = item.rpartition("=")
             if not sep:
                 raise ConfigurationError(
                     f"{name}: each item must be TOKEN=TENANT, got one without '='"

@@ -50,6 +50,11 @@ def test_environment(tmp_path):
     assert cfg.batching is False and cfg.prices == {"gpt-4o-mini": (0.15, 0.6)}
 
 
+def test_tokens_may_end_in_base64_padding():
+    cfg = ServerConfig.from_env(environ={"SEMCACHE_TOKENS": "YWJjZA===tenant-a, YWI=tenant-b"})
+    assert cfg.tokens == {"YWJjZA==": "tenant-a", "YWI": "tenant-b"}
+
+
 def test_precedence_file_then_env_then_arguments(tmp_path):
     f = tmp_path / "semcache.toml"
     f.write_text(
