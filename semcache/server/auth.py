@@ -69,6 +69,16 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def _bearer(authorization: str | None) -> str | None:
+    """The credential of ``Authorization: Bearer <value>``, or ``None``."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
 class TokenAuth:
     """Resolves the bearer token of a request to a :class:`Principal`.
 
@@ -86,21 +96,29 @@ class TokenAuth:
         self._tenants = {_digest(t): tenant for t, tenant in tokens.items()}
         self._admin = _digest(admin_token) if admin_token else None
 
+    def is_token(self, value: str) -> bool:
+        """Whether ``value`` is one of the configured semcache tokens (tenant or admin)."""
+        d = _digest(value)
+        if self._admin is not None and hmac.compare_digest(d, self._admin):
+            return True
+        return d in self._tenants
+
     def resolve(self, authorization: str | None, token_header: str | None) -> Principal:
         """Return the caller for these header values.
 
         Raises:
             AuthError: no token, or an unknown token (401).
         """
+        bearer = _bearer(authorization)
+        # any semcache token in Authorization (even beside X-Semcache-Token, even with auth
+        # off) marks it as ours, so the proxy never hands it to the upstream
+        in_authorization = bearer is not None and self.is_token(bearer)
         if not self.enabled:
-            return Principal(None, token_in_authorization=False)
-        in_authorization = False
+            return Principal(None, token_in_authorization=in_authorization)
         token = (token_header or "").strip() or None
-        if token is None and authorization:
-            scheme, _, value = authorization.strip().partition(" ")
-            if scheme.lower() == "bearer" and value.strip():
-                token = value.strip()
-                in_authorization = True
+        if token is None and bearer is not None:
+            token = bearer
+            in_authorization = True
         if token is None:
             raise AuthError(401, "missing bearer token (Authorization: Bearer <token>)")
         d = _digest(token)

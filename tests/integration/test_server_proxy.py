@@ -510,3 +510,25 @@ async def test_answers_without_a_finish_reason_are_not_stored(tmp_path):
             assert "partial" in r.text
         assert len(calls) == 4
         assert (await client.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []
+
+
+async def test_a_semcache_token_in_authorization_never_goes_upstream(tmp_path):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(400, json={"error": {"message": "nope"}})
+
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=httpx.MockTransport(handler))
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    async with in_process(app) as client:
+        # X-Semcache-Token names the caller; Authorization holds another semcache token
+        for other in (TENANT_B, ADMIN, TENANT_A):
+            headers = {"x-semcache-token": TENANT_A, "authorization": f"Bearer {other}"}
+            await client.post("/v1/chat/completions", json=body, headers=headers)
+            assert "authorization" not in seen[-1].headers
+        # a key that is not ours is still the caller's own upstream key
+        headers = {"x-semcache-token": TENANT_A, "authorization": "Bearer sk-own"}
+        await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert seen[-1].headers["authorization"] == "Bearer sk-own"
