@@ -815,7 +815,16 @@ def run_server(
             timeout_graceful_shutdown=10,
         )
     )
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:
+        if server.started:
+            raise
+        # uvicorn exits with 3 when it cannot bind, which here would read as "not found"
+        raise CliError(
+            f"the sidecar could not start on {config.host}:{config.port} "
+            f"(uvicorn exit {exc.code}; the reason is logged above, e.g. the port is in use)"
+        ) from None
 
 
 # -- stats, ls, show --------------------------------------------------------------------

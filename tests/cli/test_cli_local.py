@@ -320,3 +320,26 @@ def test_stats_shows_an_unreachable_tier_as_down(runner, sqlite_db):
     data = js(run(runner, "--sql-url", sqlite_db, "--redis-url", _DEAD_REDIS, "stats", "--json"))
     assert data["tiers"]["l2"]["status"].startswith("down")
     assert data["tiers"]["l3"]["status"] == "ok" and data["tiers"]["l3"]["entries_live"] == 5
+
+
+def test_serve_on_a_port_in_use_is_a_plain_error(runner, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run(
+            runner,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--sql-url",
+            f"sqlite:///{tmp_path}/serve.db",
+            "--embedder",
+            "none",
+        )
+    assert r.exit_code == 1, r.output  # not 3, which means "not found"
+    assert "could not start" in r.stderr and str(port) in r.stderr
