@@ -135,6 +135,8 @@ class SemanticCache:
         self._open_lock = threading.Lock()
         self._id = uuid.uuid4().hex
         self._listener: EventListener | None = None
+        self._sweeper: threading.Thread | None = None
+        self._closing = threading.Event()
         self._index_built = False
         self._recent: LRUCache[str, np.ndarray] = LRUCache(maxsize=256)
         self._recent_lock = threading.Lock()
@@ -176,6 +178,10 @@ class SemanticCache:
             self._rebuild_index_safe()
         if self._redis_slot() is not None and self.config.redis is not None and self.config.redis.pubsub:
             self._start_listener()
+        interval = self.config.policy.sweep_interval_seconds
+        if interval is not None and self._sql_slot() is not None:
+            self._sweeper = threading.Thread(target=self._sweep_every, args=(interval,), name="semcache-sweep", daemon=True)
+            self._sweeper.start()
         return self
 
     def close(self) -> None:
@@ -184,6 +190,9 @@ class SemanticCache:
             return
         if self._listener is not None:
             self._listener.stop()
+        self._closing.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
         for slot in self._slots:
             try:
                 slot.backend.close()
@@ -946,6 +955,15 @@ class SemanticCache:
         self._stats.inc("invalidated", len(gone))
         self._publish(invalidate_message(gone, selector))
         return len(gone)
+
+    def _sweep_every(self, interval: float) -> None:
+        while not self._closing.wait(interval):
+            try:
+                n = self.sweep()
+                if n:
+                    log.info("swept %d expired entries from L3", n)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+                log.warning("sweep failed", exc_info=True)
 
     def sweep(self) -> int:
         """Delete expired rows from L3 (and their vectors from the index); return how many."""

@@ -190,6 +190,10 @@ class Policy:
     #: (no semantic match on a truncated text), embed the truncated text, or raise.
     long_prompt: LongPrompt = "exact_only"
     sliding_expiry: bool = False
+    #: How often a background thread deletes expired rows from L3 (and their vectors);
+    #: ``None`` leaves it to explicit ``sweep()`` calls. Expired entries are never
+    #: served either way: this only reclaims space.
+    sweep_interval_seconds: float | None = 600.0
     on_backend_error: OnBackendError = "miss"
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 30.0
@@ -199,6 +203,10 @@ class Policy:
         for name, t in [("similarity_threshold", self.similarity_threshold), *self.namespace_thresholds.items()]:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (-1.0 <= t <= 1.0):
                 raise ConfigurationError(f"threshold for {name} must be a cosine similarity in [-1, 1], got {t!r}")
+        if self.sweep_interval_seconds is not None and not (
+            isinstance(self.sweep_interval_seconds, (int, float)) and 0 < self.sweep_interval_seconds < math.inf
+        ):
+            raise ConfigurationError("Policy.sweep_interval_seconds must be a positive number of seconds or None")
         if self.long_prompt not in ("exact_only", "truncate", "error"):
             raise ConfigurationError("Policy.long_prompt must be 'exact_only', 'truncate' or 'error'")
         if self.on_backend_error not in ("miss", "raise"):

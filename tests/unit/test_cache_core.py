@@ -476,3 +476,19 @@ class _Flaky:
             return target(*args, **kwargs)
 
         return call
+
+
+def test_background_sweeper_reclaims_expired_rows(clock, sqlite_url):
+    import time
+
+    cfg = CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url), policy=Policy(sweep_interval_seconds=0.05))
+    with SemanticCache(cfg, timer=clock) as cache:
+        cache.set("short", "v", ttl_seconds=5)
+        cache.set("long", "v", ttl_seconds=500)
+        clock.advance(10)
+        l3 = cache.tiers[-1]
+        deadline = time.time() + 5
+        while time.time() < deadline and l3.count() != 1:
+            time.sleep(0.02)
+        assert l3.count() == 1  # nobody called sweep(): the background sweeper did
+    assert cache._sweeper is not None and not cache._sweeper.is_alive()  # stopped on close
