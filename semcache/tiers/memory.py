@@ -90,6 +90,11 @@ class MemoryBackend:
                 # larger than the whole byte budget: L1 is only a copy, skip it
                 self._lru.pop(entry.key, None)
 
+    def set_many(self, entries: Sequence[Entry], now: float) -> None:
+        """Keep many entries (one call per batch, like the other tiers)."""
+        for entry in entries:
+            self.set(entry, now)
+
     def delete(self, keys: Sequence[str]) -> int:
         """Delete entries by key."""
         n = 0

@@ -169,9 +169,7 @@ async def test_async_protocol_through_the_adapter(backend):
     assert isinstance(ab.stats(), dict)
 
 
-def test_set_many_when_offered(backend):
-    if not hasattr(backend, "set_many"):
-        pytest.skip("this tier has no batch write")
+def test_set_many(backend):
     backend.set_many([make_entry("a"), make_entry("b", expires_at=NOW - 1), make_entry("c", value="x")], NOW)
     assert backend.get("a", NOW) is not None and backend.get("b", NOW) is None
     assert backend.get("c", NOW).value == "x"
