@@ -7,7 +7,8 @@ in front of a scoped embedding index that answers paraphrased prompts.
 from __future__ import annotations
 
 from ._version import __version__
-from .cache import AsyncSemanticCache, SemanticCache
+from .async_cache import AsyncSemanticCache
+from .cache import SemanticCache
 from .config import UNSET, CacheConfig, IndexConfig, MemoryConfig, Policy, RedisConfig, SQLConfig
 from .errors import (
     BackendError,

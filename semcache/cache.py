@@ -40,9 +40,9 @@ from .events import EventListener, add_message, apply_event, invalidate_message
 from .keys import Request, build_request
 from .serde import dumps
 from .tiers.base import Backend
-from .types import Candidate, Entry, Hit, Selector
+from .types import Candidate, Entry, Hit, LookupOutcome, Selector
 
-__all__ = ["AsyncSemanticCache", "SemanticCache"]
+__all__ = ["SemanticCache"]
 
 log = logging.getLogger("semcache")
 T = TypeVar("T")
@@ -510,6 +510,81 @@ class SemanticCache:
                 return hit
         self._stats.inc("misses")
         return None
+
+    def lookup_memory(self, request: Request) -> Hit | None:
+        """An exact hit from L1 alone, never blocking; ``None`` is not a miss (nothing else was asked)."""
+        if self._state != "open" or not self._slots or self._slots[0].name != "l1":
+            return None
+        if self.config.policy.sliding_expiry:
+            return None  # sliding expiry writes to every tier: take the full path
+        slot = self._slots[0]
+        if slot.pending:
+            return None
+        now = self.timer()
+        entry = slot.backend.get(request.key, now)
+        if entry is None or entry.scope != request.scope:
+            return None
+        return self._hit(entry, "l1", "exact", 1.0, now)
+
+    def lookup_many(self, requests: Sequence[Request], *, thresholds: Sequence[Any] | None = None) -> list[LookupOutcome]:
+        """Look up a batch: exact paths first (no embedding), then one embedding call for
+        every remaining embeddable text, then each semantic lookup.
+
+        One request's error (a bad threshold, a prompt too long) is returned in its
+        outcome and does not fail the others; an embedder failure fails the batch.
+        """
+        self._ensure_open()
+        thr = list(thresholds) if thresholds is not None else [UNSET] * len(requests)
+        if len(thr) != len(requests):
+            raise InvalidInputError("thresholds must have one item per request")
+        out: list[LookupOutcome | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, req in enumerate(requests):
+            try:
+                hit = self.lookup_exact(req)
+                if hit is not None:
+                    out[i] = LookupOutcome(hit)
+                elif self.index is not None and self.embeddable(req.text):
+                    todo.append(i)
+            except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
+                out[i] = LookupOutcome(error=exc)
+        vectors: dict[int, np.ndarray] = {}
+        if todo:
+            matrix = self.embed_many([requests[i].text for i in todo])
+            self._stats.inc("embeddings", len(todo))
+            vectors = {i: matrix[j] for j, i in enumerate(todo)}
+        for i, req in enumerate(requests):
+            if out[i] is not None:
+                continue
+            v = vectors.get(i)
+            try:
+                hit = self.lookup(req, threshold=thr[i], embedding=v, exact=False, semantic=v is not None)
+                out[i] = LookupOutcome(hit, v)
+            except Exception as exc:  # noqa: BLE001 - one caller's bad request must not fail the others
+                out[i] = LookupOutcome(error=exc, embedding=v)
+        return [o if o is not None else LookupOutcome() for o in out]
+
+    def list_entries(self, selector: Selector | None = None, *, limit: int = 50, offset: int = 0) -> list[Entry]:
+        """Live entries matching ``selector`` (``None``: all), newest first, one page (from L3, else L2).
+
+        Raises:
+            InvalidInputError: no tier can list (L1 only).
+        """
+        from .admin import list_entries
+
+        self._ensure_open()
+        return list_entries(self, selector, self.timer(), limit=limit, offset=offset)
+
+    def count(self, selector: Selector | None = None) -> int:
+        """How many live entries ``selector`` matches (``None``: all); nothing is removed.
+
+        Raises:
+            InvalidInputError: no tier can count (L1 only).
+        """
+        from .admin import count_matching
+
+        self._ensure_open()
+        return count_matching(self, selector or Selector.everything(), self.timer())
 
     def lookup_exact(self, request: Request) -> Hit | None:
         """The exact path alone: L1 → L2 → L3 by key, promoting; never embeds, counts no miss."""
@@ -1187,6 +1262,11 @@ class SemanticCache:
         return out
 
     @property
+    def semantic(self) -> bool:
+        """Whether the cache matches semantically at all (it has an embedder and an index)."""
+        return self.index is not None
+
+    @property
     def tiers(self) -> list[Any]:
         """The tier backends, top first."""
         return [s.backend for s in self._slots]
@@ -1277,148 +1357,3 @@ def _resolve_embedder(choice: Any) -> Any:
     raise ConfigurationError(
         "embedder must be 'default', None, a sentence-transformers model name, an Embedder or a callable"
     )
-
-
-class AsyncSemanticCache:
-    """The asynchronous facade: the same methods as :class:`SemanticCache`, awaitable.
-
-    Blocking work (Redis, SQL, embedding, FAISS) runs in a worker thread through
-    ``anyio.to_thread``; an exact hit in L1 is answered on the event loop without a
-    thread hop. Use ``async with`` or ``await open()`` / ``await aclose()``.
-    """
-
-    def __init__(self, config: CacheConfig | None = None, **kwargs: Any) -> None:
-        self.sync = SemanticCache(config, **kwargs)
-
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        import functools
-
-        import anyio
-
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-    async def __aenter__(self) -> AsyncSemanticCache:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    @property
-    def config(self) -> CacheConfig:
-        """The cache's configuration."""
-        return self.sync.config
-
-    async def open(self) -> AsyncSemanticCache:
-        """Open the cache (connect, check the schema, rebuild the index) off the event loop."""
-        await self._run(self.sync.open)
-        return self
-
-    async def aclose(self) -> None:
-        """Close the cache."""
-        await self._run(self.sync.close)
-
-    def lookup_memory(self, request: Request) -> Hit | None:
-        """An exact hit from L1, answered on the event loop without a thread hop; else ``None``.
-
-        Never blocks: it reads only process memory. A ``None`` is not a miss — the
-        other tiers and the index have not been asked (use :meth:`lookup`).
-        """
-        c = self.sync
-        if c.state != "open" or not c._slots or c._slots[0].name != "l1":
-            return None
-        now = c.timer()
-        entry = c._slots[0].backend.get(request.key, now)
-        if entry is None or entry.scope != request.scope:
-            return None
-        if c.config.policy.sliding_expiry:
-            return None  # sliding expiry writes to every tier: take the full path
-        return c._hit(entry, "l1", "exact", 1.0, now)
-
-    async def get(self, prompt: str | None = None, **kwargs: Any) -> Hit | None:
-        """Async twin of :meth:`SemanticCache.get`."""
-        scope_kw = {k: kwargs[k] for k in ("messages", "model", "params", "namespace") if k in kwargs}
-        req = build_request(prompt, **scope_kw)
-        rest = {k: v for k, v in kwargs.items() if k not in scope_kw}
-        return await self.lookup(req, **rest)
-
-    async def lookup(self, request: Request, **kwargs: Any) -> Hit | None:
-        """Async twin of :meth:`SemanticCache.lookup`."""
-        hit = self.lookup_memory(request)
-        if hit is not None:
-            return hit
-        return await self._run(self.sync.lookup, request, **kwargs)
-
-    def request(self, prompt: str | None = None, **kwargs: Any) -> Request:
-        """Same as :meth:`SemanticCache.request` (pure, no I/O)."""
-        return build_request(prompt, **kwargs)
-
-    async def set(self, prompt: str | None, value: Any, **kwargs: Any) -> Entry:
-        """Async twin of :meth:`SemanticCache.set`."""
-        return await self._run(self.sync.set, prompt, value, **kwargs)
-
-    async def store(self, request: Request, value: Any, **kwargs: Any) -> Entry:
-        """Async twin of :meth:`SemanticCache.store`."""
-        return await self._run(self.sync.store, request, value, **kwargs)
-
-    async def set_many(self, items: Iterable[Mapping[str, Any]], **kwargs: Any) -> list[Entry]:
-        """Async twin of :meth:`SemanticCache.set_many`."""
-        return await self._run(self.sync.set_many, list(items), **kwargs)
-
-    async def get_entry(self, key: str) -> Entry | None:
-        """Async twin of :meth:`SemanticCache.get_entry`."""
-        return await self._run(self.sync.get_entry, key)
-
-    async def delete(self, key: str) -> bool:
-        """Async twin of :meth:`SemanticCache.delete`."""
-        return await self._run(self.sync.delete, key)
-
-    async def invalidate(self, **kwargs: Any) -> int:
-        """Async twin of :meth:`SemanticCache.invalidate`."""
-        return await self._run(self.sync.invalidate, **kwargs)
-
-    async def flush(self) -> int:
-        """Async twin of :meth:`SemanticCache.flush`."""
-        return await self._run(self.sync.flush)
-
-    async def explain(self, prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Async twin of :meth:`SemanticCache.explain`."""
-        return await self._run(self.sync.explain, prompt, **kwargs)
-
-    async def sweep(self) -> int:
-        """Async twin of :meth:`SemanticCache.sweep`."""
-        return await self._run(self.sync.sweep)
-
-    async def rebuild_index(self, **kwargs: Any) -> int:
-        """Async twin of :meth:`SemanticCache.rebuild_index`."""
-        return await self._run(self.sync.rebuild_index, **kwargs)
-
-    async def health(self) -> dict[str, Any]:
-        """Async twin of :meth:`SemanticCache.health`."""
-        return await self._run(self.sync.health)
-
-    def stats(self) -> dict[str, Any]:
-        """Same as :meth:`SemanticCache.stats` (no I/O)."""
-        return self.sync.stats()
-
-    def cached(self, fn: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
-        """Cache an async function (or async generator) that calls an LLM; see :meth:`SemanticCache.cached`.
-
-        Raises:
-            ConfigurationError: ``fn`` is not async, or its prompt cannot be read.
-        """
-        from .decorator import make_cached
-
-        return make_cached(self, fn, **kwargs)
-
-    def wrap(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        """Return a cached version of an existing async callable (``AsyncOpenAI().chat.completions.create``)."""
-        from .decorator import make_cached
-
-        return make_cached(self, fn, **kwargs)
-
-    def options(self, **kwargs: Any) -> Any:
-        """Per-call controls for this cache's cached functions (see :meth:`SemanticCache.options`)."""
-        from .decorator import options
-
-        return options(self.sync, **kwargs)

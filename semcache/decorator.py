@@ -232,7 +232,7 @@ class CachedFunction:
         lock: bool | RedisLock | AsyncRedisLock = False,
         lock_timeout_seconds: float = 30.0,
     ) -> None:
-        from .cache import AsyncSemanticCache
+        from .async_cache import AsyncSemanticCache
 
         if not callable(fn):
             raise ConfigurationError(f"cached() needs a function, got {type(fn).__name__}")

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Candidate", "Entry", "Hit", "Selector"]
+__all__ = ["Candidate", "Entry", "Hit", "LookupOutcome", "Selector"]
 
 Tier = Literal["l1", "l2", "l3"]
 Kind = Literal["exact", "semantic"]
@@ -97,6 +97,16 @@ class Hit:
             "ttl_seconds_left": None if self.ttl_seconds_left is None else round(self.ttl_seconds_left, 3),
             "tags": list(self.entry.tags),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LookupOutcome:
+    """One answer of a batch lookup: the hit (or ``None``), the query's embedding
+    when one was computed (a store after the miss reuses it), or this request's error."""
+
+    hit: Hit | None = None
+    embedding: Any = field(default=None, repr=False)
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)

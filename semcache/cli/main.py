@@ -757,7 +757,7 @@ def run_server(
     import anyio
     import uvicorn
 
-    from ..cache import AsyncSemanticCache
+    from ..async_cache import AsyncSemanticCache
     from ..server.app import create_app
 
     d = config.describe()

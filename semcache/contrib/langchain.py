@@ -131,7 +131,7 @@ class SemcacheLangChainCache(BaseCache):
         ttl_seconds: Any = UNSET,
         tags: Iterable[str] = (),
     ) -> None:
-        from ..cache import AsyncSemanticCache
+        from ..async_cache import AsyncSemanticCache
 
         if not namespace or not isinstance(namespace, str):
             raise InvalidInputError("namespace must be a non-empty string")

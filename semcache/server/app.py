@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from ..cache import AsyncSemanticCache
+from ..async_cache import AsyncSemanticCache
 from ..config import UNSET
 from ..errors import (
     BackendError,

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from ..cache import AsyncSemanticCache
+from ..async_cache import AsyncSemanticCache
 from ..config import UNSET
 from ..keys import Request
 from ..types import Hit

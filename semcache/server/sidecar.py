@@ -13,7 +13,7 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
-from ..cache import AsyncSemanticCache
+from ..async_cache import AsyncSemanticCache
 from ..errors import ConfigurationError
 from .auth import Principal, TokenAuth
 from .batching import MicroBatcher
