@@ -21,6 +21,10 @@ Pure functions, no I/O. The rules:
   stripped. Inner whitespace and indentation are kept (they matter in code), and so
   is case. Prompts that differ in more than that are left to the semantic path.
 * The exact key is ``H(scope, normalised text)`` and is also the entry's id.
+* What is stored as text (the prompt or the last user turn's text, ``model``,
+  ``namespace``) must be storable by every tier: no NUL character, no lone surrogate
+  (:func:`semcache.validate.check_text`). Scope fields are only hashed, so a NUL in
+  them is fine, but they must be valid Unicode and JSON-serialisable.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidInputError
+from .validate import MAX_NAME_LENGTH, check_name, check_text  # noqa: F401 (re-exported)
 
 __all__ = [
     "IGNORED_PARAMS",
@@ -64,9 +69,6 @@ IGNORED_PARAMS = frozenset(
     }
 )
 
-#: Longest namespace or model name (the L3 columns are this wide).
-MAX_NAME_LENGTH = 255
-
 _TRAILING_WS = re.compile(r"[ \t]+\n")
 
 
@@ -76,6 +78,8 @@ def canonical_json(value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"scope fields must be JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise InvalidInputError("scope fields (params, messages) are nested too deeply to be keyed") from None
 
 
 def _default(obj: Any) -> Any:
@@ -102,8 +106,19 @@ def normalize_prompt(text: str) -> str:
 
 
 def scope_hash(scope: Mapping[str, Any]) -> str:
-    """Return the hash of a scope dict."""
-    return _hash(canonical_json(scope))
+    """Return the hash of a scope dict.
+
+    Raises:
+        InvalidInputError: the scope is not JSON-serialisable, is nested too deeply,
+            or holds a lone surrogate.
+    """
+    text = canonical_json(scope)
+    try:
+        return _hash(text)
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"scope fields (params, messages) contain a lone surrogate {text[exc.start]!r} (not valid Unicode)"
+        ) from None
 
 
 def exact_key(scope: str, text: str) -> str:
@@ -162,19 +177,20 @@ def build_request(
 
     Raises:
         InvalidInputError: both or neither of ``prompt``/``messages``, an empty
-            prompt, no user turn, or scope fields that are not JSON-serialisable.
+            prompt, no user turn, a NUL character or a lone surrogate in the
+            prompt, the last user turn's text, ``model`` or ``namespace``, or scope
+            fields that are not JSON-serialisable.
     """
     if (prompt is None) == (messages is None):
         raise InvalidInputError("pass exactly one of prompt= or messages=")
-    for name, field_value in (("namespace", namespace), ("model", model)):
-        if field_value is not None and (not isinstance(field_value, str) or len(field_value) > MAX_NAME_LENGTH):
-            raise InvalidInputError(f"{name} must be a string of at most {MAX_NAME_LENGTH} characters")
+    check_name("namespace", namespace)
+    check_name("model", model)
     kept = {k: v for k, v in (params or {}).items() if k not in IGNORED_PARAMS}
     scope: dict[str, Any] = {"ns": namespace, "model": model, "params": kept}
     if prompt is not None:
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompt must be a string, not {type(prompt).__name__}")
-        text = prompt
+        text = check_text("prompt", prompt)
     else:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
             raise InvalidInputError("messages must be a non-empty list of chat messages")
@@ -183,6 +199,7 @@ def build_request(
         if last_user is None:
             raise InvalidInputError("messages must contain at least one user turn")
         text, other_parts = _content_text(msgs[last_user].get("content"))
+        check_text(f"messages[{last_user}] (the last user turn)", text)
         last = {k: v for k, v in msgs[last_user].items() if k != "content"}
         if other_parts:
             last["parts"] = other_parts

@@ -4,6 +4,12 @@ A response payload is one tag byte and a body: ``j`` + UTF-8 JSON for
 JSON-serialisable values, ``b`` + raw bytes for ``bytes``. An entry blob (what L2
 stores) is the entry's JSON header, a NUL byte, then the payload; JSON never
 contains a raw NUL, so the split is unambiguous.
+
+What may be stored is checked here, before anything is written (rules in
+:mod:`semcache.validate`): a value nested more than ``MAX_DEPTH`` deep, or metadata
+that is too deep or holds a NUL character or a lone surrogate, raises
+:class:`~semcache.errors.SerializationError`. NUL characters *inside a value* are fine:
+the payload is binary and JSON escapes them.
 """
 
 from __future__ import annotations
@@ -15,21 +21,27 @@ from typing import Any
 
 from .errors import SerializationError
 from .types import Entry
+from .validate import check_json, check_metadata
 
-__all__ = ["dumps", "entry_from_blob", "entry_to_blob", "loads"]
+__all__ = ["check_metadata", "dumps", "entry_from_blob", "entry_to_blob", "loads"]
 
 
 def dumps(value: Any) -> bytes:
     """Serialise a response value.
 
     Raises:
-        SerializationError: the value is neither bytes nor JSON-serialisable (NaN included).
+        SerializationError: the value is neither bytes nor JSON-serialisable (NaN
+            included), holds a lone surrogate, or is nested more than
+            :data:`~semcache.validate.MAX_DEPTH` deep.
     """
     if isinstance(value, (bytes, bytearray, memoryview)):
         return b"b" + bytes(value)
+    check_json("the value", value)
     try:
         return b"j" + json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
+        # ValueError covers NaN, circular references and (UnicodeEncodeError) lone
+        # surrogates; RecursionError cannot happen after check_json, but must never leak
         raise SerializationError(
             f"cannot cache a {type(value).__name__}: store bytes or a JSON-serialisable value ({exc})"
         ) from exc
@@ -49,7 +61,7 @@ def loads(payload: bytes) -> Any:
     if tag == b"j":
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SerializationError(f"corrupt JSON payload: {exc}") from exc
     raise SerializationError(f"unknown payload tag {tag!r}")
 
@@ -106,5 +118,5 @@ def entry_from_blob(blob: bytes) -> Entry:
             embedder_id=h.get("ei"),
             ttl_seconds=None if h.get("ttl") is None else float(h["ttl"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise SerializationError(f"corrupt cache entry: {exc}") from exc
