@@ -3,8 +3,9 @@
 An embedder answers a batch of 32 texts in far less than 32 times the cost of one
 (the model runs once over a padded matrix), so under load the sidecar collects the
 lookups that arrive within a short window (or until a batch is full), embeds them in
-one call in a worker thread, then finishes each lookup with its precomputed vector,
-still off the event loop. While the configured number of batches is running, new
+one call, then finishes each lookup with its precomputed vector — all of it the
+cache's own batch lookup (:meth:`AsyncSemanticCache.lookup_many`), one worker-thread
+hop per batch, off the event loop. While the configured number of batches is running, new
 lookups keep queueing, so batches grow with load and throughput rises with it.
 
 An exact hit in L1 is answered on the event loop before any of this: it never waits
@@ -14,14 +15,12 @@ for a window.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import numpy as np
 
 from ..async_cache import AsyncSemanticCache
@@ -86,7 +85,7 @@ class MicroBatcher:
     @property
     def semantic(self) -> bool:
         """Whether the cache matches semantically at all."""
-        return self.cache.sync.index is not None
+        return self.cache.semantic
 
     async def lookup(
         self, request: Request, *, threshold: Any = UNSET, semantic: bool = True
@@ -96,15 +95,12 @@ class MicroBatcher:
         Raises:
             InvalidInputError: a bad threshold, or a prompt too long with ``long_prompt="error"``.
         """
-        sync = self.cache.sync
         # an exact L1 hit costs microseconds; answer it here, without a thread hop or a window
         hit = self.cache.lookup_memory(request)
         if hit is not None:
             return LookupResult(hit)
         if not semantic or not self.semantic or not self.enabled:
-            hit = await anyio.to_thread.run_sync(
-                functools.partial(sync.lookup, request, threshold=threshold, semantic=semantic)
-            )
+            hit = await self.cache.lookup(request, threshold=threshold, semantic=semantic)
             return LookupResult(hit)
         loop = asyncio.get_running_loop()
         item = _Item(request, threshold, loop.create_future())
@@ -139,9 +135,14 @@ class MicroBatcher:
         try:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
+            results: list[LookupResult | BaseException]
+            t0 = time.perf_counter()
             try:
-                results = await anyio.to_thread.run_sync(
-                    self._work, [(i.request, i.threshold) for i in batch]
+                # exact paths first (they never pay for an embedding), then one embedding
+                # call for every remaining embeddable text, then each semantic lookup;
+                # one request's error comes back in its own outcome
+                outcomes = await self.cache.lookup_many(
+                    [i.request for i in batch], thresholds=[i.threshold for i in batch]
                 )
             except Exception as exc:  # noqa: BLE001 - the whole batch failed (the embedder, say): tell every caller
                 results = [exc] * len(batch)
@@ -149,6 +150,14 @@ class MicroBatcher:
                 for item in batch:
                     item.future.cancel()
                 raise
+            else:
+                log.debug(
+                    "looked up a batch of %d in %.1f ms", len(batch), (time.perf_counter() - t0) * 1e3
+                )
+                results = [
+                    o.error if o.error is not None else LookupResult(o.hit, o.embedding)
+                    for o in outcomes
+                ]
             for item, result in zip(batch, results):
                 if item.future.done():  # the caller went away (client disconnect)
                     continue
@@ -163,41 +172,6 @@ class MicroBatcher:
                 # the queue built up while this batch ran: send it now, it waited long enough
                 if len(self._pending) >= self.max_batch or self._timer is None:
                     self._dispatch(loop)
-
-    def _work(self, items: list[tuple[Request, Any]]) -> list[LookupResult | BaseException]:
-        """In a worker thread: exact lookups first (they never pay for an embedding), then
-        embed every remaining embeddable text at once, then finish each lookup."""
-        sync = self.cache.sync
-        vectors: list[np.ndarray | None] = [None] * len(items)
-        exact: list[LookupResult | BaseException | None] = [None] * len(items)
-        todo: list[int] = []
-        for i, (req, _) in enumerate(items):
-            try:
-                hit = sync.lookup_exact(req)
-                if hit is not None:
-                    exact[i] = LookupResult(hit)
-                elif sync.embeddable(req.text):
-                    todo.append(i)
-            except Exception as exc:  # noqa: BLE001 - this caller's error, not the batch's
-                exact[i] = exc
-        if todo:
-            t0 = time.perf_counter()
-            matrix = sync.embed_many([items[i][0].text for i in todo])
-            log.debug(
-                "embedded a batch of %d in %.1f ms", len(todo), (time.perf_counter() - t0) * 1e3
-            )
-            for j, i in enumerate(todo):
-                vectors[i] = matrix[j]
-        out: list[LookupResult | BaseException] = []
-        for (req, thr), v, done in zip(items, vectors, exact):
-            if done is not None:
-                out.append(done)
-                continue
-            try:
-                out.append(LookupResult(sync.lookup(req, threshold=thr, embedding=v, exact=False), v))
-            except Exception as exc:  # noqa: BLE001 - one caller's bad request must not fail the others
-                out.append(exc)
-        return out
 
     async def aclose(self) -> None:
         """Wait for the batches in flight (at shutdown)."""

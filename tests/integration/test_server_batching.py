@@ -60,7 +60,7 @@ async def test_concurrent_lookups_share_one_embedding_call(cache):
     ]  # not exact: case differs
     reqs += [cache.request(f"an unrelated prompt {i} about gardening") for i in range(10)]
     results = await asyncio.gather(*(b.lookup(r) for r in reqs))
-    assert sizes == [20] and cache.sync.embedder.batches == [20]
+    assert sizes == [20] and cache.embedder.batches == [20]
     for i, res in enumerate(results[:10]):
         assert res.hit is not None and res.hit.kind == "semantic" and res.hit.value == i
         assert res.embedding is not None and res.embedding.shape == (64,)
@@ -71,7 +71,7 @@ async def test_concurrent_lookups_share_one_embedding_call(cache):
 async def test_batches_respect_the_maximum(cache):
     b = MicroBatcher(cache, window_seconds=0.05, max_batch=4, concurrency=1)
     await asyncio.gather(*(b.lookup(cache.request(f"prompt {i} of many")) for i in range(10)))
-    assert max(cache.sync.embedder.batches) <= 4 and sum(cache.sync.embedder.batches) == 10
+    assert max(cache.embedder.batches) <= 4 and sum(cache.embedder.batches) == 10
     await b.aclose()
 
 
@@ -81,7 +81,7 @@ async def test_exact_l1_hit_does_not_wait_for_the_window(cache):
     res = await b.lookup(cache.request("stored question number 3"))
     assert time.perf_counter() - t0 < 0.5
     assert res.hit is not None and res.hit.kind == "exact" and res.hit.tier == "l1"
-    assert cache.sync.embedder.batches == []  # an exact hit pays for no embedding
+    assert cache.embedder.batches == []  # an exact hit pays for no embedding
     await b.aclose()
 
 
@@ -89,11 +89,11 @@ async def test_exact_hits_below_l1_pay_for_no_embedding(cache):
     sizes: list[int] = []
     b = MicroBatcher(cache, window_seconds=0.02, on_batch=sizes.append)
     reqs = [cache.request(f"stored question number {i}") for i in range(4)]
-    l1 = cache.sync.tiers[0]
+    l1 = cache.tiers[0]
     l1.delete([r.key for r in reqs])  # evicted: the exact answers are in L3 only
     results = await asyncio.gather(*(b.lookup(r) for r in reqs))
     assert [(r.hit.kind, r.hit.tier) for r in results] == [("exact", "l3")] * 4
-    assert cache.sync.embedder.batches == []  # the exact path ran before any embedding
+    assert cache.embedder.batches == []  # the exact path ran before any embedding
     await b.aclose()
 
 
@@ -104,7 +104,7 @@ async def test_disabled_batching_embeds_each_lookup_alone(cache):
         *(b.lookup(cache.request(f"Stored question number {i}")) for i in range(5))
     )
     assert all(r.hit is not None for r in results)
-    assert cache.sync.embedder.batches == [1] * 5 and sizes == []
+    assert cache.embedder.batches == [1] * 5 and sizes == []
     await b.aclose()
 
 
@@ -112,7 +112,7 @@ async def test_a_failing_embedder_fails_each_caller(cache):
     def broken(texts):
         return np.full((len(texts), 64), np.nan, dtype=np.float32)
 
-    cache.sync.embedder.embed = broken
+    cache.embedder.embed = broken
     b = MicroBatcher(cache, window_seconds=0.01)
     results = await asyncio.gather(
         *(b.lookup(cache.request(f"q {i} here")) for i in range(3)), return_exceptions=True
