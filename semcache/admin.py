@@ -22,8 +22,12 @@ _PATTERN_PAGE = 500
 
 
 def listing_tier(cache: Any) -> Any:
-    """The tier backend used for listing (L3 if present, else L2), or ``None``."""
-    tiers = getattr(cache, "sync", cache).tiers
+    """The tier backend used for listing (L3 if present, else L2), or ``None``.
+
+    ``cache`` is a :class:`~semcache.cache.SemanticCache` or its async facade (both
+    expose ``tiers``).
+    """
+    tiers = cache.tiers
     for t in tiers:
         if hasattr(t, "list_entries"):
             return t

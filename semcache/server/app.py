@@ -220,17 +220,18 @@ def _api_router() -> APIRouter:
         """Readiness: each tier's state; 503 while starting or when every tier is down."""
         if not sc.ready:
             return JSONResponse({"status": "starting", "tiers": {}}, status_code=503)
-        health = await sc.run(sc.cache.sync.health)
+        health = await sc.cache.health()
         # only "ok"/"down": error texts can name hosts, and this route needs no token
         tiers = {name: "ok" if state == "ok" else "down" for name, state in health.items()}
         up = [s for s in tiers.values() if s == "ok"]
         status = "ready" if len(up) == len(tiers) else ("degraded" if up else "down")
-        sync = sc.cache.sync
+        stats = sc.cache.stats()
+        index = stats.get("index")
         body = {
             "status": status,
             "tiers": tiers,
-            "index": None if sync.index is None else {"vectors": len(sync.index)},
-            "embedder": None if sync.embedder is None else sync.embedder.model_id,
+            "index": {"vectors": index["entries"]} if isinstance(index, dict) else None,
+            "embedder": stats.get("embedder"),
         }
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
@@ -267,8 +268,7 @@ def _api_router() -> APIRouter:
         """Explain a lookup: the exact key, the nearest candidates with similarity and checks, the decision."""
         ns = principal.namespace(body.namespace)
         thr = UNSET if body.threshold is None else body.threshold
-        out = await sc.run(
-            sc.cache.sync.explain,
+        out = await sc.cache.explain(
             body.prompt,
             messages=body.message_dicts(),
             model=body.model,
@@ -285,8 +285,7 @@ def _api_router() -> APIRouter:
         req = _cache_request(body, principal.namespace(body.namespace))
         # omitted: the policy's default TTL; an explicit null: never expire
         ttl = body.ttl_seconds if "ttl_seconds" in body.model_fields_set else UNSET
-        entry = await sc.run(
-            sc.cache.sync.store,
+        entry = await sc.cache.store(
             req,
             body.value,
             ttl_seconds=ttl,
@@ -322,7 +321,6 @@ def _api_router() -> APIRouter:
     ) -> Any:
         """List live entries, newest first, filtered and paginated."""
         from ..admin import entry_view
-        from ..admin import list_entries as _list
 
         ns = principal.namespace(namespace)
         sel = Selector(
@@ -333,10 +331,10 @@ def _api_router() -> APIRouter:
             older_than_seconds=older_than_seconds,
             prompt_pattern=prompt_pattern,
         )
-        now = sc.cache.sync.timer()
-        entries = await sc.run(
-            _list, sc.cache, None if sel.is_empty() else sel, now, limit=limit, offset=offset
+        entries = await sc.cache.list_entries(
+            None if sel.is_empty() else sel, limit=limit, offset=offset
         )
+        now = sc.cache.timer()
         views = [entry_view(e, now, include_value=include_values) for e in entries]
         return JSONResponse({"entries": views, "limit": limit, "offset": offset})
 
@@ -354,11 +352,11 @@ def _api_router() -> APIRouter:
         """One entry, with its value."""
         from ..admin import entry_view
 
-        entry = await sc.run(sc.cache.sync.get_entry, entry_id)
+        entry = await sc.cache.get_entry(entry_id)
         if entry is None or (principal.tenant is not None and entry.namespace != principal.tenant):
             # another tenant's entry is indistinguishable from a missing one
             return error_response(404, "no such entry", "not_found")
-        return JSONResponse(entry_view(entry, sc.cache.sync.timer(), include_value=True))
+        return JSONResponse(entry_view(entry, sc.cache.timer(), include_value=True))
 
     @router.delete(
         "/v1/entries/{entry_id}",
@@ -374,7 +372,7 @@ def _api_router() -> APIRouter:
         """Delete one entry from every tier and the index."""
         # the tenant is an AND term of the selector: another tenant's entry is never touched
         sel = Selector(keys=(entry_id,), namespace=principal.tenant)
-        removed = await sc.run(sc.cache.sync.invalidate_selector, sel)
+        removed = await sc.cache.invalidate_selector(sel)
         if not removed:
             return error_response(404, "no such entry", "not_found")
         return JSONResponse({"removed": removed, "matched": None, "dry_run": False})
@@ -386,22 +384,18 @@ def _api_router() -> APIRouter:
             raise InvalidInputError("name at least one criterion (or use /v1/flush)")
         sel = _selector(sc, principal, body)
         if body.dry_run:
-            from ..admin import count_matching
-
-            n = await sc.run(count_matching, sc.cache, sel, sc.cache.sync.timer())
+            n = await sc.cache.count(sel)
             return JSONResponse({"removed": 0, "matched": n, "dry_run": True})
-        removed = await sc.run(sc.cache.sync.invalidate_selector, sel)
+        removed = await sc.cache.invalidate_selector(sel)
         return JSONResponse({"removed": removed, "matched": None, "dry_run": False})
 
     @router.post("/v1/flush", response_model=FlushResponse, tags=["entries"])
     async def flush(sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Remove every entry: all of them for the admin, the tenant's own for a tenant token."""
         if principal.tenant is None:
-            removed = await sc.run(sc.cache.sync.flush)
+            removed = await sc.cache.flush()
         else:
-            removed = await sc.run(
-                sc.cache.sync.invalidate_selector, Selector(namespace=principal.tenant)
-            )
+            removed = await sc.cache.invalidate_selector(Selector(namespace=principal.tenant))
         return JSONResponse({"removed": removed})
 
     @router.get("/v1/stats", tags=["admin"])
@@ -414,14 +408,14 @@ def _api_router() -> APIRouter:
     async def index_rebuild(sc: SidecarDep, principal: PrincipalDep, reembed: bool = False) -> Any:
         """Rebuild the in-process index from L3, optionally re-embedding entries without vectors (admin)."""
         principal.require_admin()
-        n = await sc.run(sc.cache.sync.rebuild_index, reembed=reembed, progress=False)
+        n = await sc.cache.rebuild_index(reembed=reembed, progress=False)
         return JSONResponse({"vectors": n})
 
     @router.get("/v1/index/check", tags=["admin"])
     async def index_check(sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Compare the index with L3 (admin)."""
         principal.require_admin()
-        return JSONResponse(await sc.run(sc.cache.sync.check_index))
+        return JSONResponse(await sc.cache.check_index())
 
     return router
 

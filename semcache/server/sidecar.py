@@ -84,7 +84,7 @@ class Sidecar:
         Raises:
             ConfigurationError: a cache passed to :func:`create_app` was closed.
         """
-        if self.cache.sync.state == "closed":
+        if self.cache.state == "closed":
             if self._given_cache is not None:
                 raise ConfigurationError(
                     "the cache given to create_app() is closed; pass a new one"
@@ -92,9 +92,9 @@ class Sidecar:
             self.cache = AsyncSemanticCache(self.config.cache)
             self.batcher = self._batcher()
         await self.cache.open()
-        if self.cache.sync.embedder is not None:
+        if self.cache.embedder is not None:
             # load the model now, not inside the first caller's request
-            await anyio.to_thread.run_sync(self.cache.sync.embed_many, ["semcache warm-up"])
+            await self.cache.embed_many(["semcache warm-up"])
         if self.config.upstream_url is not None:
             self.upstream = httpx.AsyncClient(
                 base_url=self.config.upstream_url.rstrip("/") + "/",
@@ -116,7 +116,10 @@ class Sidecar:
         await self.cache.aclose()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking cache work in a worker thread."""
+        """Run blocking work that is not the cache's (rendering metrics, say) in a worker thread.
+
+        The cache's own methods are awaitable (:class:`AsyncSemanticCache`): await them.
+        """
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
