@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -197,6 +197,35 @@ def _named_something(body: InvalidateRequest) -> bool:
     )
 
 
+def tier_state(status: Any) -> str:
+    """A tier's health (``"ok"``, ``"down: …"``, ``"failed: …"``) as one word, its message dropped."""
+    text = str(status)
+    if text == "ok":
+        return "ok"
+    return "failed" if text.startswith("failed") else "down"
+
+
+def readiness(health: Mapping[str, Any]) -> tuple[str, dict[str, str], list[str], str | None]:
+    """Apply the readiness rule of ``/readyz`` to a cache's ``health()``.
+
+    The durable tier is L3, or the lowest configured tier when there is no L3. When it
+    is not ``ok`` the cache cannot serve durably: ``"down"`` (a 503). Another tier that
+    is not ``ok`` leaves the cache ``"degraded"`` (still a 200).
+
+    Returns:
+        The status, each tier's state word, the tiers that are not ``ok``, and (for a
+        503) a reason naming the durable tier and its state.
+    """
+    tiers = {name: tier_state(status) for name, status in health.items()}
+    not_ok = [name for name, state in tiers.items() if state != "ok"]
+    if not not_ok:
+        return "ready", tiers, [], None
+    durable = "l3" if "l3" in tiers else next(reversed(tiers))
+    if tiers[durable] != "ok":
+        return "down", tiers, not_ok, f"{durable} (the durable tier) is {tiers[durable]}"
+    return "degraded", tiers, not_ok, None
+
+
 def _api_router() -> APIRouter:
     router = APIRouter(responses=_ERROR_RESPONSES)
 
@@ -212,27 +241,54 @@ def _api_router() -> APIRouter:
         responses={
             503: {
                 "model": ReadyResponse,
-                "description": "Not ready: starting, or every tier is down.",
+                "description": "Not ready: starting, or the durable tier (L3) is down or failed.",
             }
         },
     )
     async def readyz(sc: SidecarDep) -> Any:
-        """Readiness: each tier's state; 503 while starting or when every tier is down."""
+        """Readiness: each tier's state, and whether the cache can serve durably.
+
+        Each tier is ``ok``, ``down`` (unreachable: a server that does not answer) or
+        ``failed`` (reachable but unusable: a corrupt SQLite file, say). The rule:
+
+        - 503 ``starting`` until the cache is open;
+        - 503 ``down`` when the durable tier — L3, or the lowest configured tier when
+          there is no L3 — is not ``ok``: entries cannot be stored or found durably,
+          so a load balancer should send traffic to a healthy replica; ``reason``
+          names the tier and its state;
+        - 200 ``degraded`` when another tier (L2, say) is not ``ok``: the cache still
+          serves through the others; ``degraded`` lists those tiers;
+        - 200 ``ready`` when every tier is ``ok``.
+
+        Only the state word is returned, never a driver's message (it can name hosts,
+        and this route needs no token); the sidecar logs the message when a tier's
+        state changes.
+        """
         if not sc.ready:
             return JSONResponse({"status": "starting", "tiers": {}}, status_code=503)
-        health = await sc.cache.health()
-        # only "ok"/"down": error texts can name hosts, and this route needs no token
-        tiers = {name: "ok" if state == "ok" else "down" for name, state in health.items()}
-        up = [s for s in tiers.values() if s == "ok"]
-        status = "ready" if len(up) == len(tiers) else ("degraded" if up else "down")
+        try:
+            health = await sc.cache.health()
+        except SemcacheError as exc:  # the probe itself failed: report, do not guess
+            log.warning("readiness probe failed: %s", type(exc).__name__)
+            body: dict[str, Any] = {
+                "status": "down",
+                "tiers": {},
+                "reason": f"the health probe failed ({type(exc).__name__})",
+            }
+            return JSONResponse(body, status_code=503)
+        sc.note_tier_states(health)
+        status, tiers, degraded, reason = readiness(health)
         stats = sc.cache.stats()
         index = stats.get("index")
         body = {
             "status": status,
             "tiers": tiers,
+            "degraded": degraded,
             "index": {"vectors": index["entries"]} if isinstance(index, dict) else None,
             "embedder": stats.get("embedder"),
         }
+        if reason is not None:
+            body["reason"] = reason
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
     @router.get(

@@ -260,10 +260,13 @@ class HealthResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    """Readiness, with each tier's state."""
+    """Readiness: each tier's state (``ok``, ``down`` or ``failed``), the tiers that are not
+    ``ok``, and for a 503 the reason (the durable tier and its state)."""
 
     status: Literal["ready", "degraded", "starting", "down"]
-    tiers: dict[str, str]
+    tiers: dict[str, Literal["ok", "down", "failed"]]
+    degraded: list[str] = Field(default_factory=list)
+    reason: str | None = None
     index: dict[str, Any] | None = None
     embedder: str | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -63,6 +63,8 @@ class Sidecar:
         self.upstream: httpx.AsyncClient | None = None
         self.ready = False
         self.proxy: Any = None
+        # each tier's last health() answer, to log a change once rather than every probe
+        self._tier_states: dict[str, str] = {}
 
     def _batcher(self) -> MicroBatcher:
         c = self.config
@@ -114,6 +116,18 @@ class Sidecar:
         if self.upstream is not None:
             await self.upstream.aclose()
         await self.cache.aclose()
+
+    def note_tier_states(self, health: Mapping[str, Any]) -> None:
+        """Log each tier whose health changed since the last probe (with the message,
+        which ``/readyz`` does not show)."""
+        for name, status in health.items():
+            text = str(status)
+            if self._tier_states.get(name, "ok") != text:
+                if text == "ok":
+                    log.info("tier %s is ok again", name)
+                else:
+                    log.warning("tier %s: %s", name, text)
+            self._tier_states[name] = text
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work that is not the cache's (rendering metrics, say) in a worker thread.
