@@ -99,6 +99,8 @@ class RedisConfig:
     socket_timeout_seconds: float = 0.5
     #: Carry invalidations and index updates to other replicas over Redis pub/sub.
     pubsub: bool = True
+    #: How long a delete's tombstone refuses older writes and stale promotions.
+    tombstone_ttl_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.url).scheme
@@ -128,8 +130,16 @@ class SQLConfig:
     create_if_empty: bool = True
     auto_upgrade: bool = False
     echo: bool = False
+    #: The longest a call waits to connect or for a pooled connection (PostgreSQL).
+    timeout_seconds: float = 5.0
+    #: How long tombstones of deletes stay in L3, refusing replays of older writes.
+    tombstone_retention_seconds: float = 7 * 24 * 3600.0
+    #: How long the change log (what replicas and recovering tiers catch up from) is kept.
+    log_retention_seconds: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.timeout_seconds, (int, float)) and 0 < self.timeout_seconds < math.inf):
+            raise ConfigurationError("SQLConfig.timeout_seconds must be a positive number of seconds")
         scheme = urlsplit(self.url).scheme.split("+", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres"):
             raise ConfigurationError(
@@ -195,8 +205,15 @@ class Policy:
     #: served either way: this only reclaims space.
     sweep_interval_seconds: float | None = 600.0
     on_backend_error: OnBackendError = "miss"
-    backoff_initial_seconds: float = 1.0
-    backoff_max_seconds: float = 30.0
+    #: A tier that failed is skipped for this long, doubling per failure up to the
+    #: max; then one call probes it. A second at most, so a tier that is back is used
+    #: again within about a second.
+    backoff_initial_seconds: float = 0.25
+    backoff_max_seconds: float = 1.0
+    #: How often each replica reads L3's change log (writes and invalidations made by
+    #: other replicas, including those pub/sub could not carry) and applies it to its
+    #: L1 and index; also how often it checks for a hand-off to drain. ``None``: never.
+    log_poll_seconds: float | None = 1.0
 
     def __post_init__(self) -> None:
         _check_ttl("Policy.default_ttl_seconds", self.default_ttl_seconds)

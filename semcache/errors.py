@@ -9,6 +9,7 @@ Every error derives from :class:`SemcacheError`::
     │   └── EmbeddingError        an embedder returned NaN/inf, a wrong shape or a wrong dimension
     ├── BackendError              a tier failed (translated from the driver's exception)
     │   └── BackendUnavailable    a tier is down or marked down after a failure
+    │       └── BackendFailed     a tier's storage is damaged (a corrupt SQLite file)
     ├── SchemaVersionError        the SQL schema is older than this package expects
     └── MissingDependencyError    an optional extra is not installed (also an ImportError)
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BackendFailed",
     "BackendUnavailable",
     "ConfigurationError",
     "EmbeddingError",
@@ -54,6 +56,11 @@ class BackendError(SemcacheError):
 
 class BackendUnavailable(BackendError):
     """A storage tier is unreachable or is in its back-off window after a failure."""
+
+
+class BackendFailed(BackendUnavailable):
+    """A storage tier's data is damaged (a corrupt SQLite file): it stays failed, and
+    nothing is acknowledged to it, until an operator repairs or replaces it."""
 
 
 class SchemaVersionError(SemcacheError):

@@ -36,6 +36,14 @@ class Entry:
     embedder_id: str | None = None
     #: The TTL the entry was stored with (used by sliding expiry).
     ttl_seconds: float | None = None
+    #: The write's version (see :mod:`semcache.versions`): every tier keeps the highest
+    #: version it was given for a key, and a delete is a tombstone with a version, so an
+    #: older write or a stale promotion never replaces a newer write or a delete.
+    version: int = 0
+    #: Set on the entry :meth:`~semcache.SemanticCache.set` returns: whether a durable
+    #: tier (L3, or L2's durable hand-off log while L3 is down) took the write. ``None``
+    #: on entries read back from a tier.
+    durable: bool | None = field(default=None, compare=False)
 
     @property
     def value(self) -> Any:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "EntryRow", "TagRow", "metadata"]
+__all__ = ["Base", "EntryRow", "LogRow", "MetaRow", "TagRow", "metadata"]
 
 metadata = MetaData(
     naming_convention={
@@ -45,6 +45,10 @@ class EntryRow(Base):
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     embedder_id: Mapped[str | None] = mapped_column(String(255))
     dim: Mapped[int | None] = mapped_column(Integer)
+    #: The write's version (semcache.versions): an upsert never replaces a higher one.
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    #: A tombstone: the key was deleted by the write with this ``version``.
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     __table_args__ = (Index("ix_semcache_entries_embedder_scope", "embedder_id", "scope"),)
 
@@ -58,3 +62,28 @@ class TagRow(Base):
         String(32), ForeignKey("semcache_entries.key", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+
+
+class LogRow(Base):
+    """The change log: one row per write or delete committed to L3, in commit order on
+    SQLite (``seq``). Replicas read it from their last ``seq`` to drop what they hold
+    of keys changed elsewhere; recovering tiers replay it."""
+
+    __tablename__ = "semcache_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    #: ``None`` for a flush.
+    key: Mapped[str | None] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(BigInteger)
+    #: ``s`` a write, ``d`` a delete, ``f`` a flush.
+    op: Mapped[str] = mapped_column(String(1))
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class MetaRow(Base):
+    """Named integers shared by every replica: the flush floor, the L2 repair mark."""
+
+    __tablename__ = "semcache_meta"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

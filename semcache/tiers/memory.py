@@ -1,8 +1,17 @@
-"""L1: an in-process LRU of entries, bounded by entry count and by bytes (cachetools)."""
+"""L1: an in-process LRU of entries, bounded by entry count and by bytes (cachetools).
+
+Versioned (see :mod:`semcache.versions`): a set never replaces a newer version, a
+delete leaves a tombstone with its version, so a write older than a delete it raced
+is ignored. A promotion (a copy of what a lookup read from a lower tier) carries a
+*read token* taken before the lookup read anything (:meth:`MemoryBackend.mark`): it is
+applied only if nothing changed the key here since, so a lookup that read an entry
+just before it was invalidated or overwritten never copies it back.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +22,11 @@ from ..types import Entry, Selector
 from .base import tier_expiry
 
 __all__ = ["MemoryBackend"]
+
+
+#: Tombstones and per-key change marks kept; older ones fold into a floor (safe, since
+#: a floor only refuses more).
+_MAX_MARKS = 100_000
 
 
 class _Slot:
@@ -59,6 +73,14 @@ class MemoryBackend:
         self._lru = _CountingLRU(max_bytes, max_entries)
         self._lock = threading.Lock()
         self._expired = 0
+        # change sequence: bumped by every change, recorded per key (bounded)
+        self._seq = 0
+        self._changed: OrderedDict[str, int] = OrderedDict()
+        self._changed_floor = 0
+        # tombstones: the version of the last delete per key (bounded), and a floor
+        self._tombs: OrderedDict[str, int] = OrderedDict()
+        self._tomb_floor = 0
+        self._refused = 0
 
     @classmethod
     def from_config(cls, config: MemoryConfig) -> MemoryBackend:
@@ -77,43 +99,111 @@ class MemoryBackend:
                 return None
             return slot.entry  # type: ignore[no-any-return]
 
-    def set(self, entry: Entry, now: float) -> None:
-        """Keep ``entry`` until its (capped) expiry."""
+    def mark(self) -> int:
+        """A read token: pass it to :meth:`set` to copy what was read only if the key
+        has not changed here since."""
+        with self._lock:
+            return self._seq
+
+    def _touch(self, key: str) -> None:
+        # under the lock
+        self._seq += 1
+        self._changed[key] = self._seq
+        self._changed.move_to_end(key)
+        if len(self._changed) > _MAX_MARKS:
+            _, old = self._changed.popitem(last=False)
+            self._changed_floor = max(self._changed_floor, old)
+
+    def _tomb(self, key: str, version: int) -> None:
+        # under the lock
+        if version > self._tombs.get(key, 0):
+            self._tombs[key] = version
+            self._tombs.move_to_end(key)
+        if len(self._tombs) > _MAX_MARKS:
+            _, old = self._tombs.popitem(last=False)
+            self._tomb_floor = max(self._tomb_floor, old)
+
+    def set(self, entry: Entry, now: float, *, token: int | None = None) -> bool:
+        """Keep ``entry`` until its (capped) expiry, unless this tier holds a newer
+        version or a newer delete of its key; return whether it was kept.
+
+        With ``token`` (from :meth:`mark`, taken before a lookup read ``entry`` from a
+        lower tier) the copy is also refused if the key changed here since.
+        """
         until = tier_expiry(entry, now, self.max_ttl_seconds)
         if until is not None and until <= now:
-            return
+            return False
         slot = _Slot(entry, until, entry.size())
+        key = entry.key
         with self._lock:
+            if token is not None:
+                if self._changed.get(key, self._changed_floor) > token:
+                    self._refused += 1
+                    return False
+            elif self._tomb_floor and entry.version <= self._tomb_floor:
+                self._refused += 1
+                return False
+            tomb = self._tombs.get(key)
+            if tomb is not None and entry.version <= tomb:
+                self._refused += 1
+                return False
+            cur = self._lru.get(key)
+            if cur is not None and cur.entry.version > entry.version:
+                self._refused += 1
+                return False
+            self._touch(key)
             try:
-                self._lru[entry.key] = slot
+                self._lru[key] = slot
             except ValueError:
                 # larger than the whole byte budget: L1 is only a copy, skip it
-                self._lru.pop(entry.key, None)
+                self._lru.pop(key, None)
+                return False
+        return True
 
     def set_many(self, entries: Sequence[Entry], now: float) -> None:
         """Keep many entries (one call per batch, like the other tiers)."""
         for entry in entries:
             self.set(entry, now)
 
-    def delete(self, keys: Sequence[str]) -> int:
-        """Delete entries by key."""
+    def delete(self, keys: Sequence[str], version: int | None = None) -> int:
+        """Delete entries by key: with ``version``, those older than it, leaving a tombstone."""
         n = 0
         with self._lock:
             for k in keys:
+                self._touch(k)
+                if version is not None:
+                    self._tomb(k, version)
+                    cur = self._lru.get(k)
+                    if cur is not None and cur.entry.version > version:
+                        continue  # a newer write than this delete
                 if self._lru.pop(k, None) is not None:
                     n += 1
         return n
 
-    def invalidate(self, selector: Selector, now: float) -> list[str]:
-        """Delete every entry the selector matches (a scan of L1)."""
+    def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
+        """Delete every entry the selector matches (a scan of L1); with ``version``,
+        only entries older than it, leaving tombstones (a flush raises the floor)."""
         with self._lock:
+            if selector.all:
+                self._seq += 1
+                self._changed_floor = self._seq
+                self._changed.clear()
+                if version is not None:
+                    self._tomb_floor = max(self._tomb_floor, version)
             if selector.keys and len(selector.keys) < len(self._lru):
                 candidates = [(k, self._lru[k]) for k in selector.keys if k in self._lru]
             else:
                 candidates = list(self._lru.items())
-            gone = [k for k, slot in candidates if selector.matches(slot.entry, now)]
+            gone = [
+                k
+                for k, slot in candidates
+                if selector.matches(slot.entry, now) and (version is None or slot.entry.version <= version)
+            ]
             for k in gone:
                 del self._lru[k]
+                self._touch(k)
+                if version is not None:
+                    self._tomb(k, version)
         return gone
 
     def stats(self) -> dict[str, Any]:
@@ -126,12 +216,17 @@ class MemoryBackend:
                 "max_bytes": int(self._lru.maxsize),
                 "evictions": self._lru.evictions,
                 "expired": self._expired,
+                "refused": self._refused,
             }
 
     def clear(self) -> None:
-        """Drop everything (used when a replica is told to flush)."""
+        """Drop everything, and refuse every copy a lookup in flight would make
+        (used when this replica may have missed events)."""
         with self._lock:
             self._lru.clear()
+            self._seq += 1
+            self._changed_floor = self._seq
+            self._changed.clear()
 
     def close(self) -> None:
         """Drop everything."""

@@ -1,14 +1,25 @@
 """L2: Redis through redis-py, with Redis' own expiry.
 
-Layout under the configured prefix: ``{prefix}e:{key}`` holds one entry blob
-(:func:`semcache.serde.entry_to_blob`) with a PX expiry. Invalidation by key
-deletes keys directly; any other selector scans ``{prefix}e:*`` in batches
-(SCAN + MGET) and matches in Python — O(entries), which is acceptable for a rare
-administrative operation and keeps writes to a single SET.
+Layout under the configured prefix:
+
+- ``{prefix}e:{key}``: the entry, as its 20-digit version, ``E`` and the entry blob
+  (:func:`semcache.serde.entry_to_blob`), with a PX expiry; or a *tombstone*: the
+  version of the delete and ``T``, kept for ``tombstone_ttl_seconds``.
+- ``{prefix}floor``: the version of the last flush; nothing older is stored again.
+- ``{prefix}handoff``: a hash of writes and deletes that L3 missed while it was down
+  (field: key; value: version, ``E`` and the blob with its embedding, or ``T``), the
+  durable hand-off every replica drains into L3 once it is back.
+
+Every write is a Lua script that compares versions (as fixed-width text), so a
+write never replaces a newer version or a newer delete, whatever order writes,
+promotions and replays arrive in. Invalidation by key writes tombstones directly;
+any other selector scans ``{prefix}e:*`` in batches (SCAN + MGET) and matches in
+Python — O(entries), acceptable for a rare administrative operation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,11 +28,57 @@ from ..config import RedisConfig
 from ..errors import BackendError, BackendUnavailable, MissingDependencyError, SerializationError
 from ..serde import entry_from_blob, entry_to_blob
 from ..types import Entry, Selector
+from ..versions import WIDTH, version_text
 from .base import tier_expiry
 
 __all__ = ["RedisBackend"]
 
 _SCAN_BATCH = 500
+
+#: KEYS: entry, floor. ARGV: version text, E+blob, px ('' for none). 1 if stored.
+_SET_IF = """
+local cur = redis.call('GETRANGE', KEYS[1], 0, 19)
+if #cur == 20 and not string.find(cur, '%D') and cur > ARGV[1] then return 0 end
+local fl = redis.call('GET', KEYS[2])
+if fl and fl >= ARGV[1] then return 0 end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
+
+#: KEYS: entry. ARGV: version text, tombstone px. 1 if a live entry was removed.
+_DEL_IF = """
+local cur = redis.call('GETRANGE', KEYS[1], 0, 20)
+local v = string.sub(cur, 1, 20)
+if #v == 20 and not string.find(v, '%D') and v > ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. 'T', 'PX', ARGV[2])
+if string.sub(cur, 21, 21) == 'E' then return 1 end
+return 0
+"""
+
+#: KEYS: floor. ARGV: version text.
+_FLOOR = """
+local fl = redis.call('GET', KEYS[1])
+if (not fl) or fl < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+#: KEYS: hand-off hash. ARGV: field, value (version text first). 1 if stored.
+_HANDOFF_PUT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, 20) > string.sub(ARGV[2], 1, 20) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+#: KEYS: hand-off hash. ARGV: field, value. Removes the field only if unchanged.
+_HANDOFF_DONE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 
 def _glob_escape(text: str) -> str:
@@ -50,10 +107,13 @@ class RedisBackend:
         max_ttl_seconds: float | None = None,
         socket_timeout_seconds: float = 0.5,
         client: Any = None,
+        tombstone_ttl_seconds: float = 600.0,
     ) -> None:
         redis = _redis()
         self.max_ttl_seconds = max_ttl_seconds
         self.prefix = prefix
+        #: How long a delete's tombstone refuses older writes and promotions.
+        self.tombstone_ttl_seconds = tombstone_ttl_seconds
         self._errors = redis.RedisError
         self._unavailable = (redis.ConnectionError, redis.TimeoutError)
         self.client = client or redis.Redis.from_url(
@@ -63,6 +123,13 @@ class RedisBackend:
             health_check_interval=30,
         )
         self._corrupt = 0
+        self._set_if = self.client.register_script(_SET_IF)
+        self._del_if = self.client.register_script(_DEL_IF)
+        self._floor_script = self.client.register_script(_FLOOR)
+        self._handoff_put = self.client.register_script(_HANDOFF_PUT)
+        self._handoff_done = self.client.register_script(_HANDOFF_DONE)
+        self._floor_key = f"{prefix}floor"
+        self._handoff_key = f"{prefix}handoff"
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisBackend:
@@ -83,10 +150,11 @@ class RedisBackend:
         return BackendError(f"Redis error: {exc}")
 
     def _decode(self, key: str, blob: bytes) -> Entry | None:
+        """The entry in a stored value, ``None`` for a tombstone; a corrupt value is a
+        miss and is removed so it is not read again."""
         try:
-            return entry_from_blob(blob)
+            return _parse(blob)
         except SerializationError:
-            # a corrupt value is a miss, and is removed so it is not read again
             self._corrupt += 1
             try:
                 self.client.delete(self._k(key))
@@ -95,7 +163,7 @@ class RedisBackend:
             return None
 
     def get(self, key: str, now: float) -> Entry | None:
-        """GET the entry blob; a corrupt blob is deleted and reported as a miss."""
+        """GET the entry; a tombstone is a miss; a corrupt value is deleted and a miss."""
         try:
             blob = self.client.get(self._k(key))
         except self._errors as exc:
@@ -107,33 +175,41 @@ class RedisBackend:
             return None
         return entry
 
-    def set(self, entry: Entry, now: float) -> None:
-        """SET the blob with a PX expiry from the entry's remaining life."""
+    def _set_args(self, entry: Entry, now: float) -> list[Any] | None:
         until = tier_expiry(entry, now, self.max_ttl_seconds)
-        px = None
+        px = ""
         if until is not None:
-            px = math.ceil((until - now) * 1000)
-            if px <= 0:
-                return
+            n = math.ceil((until - now) * 1000)
+            if n <= 0:
+                return None
+            px = str(n)
+        if until != entry.expires_at:
+            entry = entry.with_expiry(until)  # the blob carries the capped life too
+        return [version_text(entry.version), b"E" + entry_to_blob(entry), px]
+
+    def set(self, entry: Entry, now: float, *, token: int | None = None) -> bool:
+        """Store the entry with a PX expiry from its remaining life, unless Redis holds
+        a newer version or a newer delete of its key; return whether it was stored.
+
+        (``token`` is for L1's change marks; versions alone decide here.)
+        """
+        args = self._set_args(entry, now)
+        if args is None:
+            return False
         try:
-            if until != entry.expires_at:
-                entry = entry.with_expiry(until)  # the blob carries the capped life too
-            self.client.set(self._k(entry.key), entry_to_blob(entry), px=px)
+            return bool(self._set_if(keys=[self._k(entry.key), self._floor_key], args=args))
         except self._errors as exc:
             raise self._translate(exc) from exc
 
     def set_many(self, entries: Sequence[Entry], now: float) -> None:
-        """SET many entries in one pipeline (one round trip per batch)."""
+        """Store many entries in one pipeline (one round trip per batch), versioned."""
         pipe = self.client.pipeline(transaction=False)
         queued = 0
         for entry in entries:
-            until = tier_expiry(entry, now, self.max_ttl_seconds)
-            px = None if until is None else math.ceil((until - now) * 1000)
-            if px is not None and px <= 0:
+            args = self._set_args(entry, now)
+            if args is None:
                 continue
-            if until != entry.expires_at:
-                entry = entry.with_expiry(until)
-            pipe.set(self._k(entry.key), entry_to_blob(entry), px=px)
+            self._set_if(keys=[self._k(entry.key), self._floor_key], args=args, client=pipe)
             queued += 1
         if not queued:
             return
@@ -142,12 +218,21 @@ class RedisBackend:
         except self._errors as exc:
             raise self._translate(exc) from exc
 
-    def delete(self, keys: Sequence[str]) -> int:
-        """DEL the entries."""
+    def _tomb_px(self) -> str:
+        return str(max(1, math.ceil(self.tombstone_ttl_seconds * 1000)))
+
+    def delete(self, keys: Sequence[str], version: int | None = None) -> int:
+        """Delete entries: with ``version``, those older than it, leaving tombstones."""
         if not keys:
             return 0
         try:
-            return int(self.client.delete(*[self._k(k) for k in keys]))
+            if version is None:
+                return int(self.client.delete(*[self._k(k) for k in keys]))
+            pipe = self.client.pipeline(transaction=False)
+            vt, px = version_text(version), self._tomb_px()
+            for k in keys:
+                self._del_if(keys=[self._k(k)], args=[vt, px], client=pipe)
+            return sum(int(n) for n in pipe.execute())
         except self._errors as exc:
             raise self._translate(exc) from exc
 
@@ -165,17 +250,17 @@ class RedisBackend:
             if cursor == 0:
                 return
 
-    def invalidate(self, selector: Selector, now: float) -> list[str]:
-        """Delete matching entries: by key directly, otherwise by a scan."""
+    def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
+        """Delete matching entries: by key directly, otherwise by a scan. With
+        ``version``, only entries older than it, leaving tombstones; a flush also
+        raises the floor, so no older entry is stored again."""
         if selector.is_empty():
             return []
         try:
+            if selector.all and version is not None:
+                self._floor_script(keys=[self._floor_key], args=[version_text(version)])
             if selector.keys and selector == Selector(keys=selector.keys):
-                pipe = self.client.pipeline()
-                for k in selector.keys:
-                    pipe.delete(self._k(k))
-                removed = pipe.execute()
-                return [k for k, n in zip(selector.keys, removed) if n]
+                return self._delete_named(list(selector.keys), version)
             gone: list[str] = []
             # named keys plus other criteria: read just those keys, not the keyspace
             found = (
@@ -187,13 +272,83 @@ class RedisBackend:
                 if blob is None:
                     continue
                 entry = self._decode(key, blob)
-                if entry is not None and selector.matches(entry, now):
+                if entry is not None and (selector.all or selector.matches(entry, now)):
                     gone.append(key)
             for i in range(0, len(gone), _SCAN_BATCH):
-                self.client.delete(*[self._k(k) for k in gone[i : i + _SCAN_BATCH]])
+                self._delete_named(gone[i : i + _SCAN_BATCH], version)
             return gone
         except self._errors as exc:
             raise self._translate(exc) from exc
+
+    def _delete_named(self, keys: list[str], version: int | None) -> list[str]:
+        pipe = self.client.pipeline(transaction=False)
+        if version is None:
+            for k in keys:
+                pipe.delete(self._k(k))
+        else:
+            vt, px = version_text(version), self._tomb_px()
+            for k in keys:
+                self._del_if(keys=[self._k(k)], args=[vt, px], client=pipe)
+        removed = pipe.execute()
+        return [k for k, n in zip(keys, removed) if n]
+
+    # -- the durable hand-off of what L3 missed ----------------------------------
+    def handoff_put(self, entries: Sequence[Entry], deletes: Sequence[tuple[str, int]] = ()) -> None:
+        """Record writes (with their embeddings) and deletes that L3 missed; a newer
+        record of a key replaces an older one, never the reverse."""
+        pipe = self.client.pipeline(transaction=False)
+        for e in entries:
+            value = version_text(e.version).encode() + b"E" + entry_to_blob(e, with_embedding=True)
+            self._handoff_put(keys=[self._handoff_key], args=[e.key, value], client=pipe)
+        for key, version in deletes:
+            self._handoff_put(keys=[self._handoff_key], args=[key, version_text(version) + "T"], client=pipe)
+        try:
+            pipe.execute()
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def handoff_size(self) -> int:
+        """How many records wait for L3."""
+        try:
+            return int(self.client.hlen(self._handoff_key))
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def handoff_items(self) -> Iterator[tuple[str, bytes, int, Entry | None]]:
+        """``(key, raw value, version, entry or None for a delete)`` for every record."""
+        try:
+            for field, raw in self.client.hscan_iter(self._handoff_key, count=_SCAN_BATCH):
+                key = field.decode() if isinstance(field, bytes) else str(field)
+                raw = raw if isinstance(raw, bytes) else str(raw).encode()
+                try:
+                    version = int(raw[:WIDTH])
+                    entry = _parse(raw)
+                except (SerializationError, ValueError):
+                    self._corrupt += 1
+                    self.client.hdel(self._handoff_key, field)
+                    continue
+                yield key, raw, version, entry
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def handoff_done(self, key: str, raw: bytes) -> None:
+        """Forget a record that L3 now holds (unless a newer one replaced it meanwhile)."""
+        try:
+            self._handoff_done(keys=[self._handoff_key], args=[key, raw])
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def handoff_invalidate(self, selector: Selector, now: float, version: int) -> None:
+        """Apply an invalidation to the records waiting for L3 (they are not in L3 yet,
+        so L3's own invalidation cannot see them)."""
+        dead: list[tuple[str, int]] = []
+        for key, _raw, v, entry in self.handoff_items():
+            if entry is None or v >= version:
+                continue
+            if selector.all or selector.matches(entry, now):
+                dead.append((key, version))
+        if dead:
+            self.handoff_put([], dead)
 
     def iter_entries(self) -> Iterator[Entry]:
         """Every decodable entry under the prefix (for the CLI)."""
@@ -229,3 +384,18 @@ class RedisBackend:
             self.client.close()
         except self._errors:
             pass
+
+
+def _parse(blob: bytes) -> Entry | None:
+    """A stored value: the entry (with its version), or ``None`` for a tombstone.
+
+    Raises:
+        SerializationError: the value is corrupt (or from before versioned values).
+    """
+    head, kind = blob[:WIDTH], blob[WIDTH : WIDTH + 1]
+    if len(head) != WIDTH or not head.isdigit() or kind not in (b"E", b"T"):
+        raise SerializationError("not a versioned semcache value")
+    if kind == b"T":
+        return None
+    entry = entry_from_blob(blob[WIDTH + 1 :])
+    return dataclasses.replace(entry, version=int(head))

@@ -3,6 +3,17 @@
 SQLite (WAL, busy timeout) is the embedded default; PostgreSQL is the shared
 production store. The schema comes only from the Alembic revisions; opening a
 database at an older revision raises :class:`~semcache.errors.SchemaVersionError`.
+
+Versioned: an upsert applies only when its version is higher than the row's, and a
+delete turns the row into a *tombstone* (``deleted``, with the delete's version), so
+an older write replayed late never replaces a newer write or a delete. Every write
+and delete appends to the change log (``semcache_log``) in the same transaction;
+other replicas read it to drop what they hold of changed keys. A flush raises the
+shared floor (``semcache_meta``): nothing older is written again.
+
+A SQLite file found damaged (at open, by ``PRAGMA quick_check``, or by the first
+statement that fails on it) raises :class:`~semcache.errors.BackendFailed`: the
+tier reports failed and no write is acknowledged to it.
 """
 
 from __future__ import annotations
@@ -13,14 +24,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, create_engine, delete, event, func, or_, select
+from sqlalchemy import Engine, Table, and_, bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from ..config import SQLConfig
 from ..db.migrate import ensure_schema
-from ..db.models import EntryRow, TagRow
-from ..errors import BackendError, BackendUnavailable
+from ..db.models import EntryRow, LogRow, MetaRow, TagRow
+from ..errors import BackendError, BackendFailed, BackendUnavailable
 from ..types import Entry, Selector
 from .base import tier_expiry
 
@@ -28,11 +39,19 @@ __all__ = ["SQLBackend", "make_engine"]
 
 _E = cast(Table, EntryRow.__table__)
 _T = cast(Table, TagRow.__table__)
-_COLS_NO_EMB = [c for c in _E.c if c.name != "embedding"]
+_L = cast(Table, LogRow.__table__)
+_M = cast(Table, MetaRow.__table__)
+_COLS_NO_EMB = [c for c in _E.c if c.name not in ("embedding", "deleted")]
 _BATCH = 500
+#: The flush floor's name in ``semcache_meta``.
+FLOOR = "flush_floor"
+#: Files up to this size are checked with ``PRAGMA quick_check`` at open.
+_QUICK_CHECK_MAX_BYTES = 256 * 1024 * 1024
+# SQLite result codes of a damaged file
+_SQLITE_CORRUPT = (11, 26)
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, timeout_seconds: float = 5.0) -> Engine:
     """Create an engine with the settings semcache needs per dialect."""
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
@@ -55,8 +74,23 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         return engine
     return create_engine(
-        url, echo=echo, hide_parameters=True, pool_pre_ping=True, pool_size=10, max_overflow=20
+        url,
+        echo=echo,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=timeout_seconds,
+        # no call waits on a dead or restarting server longer than the timeout
+        connect_args={"connect_timeout": max(2, round(timeout_seconds))},
     )
+
+
+def time_now() -> float:
+    """Wall-clock time for tombstones and log rows (retention is real time, not the cache's clock)."""
+    import time
+
+    return time.time()
 
 
 def _dialect_insert(engine: Engine) -> Any:
@@ -82,11 +116,12 @@ def _row_to_entry(row: Any) -> Entry:
         embedding=bytes(m["embedding"]) if m.get("embedding") is not None else None,
         embedder_id=m["embedder_id"],
         ttl_seconds=m["ttl_seconds"],
+        version=int(m["version"] or 0),
     )
 
 
 def _live(now: Any) -> Any:
-    return or_(_E.c.expires_at.is_(None), _E.c.expires_at > now)
+    return and_(_E.c.deleted.is_(False), or_(_E.c.expires_at.is_(None), _E.c.expires_at > now))
 
 
 # built once: the hot read is a cached statement with two bound parameters
@@ -108,8 +143,14 @@ class SQLBackend:
         auto_upgrade: bool = False,
         echo: bool = False,
         engine: Engine | None = None,
+        timeout_seconds: float = 5.0,
+        tombstone_retention_seconds: float = 7 * 24 * 3600.0,
+        log_retention_seconds: float = 24 * 3600.0,
     ) -> None:
         self.url = url
+        self.timeout_seconds = timeout_seconds
+        self.tombstone_retention_seconds = tombstone_retention_seconds
+        self.log_retention_seconds = log_retention_seconds
         self.max_ttl_seconds = max_ttl_seconds
         self._create_if_empty = create_if_empty
         self._auto_upgrade = auto_upgrade
@@ -132,6 +173,9 @@ class SQLBackend:
             create_if_empty=config.create_if_empty,
             auto_upgrade=config.auto_upgrade,
             echo=config.echo,
+            timeout_seconds=config.timeout_seconds,
+            tombstone_retention_seconds=config.tombstone_retention_seconds,
+            log_retention_seconds=config.log_retention_seconds,
         )
 
     def _guard(self) -> Any:
@@ -156,19 +200,46 @@ class SQLBackend:
             if self._ready:
                 return
             if self._engine is None:
-                self._engine = make_engine(self.url, echo=self._echo)
+                self._engine = make_engine(self.url, echo=self._echo, timeout_seconds=self.timeout_seconds)
             try:
+                self._quick_check(self._engine)
                 ensure_schema(
                     self._engine, self.url, create_if_empty=self._create_if_empty, auto_upgrade=self._auto_upgrade
                 )
             except SQLAlchemyError as exc:
+                err = self._translate(exc)
+                if isinstance(err, BackendFailed):
+                    raise err from exc
                 raise BackendUnavailable(f"SQL database is unavailable: {exc}") from exc
             self._ready = True
+
+    def _quick_check(self, engine: Engine) -> None:
+        """A damaged SQLite file is found at open, not after writes were acknowledged."""
+        if engine.dialect.name != "sqlite":
+            return
+        path = engine.url.database
+        if not path or path == ":memory:":
+            return
+        import os
+
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return  # a new file
+        if size == 0 or size > _QUICK_CHECK_MAX_BYTES:
+            return
+        with engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check")]
+        if rows != ["ok"]:
+            raise BackendFailed(f"the SQLite file is damaged (quick_check: {rows[0][:200] if rows else '?'})")
 
     def _translate(self, exc: SQLAlchemyError) -> BackendError:
         from sqlalchemy.exc import DisconnectionError, OperationalError
 
-        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+        orig = getattr(exc, "orig", None)
+        if getattr(orig, "sqlite_errorcode", None) in _SQLITE_CORRUPT or "malformed" in str(orig):
+            return BackendFailed(f"the SQLite file is damaged: {orig}")
+        sqlstate = getattr(orig, "sqlstate", None) or ""
         if sqlstate.startswith("40"):
             # a deadlock or serialisation failure: this statement lost, the server is fine
             return BackendError(f"SQL transaction conflict ({sqlstate})")
@@ -213,38 +284,57 @@ class SQLBackend:
             "embedding": entry.embedding,
             "embedder_id": entry.embedder_id,
             "dim": dim,
+            "version": entry.version,
+            "deleted": False,
         }
 
-    def set(self, entry: Entry, now: float) -> None:
-        """Insert or replace an entry and its tags in one transaction (the commit point)."""
-        self.set_many([entry], now)
+    def set(self, entry: Entry, now: float, *, token: int | None = None) -> bool:
+        """Insert or replace an entry and its tags in one transaction (the commit point),
+        unless L3 holds a newer version or delete of its key; return whether it applied."""
+        return bool(self.set_many([entry], now))
 
-    def set_many(self, entries: Sequence[Entry], now: float) -> None:
-        """Insert or replace many entries in one transaction."""
+    def set_many(self, entries: Sequence[Entry], now: float) -> list[str]:
+        """Insert or replace many entries in one transaction; return the keys written
+        (a key whose row holds a newer version or delete, or below the flush floor, is not)."""
         if not entries:
-            return
-        rows = [self._row(e, now) for e in entries]
-        keys = [r["key"] for r in rows]
-        tags = [{"key": e.key, "tag": t} for e in entries for t in dict.fromkeys(e.tags)]
+            return []
         engine = self.engine
-        insert = _dialect_insert(engine)
-        # INSERT ... ON CONFLICT DO UPDATE: concurrent writers of one key (replicas
-        # answering the same prompt) replace each other instead of failing
-        upsert = insert(_E)
+        ins = _dialect_insert(engine)
+        # INSERT ... ON CONFLICT DO UPDATE ... WHERE row.version < new.version: concurrent
+        # writers of one key keep the newest, whatever order they commit in
+        upsert = ins(_E)
         upsert = upsert.on_conflict_do_update(
-            index_elements=[_E.c.key], set_={c.name: upsert.excluded[c.name] for c in _E.c if c.name != "key"}
-        )
+            index_elements=[_E.c.key],
+            set_={c.name: upsert.excluded[c.name] for c in _E.c if c.name != "key"},
+            where=_E.c.version <= upsert.excluded.version,
+        ).returning(_E.c.key)
         try:
             with self._guard(), engine.begin() as conn:
+                floor = self._floor(conn)
+                rows = [self._row(e, now) for e in entries if not floor or e.version > floor]
+                if not rows:
+                    return []
                 # the entry rows first: concurrent writers of a key queue on its row
                 # lock before touching its tags, so they never deadlock on the tags
-                conn.execute(upsert, rows)
+                written = {r[0] for r in conn.execute(upsert, rows)}
+                if not written:
+                    return []
+                keys = [r["key"] for r in rows if r["key"] in written]
                 for i in range(0, len(keys), _BATCH):
                     conn.execute(delete(_T).where(_T.c.key.in_(keys[i : i + _BATCH])))
+                tags = [{"key": e.key, "tag": t} for e in entries if e.key in written for t in dict.fromkeys(e.tags)]
                 if tags:
-                    conn.execute(insert(_T).on_conflict_do_nothing(), tags)
+                    conn.execute(ins(_T).on_conflict_do_nothing(), tags)
+                conn.execute(
+                    insert(_L), [{"key": r["key"], "version": r["version"], "op": "s", "at": now} for r in rows if r["key"] in written]
+                )
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
+        return keys
+
+    def _floor(self, conn: Any) -> int:
+        v = conn.execute(select(_M.c.value).where(_M.c.name == FLOOR)).scalar()
+        return int(v or 0)
 
     def touch(self, key: str, expires_at: float | None, now: float) -> None:
         """Move an entry's expiry (sliding expiry), capped by this tier's max TTL."""
@@ -270,21 +360,54 @@ class SQLBackend:
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
 
-    def delete(self, keys: Sequence[str]) -> int:
-        """Delete entries (and their tags) by key."""
+    def delete(self, keys: Sequence[str], version: int | None = None) -> int:
+        """Delete entries by key; return how many live ones went.
+
+        With ``version``, each key becomes a tombstone of that version (unless it holds
+        a newer one), logged for other replicas; without, rows are removed outright
+        (an unreadable row).
+        """
+        if not keys:
+            return 0
         n = 0
+        engine = self.engine
         try:
-            with self._guard(), self.engine.begin() as conn:
+            with self._guard(), engine.begin() as conn:
                 for i in range(0, len(keys), _BATCH):
-                    chunk = list(keys[i : i + _BATCH])
-                    conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
-                    n += conn.execute(delete(_E).where(_E.c.key.in_(chunk))).rowcount or 0
+                    chunk = list(dict.fromkeys(keys[i : i + _BATCH]))
+                    if version is None:
+                        conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
+                        n += conn.execute(delete(_E).where(_E.c.key.in_(chunk))).rowcount or 0
+                        continue
+                    n += self._tombstone(conn, engine, chunk, version, time_now())
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         return n
 
+    def _tombstone(self, conn: Any, engine: Engine, keys: list[str], version: int, now: float) -> int:
+        live = conn.execute(
+            select(func.count()).select_from(_E).where(_E.c.key.in_(keys), _E.c.deleted.is_(False), _E.c.version < version)
+        ).scalar_one()
+        ins = _dialect_insert(engine)
+        tomb = ins(_E)
+        fields = {
+            "scope": "", "namespace": None, "model": None, "prompt": "", "payload": b"", "created_at": now,
+            "expires_at": 0.0, "ttl_seconds": None, "tags": [], "metadata": {}, "embedding": None,
+            "embedder_id": None, "dim": None, "deleted": True,
+        }
+        tomb = tomb.on_conflict_do_update(
+            index_elements=[_E.c.key],
+            set_={name: tomb.excluded[name] for name in [*fields, "version"]},
+            where=_E.c.version < tomb.excluded.version,
+        ).returning(_E.c.key)
+        done = [r[0] for r in conn.execute(tomb, [{"key": k, "version": version, **fields} for k in keys])]
+        if done:
+            conn.execute(delete(_T).where(_T.c.key.in_(done)))
+            conn.execute(insert(_L), [{"key": k, "version": version, "op": "d", "at": now} for k in done])
+        return int(live)
+
     def _where(self, selector: Selector, now: float) -> list[Any]:
-        conds: list[Any] = []
+        conds: list[Any] = [_E.c.deleted.is_(False)]
         if selector.keys:
             conds.append(_E.c.key.in_(list(selector.keys)))
         if selector.scope is not None:
@@ -319,26 +442,103 @@ class SQLBackend:
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
 
-    def invalidate(self, selector: Selector, now: float) -> list[str]:
-        """Delete every entry ``selector`` matches; return their keys."""
+    def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
+        """Delete every entry ``selector`` matches (tombstones with ``version``); return
+        their keys. A flush with a version also raises the floor: no write older than it
+        is taken again."""
+        if selector.all and version is not None:
+            return self._flush(now, version)
         keys = self.select_keys(selector, now)
         if keys:
-            self.delete(keys)
+            self.delete(keys, version)
+        return keys
+
+    def _flush(self, now: float, version: int) -> list[str]:
+        engine = self.engine
+        try:
+            with self._guard(), engine.begin() as conn:
+                keys = [r[0] for r in conn.execute(select(_E.c.key).where(_E.c.deleted.is_(False), _E.c.version < version))]
+                floor = self._floor(conn)
+                if version > floor:
+                    if conn.execute(update(_M).where(_M.c.name == FLOOR).values(value=version)).rowcount == 0:
+                        conn.execute(insert(_M).values(name=FLOOR, value=version))
+                conn.execute(delete(_T))
+                # live rows go; tombstones stay (they refuse replays until swept)
+                conn.execute(delete(_E).where(_E.c.deleted.is_(False), _E.c.version < version))
+                conn.execute(insert(_L).values(key=None, version=version, op="f", at=now))
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
         return keys
 
     def sweep(self, now: float) -> list[str]:
-        """Delete expired rows; return their keys (so the index can drop them too)."""
+        """Delete expired rows, old tombstones and old log rows; return the expired keys
+        (so the index can drop them too)."""
+        tomb_before = time_now() - self.tombstone_retention_seconds
+        log_before = time_now() - self.log_retention_seconds
         try:
             with self._guard(), self.engine.begin() as conn:
-                keys = [r[0] for r in conn.execute(select(_E.c.key).where(_E.c.expires_at <= now))]
+                keys = [
+                    r[0]
+                    for r in conn.execute(select(_E.c.key).where(_E.c.deleted.is_(False), _E.c.expires_at <= now))
+                ]
                 for i in range(0, len(keys), _BATCH):
                     chunk = keys[i : i + _BATCH]
                     conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
-                    conn.execute(delete(_E).where(_E.c.key.in_(chunk)))
+                    conn.execute(delete(_E).where(_E.c.key.in_(chunk), _E.c.deleted.is_(False)))
+                conn.execute(delete(_E).where(_E.c.deleted.is_(True), _E.c.created_at < tomb_before))
+                conn.execute(delete(_L).where(_L.c.at < log_before))
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         self._swept += len(keys)
         return keys
+
+    # -- the change log and shared marks ----------------------------------------------
+    def log_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str | None, int, str]]:
+        """``(seq, key, version, op)`` of the log rows after ``seq``, oldest first."""
+        try:
+            with self._guard(), self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(_L.c.seq, _L.c.key, _L.c.version, _L.c.op).where(_L.c.seq > seq).order_by(_L.c.seq).limit(limit)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        return [(int(r[0]), r[1], int(r[2]), str(r[3])) for r in rows]
+
+    def log_head(self) -> int:
+        """The last ``seq`` in the log (0 when empty)."""
+        try:
+            with self._guard(), self.engine.connect() as conn:
+                return int(conn.execute(select(func.max(_L.c.seq))).scalar() or 0)
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+
+    def mark_get(self, name: str) -> int | None:
+        """A shared mark's value, or ``None``."""
+        try:
+            with self._guard(), self.engine.connect() as conn:
+                v = conn.execute(select(_M.c.value).where(_M.c.name == name)).scalar()
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        return None if v is None else int(v)
+
+    def mark_lower(self, name: str, value: int) -> None:
+        """Set a shared mark to ``value`` unless it is already lower."""
+        try:
+            with self._guard(), self.engine.begin() as conn:
+                if conn.execute(update(_M).where(_M.c.name == name, _M.c.value > value).values(value=value)).rowcount:
+                    return
+                if conn.execute(select(_M.c.value).where(_M.c.name == name)).scalar() is None:
+                    conn.execute(_dialect_insert(self.engine)(_M).values(name=name, value=value).on_conflict_do_nothing())
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+
+    def mark_clear(self, name: str, value: int) -> bool:
+        """Remove a shared mark if it still has ``value``; return whether it did."""
+        try:
+            with self._guard(), self.engine.begin() as conn:
+                return bool(conn.execute(delete(_M).where(_M.c.name == name, _M.c.value == value)).rowcount)
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
 
     def iter_embeddings(
         self, embedder_id: str, now: float, batch: int = 5000
@@ -353,6 +553,7 @@ class SQLBackend:
                         .where(
                             _E.c.embedder_id == embedder_id,
                             _E.c.embedding.is_not(None),
+                            _E.c.deleted.is_(False),
                             _live(now),
                             _E.c.key > last,
                         )
@@ -368,7 +569,7 @@ class SQLBackend:
 
     def count(self, now: float | None = None, embedder_id: str | None = None) -> int:
         """Number of rows (live ones only when ``now`` is given)."""
-        q = select(func.count()).select_from(_E)
+        q = select(func.count()).select_from(_E).where(_E.c.deleted.is_(False))
         if now is not None:
             q = q.where(_live(now))
         if embedder_id is not None:
