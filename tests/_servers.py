@@ -14,12 +14,24 @@ start their own Redis with :class:`RedisServer` instead::
 
 ``RedisServerUnavailable`` is raised when no ``redis-server`` binary exists;
 the :func:`redis_server` fixture turns that into ``pytest.skip``.
+
+:class:`PostgresServer` is the same for PostgreSQL (a private cluster made by
+``initdb`` in a temp dir, run as the ``postgres`` user when the tests run as
+root), with the outages a production database has: :meth:`PostgresServer.restart`
+(``pg_ctl restart -m fast``) and :meth:`PostgresServer.kill` (SIGKILL of the
+postmaster, then :meth:`PostgresServer.start` recovers the same data on the
+same port)::
+
+    with PostgresServer() as pg:
+        url = pg.url               # postgresql+psycopg://...@127.0.0.1:PORT/semcache
+        pg.kill(); pg.start()
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,10 +43,14 @@ from types import TracebackType
 import pytest
 
 __all__ = [
+    "PostgresServer",
+    "PostgresServerUnavailable",
     "RedisServer",
     "RedisServerUnavailable",
+    "find_pg_bin",
     "find_redis_server",
     "free_port",
+    "postgres_server",
     "redis_server",
 ]
 
@@ -227,6 +243,301 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         server = RedisServer()
     except RedisServerUnavailable as e:
+        pytest.skip(str(e))
+    with server:
+        yield server
+
+
+# -- PostgreSQL ---------------------------------------------------------------
+
+
+class PostgresServerUnavailable(RuntimeError):
+    """No PostgreSQL server binaries (``initdb``, ``pg_ctl``, ``postgres``), or no
+    ``postgres`` user to run them as root (callers usually ``pytest.skip``)."""
+
+
+def find_pg_bin() -> str:
+    """The directory holding ``initdb``/``pg_ctl``/``postgres`` (``$SEMCACHE_PG_BIN``
+    overrides; then the newest ``/usr/lib/postgresql/*/bin``; then ``pg_ctl`` on PATH)."""
+
+    def usable(d: str) -> bool:
+        return all(os.access(os.path.join(d, b), os.X_OK) for b in ("initdb", "pg_ctl", "postgres"))
+
+    explicit = os.environ.get("SEMCACHE_PG_BIN")
+    if explicit and usable(explicit):
+        return explicit
+    root = Path("/usr/lib/postgresql")
+    versions: list[tuple[tuple[int, ...], str]] = []
+    if root.is_dir():
+        for d in root.iterdir():
+            try:
+                ver = tuple(int(p) for p in d.name.split("."))
+            except ValueError:
+                continue
+            if usable(str(d / "bin")):
+                versions.append((ver, str(d / "bin")))
+    if versions:
+        return max(versions)[1]
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl:
+        d = os.path.dirname(os.path.realpath(pg_ctl))
+        if usable(d):
+            return d
+    raise PostgresServerUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found")
+
+
+def _pg_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether the port takes a TCP connection (readiness is checked with pg_isready)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on a loopback port, files in a temp dir.
+
+    ``initdb`` runs once (trust auth on loopback, fsync off); :meth:`start` creates
+    the database :attr:`dbname` the first time. Data survive :meth:`stop`,
+    :meth:`restart` and :meth:`kill` (crash recovery on the next start); the port is
+    kept, so :attr:`url` stays valid. As root every server tool runs as the
+    ``postgres`` user (PostgreSQL refuses to run as root).
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = LOOPBACK,
+        dbname: str = "semcache",
+        startup_timeout: float = 30.0,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.bin = find_pg_bin()
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.dbname = dbname
+        self.startup_timeout = startup_timeout
+        self.settings = dict(settings or {})
+        self._as_pg: list[str] = []
+        self.superuser = _current_user()
+        if os.geteuid() == 0:
+            try:
+                import pwd
+
+                pw = pwd.getpwnam("postgres")
+            except KeyError as exc:
+                raise PostgresServerUnavailable("running as root but there is no 'postgres' user") from exc
+            runuser = shutil.which("runuser")
+            if runuser:
+                self._as_pg = [runuser, "-u", "postgres", "--"]
+            else:
+                self._as_pg = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+            self.superuser = "postgres"
+            # its own directory under /tmp: always traversable by the postgres user
+            self._dir: Path | None = Path(tempfile.mkdtemp(prefix="semcache-pg-", dir="/tmp"))
+            os.chown(self._dir, pw.pw_uid, pw.pw_gid)
+        else:
+            self._dir = Path(tempfile.mkdtemp(prefix="semcache-pg-"))
+        os.chmod(self._dir, 0o700)
+        self.data = self._dir / "data"
+        self.sock = self._dir / "sock"
+        self._log = self._dir / "postgres.log"
+        self._initialised = False
+        self._db_created = False
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{self.superuser}@{self.host}:{self.port}/{self.dbname}"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid from ``postmaster.pid`` (None when there is none)."""
+        try:
+            first = (self.data / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+            return int(first)
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def running(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # -- helpers ------------------------------------------------------------
+    def _run(self, *args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*self._as_pg, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout or self.startup_timeout + 10,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}\n{self.log_tail()}")
+        return proc
+
+    def _tool(self, name: str) -> str:
+        path = os.path.join(self.bin, name)
+        return path if os.access(path, os.X_OK) else (shutil.which(name) or path)
+
+    def _initdb(self) -> None:
+        if self._initialised:
+            return
+        self._run("mkdir", "-p", str(self.sock))
+        self._run(
+            self._tool("initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
+            "-E", "UTF8", "--no-locale", "--no-sync",
+        )
+        conf = {
+            "listen_addresses": f"'{self.host}'",
+            "unix_socket_directories": f"'{self.sock}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "100",
+            **self.settings,
+        }
+        extra = "\n# --- semcache test settings ---\n" + "".join(f"{k} = {v}\n" for k, v in conf.items())
+        hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+        subprocess.run([*self._as_pg, "tee", "-a", str(self.data / "postgresql.conf")], input=extra,
+                       text=True, capture_output=True, check=True)
+        subprocess.run([*self._as_pg, "tee", str(self.data / "pg_hba.conf")], input=hba,
+                       text=True, capture_output=True, check=True)
+        self._initialised = True
+
+    def _ready(self) -> bool:
+        proc = subprocess.run(
+            [self._tool("pg_isready"), "-q", "-h", self.host, "-p", str(self.port), "-t", "2"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+        )
+        return proc.returncode == 0
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> PostgresServer:
+        """Start (or start again after a crash) on the same port; wait until it accepts queries.
+
+        After :meth:`kill`, the old backends may hold the shared memory for a moment:
+        starting is retried until ``startup_timeout``.
+        """
+        if self._dir is None:
+            raise RuntimeError("PostgresServer is closed")
+        self._initdb()
+        deadline = time.monotonic() + self.startup_timeout
+        last = ""
+        while not self.running:
+            proc = self._run(
+                self._tool("pg_ctl"), "-D", str(self.data), "-l", str(self._log),
+                "-o", f"-p {self.port}", "-w", "-t", str(int(self.startup_timeout)), "start",
+                check=False,
+            )
+            if proc.returncode == 0:
+                break
+            last = proc.stdout + proc.stderr
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start on port {self.port}:\n{last}\n{self.log_tail()}")
+            time.sleep(0.1)
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL is not ready on port {self.port}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        if not self._db_created:
+            self._run(self._tool("createdb"), "-h", self.host, "-p", str(self.port), "-U", self.superuser, self.dbname)
+            self._db_created = True
+        return self
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: sessions are cut, the server is back when this returns."""
+        self._run(
+            self._tool("pg_ctl"), "-D", str(self.data), "-l", str(self._log), "-o", f"-p {self.port}",
+            "-m", "fast", "-w", "-t", str(int(self.startup_timeout)), "restart",
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL is not ready after restart:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Crash-stop: SIGKILL the postmaster (its backends exit on their own); data stay."""
+        pid = self.pid
+        if pid is None or not self.running:
+            return
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (fast, then immediate, then SIGKILL); data and port are kept."""
+        if not self.running:
+            return
+        for mode in ("fast", "immediate"):
+            self._run(self._tool("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", str(int(timeout)), "stop",
+                      check=False, timeout=timeout + 10)
+            if not self.running:
+                return
+        self.kill()
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir. Idempotent."""
+        if self._dir is None:
+            return
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    # -- context manager ----------------------------------------------------
+    def __enter__(self) -> PostgresServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<PostgresServer {self.host}:{self.port} {state}>"
+
+
+def _current_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private, started :class:`PostgresServer`; skips when PostgreSQL is missing."""
+    try:
+        server = PostgresServer()
+    except PostgresServerUnavailable as e:
         pytest.skip(str(e))
     with server:
         yield server
