@@ -17,9 +17,11 @@ nothing is stored and nothing already stored is touched.
   without hitting the interpreter's recursion limit in any thread.
   :class:`~semcache.errors.SerializationError` (an ``InvalidInputError``).
 * **Metadata** is stored as JSON text in L3 (and returned verbatim to HTTP clients),
-  so its keys and its string values follow the text rule too: no NUL (PostgreSQL
-  ``json`` accepts ``\\u0000`` but ``jsonb`` and every text operator reject it, so
-  it is refused now rather than at a later migration) and no lone surrogate.
+  so its keys and its string values follow the text rule too: no NUL and no lone
+  surrogate. PostgreSQL's ``json`` column stores ``\\u0000`` and ``\\ud800`` escapes
+  as text, but ``->>`` on them and any cast to ``jsonb`` fail ("unsupported Unicode
+  escape sequence", "invalid input syntax for type json"), so such metadata is
+  refused up front rather than breaking a later query or migration.
   :class:`~semcache.errors.SerializationError`.
 * A response **value** is stored as an opaque payload (bytes, or JSON with every
   NUL escaped), so NUL characters inside a value are allowed and round-trip; lone
