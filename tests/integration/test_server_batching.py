@@ -121,6 +121,43 @@ async def test_a_failing_embedder_fails_each_caller(cache):
     await b.aclose()
 
 
+async def test_a_batch_is_one_call_to_the_cache_batch_lookup(cache, monkeypatch):
+    calls: list[tuple[int, list[object]]] = []
+    real = cache.lookup_many
+
+    async def spy(requests, *, thresholds=None):
+        calls.append((len(requests), list(thresholds)))
+        return await real(requests, thresholds=thresholds)
+
+    monkeypatch.setattr(cache, "lookup_many", spy)
+    b = MicroBatcher(cache, window_seconds=0.05)
+    results = await asyncio.gather(
+        b.lookup(cache.request("Stored question number 1"), threshold=0.8),
+        b.lookup(cache.request("Stored question number 2, please"), threshold=0.99999),
+        b.lookup(cache.request("Stored question number 3")),
+    )
+    assert len(calls) == 1 and calls[0][0] == 3
+    assert calls[0][1][:2] == [0.8, 0.99999]  # each caller's own threshold
+    assert results[0].hit is not None and results[2].hit is not None
+    assert results[1].hit is None and results[1].embedding is not None  # reusable for a store
+    await b.aclose()
+
+
+async def test_one_bad_request_fails_only_its_caller(cache):
+    from semcache.errors import InvalidInputError
+
+    b = MicroBatcher(cache, window_seconds=0.05)
+    results = await asyncio.gather(
+        b.lookup(cache.request("Stored question number 4")),
+        b.lookup(cache.request("Stored question number 5"), threshold=2.0),
+        return_exceptions=True,
+    )
+    assert results[0].hit is not None and results[0].hit.value == 4
+    assert isinstance(results[1], InvalidInputError)
+    assert cache.embedder.batches == [2]  # still one embedding call for the batch
+    await b.aclose()
+
+
 async def test_embedding_never_blocks_the_event_loop(tmp_path):
     slow = RecordingEmbedder(delay_seconds=0.6)
     cfg = server_config(tmp_path, embedder=slow)
