@@ -287,11 +287,12 @@ def test_python_dash_m_entry_points(module, tmp_path):
 
 def test_main_turns_an_unexpected_error_into_one_line(monkeypatch, capsys, sqlite_db):
     from semcache.cli import main as cli_main
+    from semcache.cli.targets import LocalTarget
 
     def boom(self):
         raise RuntimeError("something nobody expected\nwith a second line")
 
-    monkeypatch.setattr(cli_main.LocalTarget, "stats", boom)
+    monkeypatch.setattr(LocalTarget, "stats", boom)
     with pytest.raises(SystemExit) as exc:
         cli_main.main(["--sql-url", sqlite_db, "stats"])
     assert exc.value.code == 1
