@@ -101,8 +101,15 @@ def _hash(text: str) -> str:
 
 def normalize_prompt(text: str) -> str:
     """Normalise a prompt for the exact key: NFC, unified line endings, trimmed."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return _TRAILING_WS.sub("\n", text).strip()
+    # the fast paths give the same result: ASCII is always NFC, and without a line
+    # break there is no line ending to unify and no trailing space before one
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n" in text:
+        text = _TRAILING_WS.sub("\n", text)
+    return text.strip()
 
 
 def scope_hash(scope: Mapping[str, Any]) -> str:
@@ -124,6 +131,23 @@ def scope_hash(scope: Mapping[str, Any]) -> str:
 def exact_key(scope: str, text: str) -> str:
     """Return the exact key (and entry id) of ``text`` in the scope hash ``scope``."""
     return _hash(scope + "\x1f" + normalize_prompt(text))
+
+
+#: Scope hashes of plain prompts without params, by (namespace, model): the common
+#: case, hashed once instead of on every call. Bounded: cleared when full.
+_PLAIN_SCOPES: dict[tuple[str | None, str | None], str] = {}
+_PLAIN_SCOPES_MAX = 4096
+
+
+def _plain_scope_hash(namespace: str | None, model: str | None, scope: Mapping[str, Any]) -> str:
+    k = (namespace, model)
+    sh = _PLAIN_SCOPES.get(k)
+    if sh is None:
+        sh = scope_hash(scope)
+        if len(_PLAIN_SCOPES) >= _PLAIN_SCOPES_MAX:
+            _PLAIN_SCOPES.clear()
+        _PLAIN_SCOPES[k] = sh
+    return sh
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +230,14 @@ def build_request(
         scope["before"] = msgs[:last_user]
         scope["last"] = last
         scope["after"] = msgs[last_user + 1 :]
-    if not normalize_prompt(text):
+    normalized = normalize_prompt(text)
+    if not normalized:
         raise InvalidInputError("the prompt is empty: there is nothing to cache on")
-    sh = scope_hash(scope)
+    sh = _plain_scope_hash(namespace, model, scope) if prompt is not None and not kept else scope_hash(scope)
     return Request(
         text=text,
         scope=sh,
-        key=exact_key(sh, text),
+        key=_hash(sh + "\x1f" + normalized),  # exact_key(sh, text), normalised once
         namespace=namespace,
         model=model,
         scope_fields=scope,

@@ -310,3 +310,26 @@ def test_nul_inside_a_value_is_stored_and_read_back(make_cache):
         t.delete([cache.request("a prompt", model="m").key])
     hit = cache.get("a prompt", model="m", semantic=False)
     assert hit is not None and hit.tier == "l3" and hit.value == {"content": "a\x00b"}
+
+
+# -- the key fast paths give the same keys as the reference functions ------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(prompt="  How do I reverse a list?  "),
+        dict(prompt="line one  \r\nline two\t\n", model="m"),
+        dict(prompt="cafe\u0301", namespace="acme", model="m"),
+        dict(prompt="p", model="m", params={"temperature": 0.2, "stream": True}),
+        dict(prompt="p", model="m", params={"stream": True}),
+        dict(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": " hi \n"}], model="m"),
+    ],
+)
+def test_request_key_and_scope_match_the_reference_functions(kwargs):
+    from semcache.keys import exact_key, scope_hash
+
+    for _ in range(2):  # the second call takes the memoised scope hash
+        r = build_request(**kwargs)
+        assert r.scope == scope_hash(r.scope_fields)
+        assert r.key == exact_key(r.scope, r.text)
