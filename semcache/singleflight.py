@@ -382,8 +382,9 @@ class AsyncRedisLock(_LockBase):
         super().__init__(
             client, prefix=prefix, timeout_seconds=timeout_seconds, poll_interval_seconds=poll_interval_seconds
         )
-        self._native = _is_async_client(client)
-        self._sync = None if self._native else RedisLock(
+        #: True for a ``redis.asyncio`` client (awaited on the loop); a sync client runs in a thread.
+        self.native = _is_async_client(client)
+        self._threaded = None if self.native else RedisLock(
             client, prefix=prefix, timeout_seconds=timeout_seconds, poll_interval_seconds=poll_interval_seconds
         )
         self._errors = _redis_errors()
@@ -395,8 +396,8 @@ class AsyncRedisLock(_LockBase):
 
     async def acquire(self, key: str) -> str | None:
         """Async twin of :meth:`RedisLock.acquire`."""
-        if self._sync is not None:
-            return await self._thread(self._sync.acquire, key)
+        if self._threaded is not None:
+            return await self._thread(self._threaded.acquire, key)
         token = uuid.uuid4().hex
         try:
             ok = await self.client.set(self._k(key), token, nx=True, px=max(1, int(self.timeout_seconds * 1000)))
@@ -406,8 +407,8 @@ class AsyncRedisLock(_LockBase):
 
     async def held(self, key: str) -> bool:
         """Async twin of :meth:`RedisLock.held`."""
-        if self._sync is not None:
-            return await self._thread(self._sync.held, key)
+        if self._threaded is not None:
+            return await self._thread(self._threaded.held, key)
         try:
             return bool(await self.client.exists(self._k(key)))
         except self._errors as exc:
@@ -415,8 +416,8 @@ class AsyncRedisLock(_LockBase):
 
     async def release(self, key: str, token: str) -> bool:
         """Async twin of :meth:`RedisLock.release`."""
-        if self._sync is not None:
-            return await self._thread(self._sync.release, key, token)
+        if self._threaded is not None:
+            return await self._thread(self._threaded.release, key, token)
         import redis
 
         k = self._k(key)

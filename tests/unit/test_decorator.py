@@ -20,6 +20,7 @@ from semcache import (
     SQLConfig,
 )
 from semcache.errors import BackendUnavailable
+from semcache.readthrough import flights_of
 from semcache.streaming import AsyncReplayStream, ReplayStream
 
 
@@ -522,7 +523,7 @@ def test_failing_cacheability_check_returns_the_value_and_frees_the_key(cache) -
     assert odd("q") == {"choices": [{"message": "plain"}]} and odd("q") == odd("q")
     assert list(gen("q")) == ["a"] and list(gen("q")) == ["a"]
     assert time.monotonic() - t0 < 2  # nobody waited for a leader that was never settled
-    assert calls.n == 7 and len(cache._semcache_flights) == 0
+    assert calls.n == 7 and len(flights_of(cache)) == 0
 
 
 async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
@@ -548,7 +549,7 @@ async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
     acache.sync.store = store
     t0 = time.monotonic()
     assert await asyncio.wait_for(ask("q"), 2) == "answer"
-    assert time.monotonic() - t0 < 1 and len(acache.sync._semcache_flights) == 0
+    assert time.monotonic() - t0 < 1 and len(flights_of(acache)) == 0
 
 
 def test_followers_of_an_interrupted_leader_call_on_their_own(cache) -> None:
