@@ -18,6 +18,18 @@ store; ``X-Semcache-Tags: a,b`` and ``X-Semcache-TTL: seconds`` label what is st
 The semcache token goes in ``Authorization: Bearer`` (the ``openai`` client's
 ``api_key``) or in ``X-Semcache-Token``, which leaves ``Authorization`` free to carry
 the caller's own upstream key when the sidecar has none configured.
+
+One upstream call for many (:mod:`semcache.readthrough`): concurrent identical misses
+(same cache key and upstream credentials) make one upstream call, streamed or not;
+with Redis, replicas do the same through a lock, re-checking the cache once the lock
+is theirs. Streamed and unstreamed requests lead separate flights. A streamed
+leader's client gets the upstream stream live; its followers get the leader's answer
+replayed as a stream once the leader's stream has ended with ``[DONE]`` (assembled and
+cut again like a cache hit, so ``stream_options.include_usage`` is the follower's
+own), with ``X-Semcache-Shared: 1``. A follower never inherits a failure: a leader's
+error status sends each follower upstream on its own, and a leader whose stream
+broke off, or whose client went away, releases its followers to start over (one of
+them leads the next call).
 """
 
 from __future__ import annotations
@@ -49,12 +61,21 @@ from ..openai_compat import (
     uncacheable_reason,
     usage_of,
 )
+from ..readthrough import (
+    OWN_CALL,
+    AsyncLead,
+    AsyncReadThrough,
+    OwnCall,
+    async_redis_lock,
+    cacheable,
+    finished,
+)
 from ..singleflight import AsyncRedisLock, SingleFlight
 from ..streaming import AsyncRecordingStream
 from ..types import Hit
 from .auth import Principal
 from .models import ChatCompletionBody, ErrorBody
-from .sidecar import PrincipalDep, Sidecar, SidecarDep
+from .proxy_support import HostDep, PrincipalDep, ProxyHost
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,6 +119,18 @@ class _Upstream:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """A streamed upstream answer that ended with ``[DONE]``: its chunks, shareable."""
+
+    chunks: tuple[dict[str, Any], ...]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+#: What a leader shares with its followers.
+_Shared = _Upstream | _Streamed
 
 
 class _Options:
@@ -165,25 +198,6 @@ def _as_completion(
     return None
 
 
-def _cacheable(value: Any, *, stream: bool = False) -> bool:
-    """Whether an upstream answer may be stored; an answer that breaks the check may not."""
-    try:
-        return uncacheable_reason(value, stream=stream) is None
-    except Exception as exc:  # noqa: BLE001 - an odd upstream body must not fail the caller
-        log.warning("could not check an upstream answer (%s); not storing it", exc)
-        return False
-
-
-def _finished(completion: dict[str, Any]) -> bool:
-    """Whether every choice says why it stopped; one that does not may be cut short."""
-    choices = completion.get("choices")
-    return (
-        isinstance(choices, list)
-        and bool(choices)
-        and all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-    )
-
-
 def _wants_usage(payload: dict[str, Any]) -> bool:
     """Whether a streamed request asked for the trailing usage chunk (``stream_options``)."""
     options = payload.get("stream_options")
@@ -195,26 +209,20 @@ def _sse(chunk: Any) -> bytes:
 
 
 class Proxy:
-    """The proxy's per-app state: single-flight table and the optional cross-replica lock."""
+    """The proxy's per-app state: the flight table, the optional cross-replica lock, the read-through."""
 
-    def __init__(self, sc: Sidecar) -> None:
+    def __init__(self, sc: ProxyHost) -> None:
         self.sc = sc
         self.flights = SingleFlight()
-        self.lock: AsyncRedisLock | None = None
-        redis_tier = next(
-            (
-                t
-                for t in sc.cache.sync.tiers
-                if getattr(t, "name", "") == "l2" and hasattr(t, "client")
-            ),
-            None,
+        timeout = sc.config.upstream_timeout_seconds
+        self.lock: AsyncRedisLock | None = async_redis_lock(
+            sc.cache, timeout_seconds=min(timeout, 120.0)
         )
-        if redis_tier is not None and sc.cache.config.redis is not None:
-            self.lock = AsyncRedisLock(
-                redis_tier.client,
-                prefix=f"{sc.cache.config.redis.prefix}lock:",
-                timeout_seconds=min(sc.config.upstream_timeout_seconds, 120.0),
-            )
+        # a follower waits out a slow leader (the upstream timeout bounds each of its
+        # reads), then asks upstream itself
+        self.readthrough: AsyncReadThrough[_Shared] = AsyncReadThrough(
+            self.flights, lock=lambda: self.lock, wait_seconds=2 * timeout, name="proxy"
+        )
 
     # -- upstream --------------------------------------------------------------
     def _upstream_headers(self, request: Request, principal: Principal) -> dict[str, str]:
@@ -284,8 +292,7 @@ class Proxy:
         model: str,
     ) -> None:
         try:
-            await self.sc.run(
-                self.sc.cache.sync.store,
+            await self.sc.cache.store(
                 req,
                 completion,
                 ttl_seconds=opts.ttl,
@@ -296,49 +303,9 @@ class Proxy:
         except (SemcacheError, ValueError) as exc:  # the caller still gets its answer
             log.warning("could not store a completion: %s", exc)
 
-    async def _fetch_and_store(
-        self,
-        payload: dict[str, Any],
-        headers: dict[str, str],
-        req: CacheRequest,
-        embedding: np.ndarray | None,
-        opts: _Options,
-    ) -> _Upstream:
-        """Leader of a flight: ask upstream (under the cross-replica lock if any), store a good answer."""
-        token: str | None = None
-        if self.lock is not None and opts.lookup:
-            try:
-                token, found = await self.lock.acquire_or_wait(
-                    req.key, poll=lambda: self._stored(req)
-                )
-            except BackendError:
-                token, found = None, None  # Redis trouble: go on without the lock
-            if found is not None:
-                return found  # type: ignore[no-any-return]
-        try:
-            up = await self._call_upstream(payload, headers)
-            if up.status == 200 and opts.store:
-                try:
-                    completion = json.loads(up.body)
-                except ValueError:
-                    completion = None
-                if (
-                    isinstance(completion, dict)
-                    and _finished(completion)
-                    and _cacheable(completion)
-                ):
-                    await self._store(req, completion, embedding, opts, payload["model"])
-            return up
-        finally:
-            if token is not None and self.lock is not None:
-                try:
-                    await self.lock.release(req.key, token)
-                except BackendError:
-                    pass  # it expires on its own
-
     async def _stored(self, req: CacheRequest) -> _Upstream | None:
         """What another replica stored for this exact request meanwhile, as an upstream answer."""
-        entry = await self.sc.run(self.sc.cache.sync.get_entry, req.key)
+        entry = await self.sc.cache.get_entry(req.key)
         if entry is None or entry.scope != req.scope:
             return None
         completion = _as_completion(
@@ -401,23 +368,90 @@ class Proxy:
                 headers=marker,
             )
         headers = self._upstream_headers(request, principal)
-        if stream:
-            return await self._stream(payload, headers, req, embedding, opts, marker)
-        if opts.lookup:
-            up, shared = await self.flights.do_async(
-                _flight_key(req.key, headers),
-                lambda: self._fetch_and_store(payload, headers, req, embedding, opts),
-            )
-            if shared and not 200 <= up.status < 300:
-                # a leader's failure (timeout, rate limit, upstream hiccup) is its own:
-                # a follower asks upstream itself rather than inherit someone else's error
-                up = await self._fetch_and_store(payload, headers, req, embedding, opts)
-                shared = False
-            if shared:
-                marker["x-semcache-shared"] = "1"
-        else:
-            up = await self._fetch_and_store(payload, headers, req, embedding, opts)
-        return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
+        include_usage = _wants_usage(payload)
+
+        async def lead(duty: AsyncLead[_Shared]) -> Response:
+            if stream:
+                return await self._lead_stream(duty, payload, headers, req, embedding, opts, marker)
+            up = await self._lead_plain(duty, payload, headers, req, embedding, opts)
+            return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
+
+        async def follow(shared: _Shared) -> Response | OwnCall:
+            return self._follow(shared, stream, include_usage, body.model, req.key, marker)
+
+        # streamed and unstreamed requests lead separate flights: each gets its own form
+        # from the upstream (a plain answer always has usage, a stream only when asked)
+        flight = _flight_key(req.key, headers) + (":stream" if stream else "")
+        return await self.readthrough.run(
+            flight,
+            lead=lead,
+            follow=follow,
+            recheck=lambda: self._stored(req),
+            lock_key=req.key,
+            single_flight=opts.lookup,
+            use_lock=opts.lookup,
+        )
+
+    def _follow(
+        self,
+        shared: _Shared,
+        stream: bool,
+        include_usage: bool,
+        model: str,
+        key: str,
+        marker: dict[str, str],
+    ) -> Response | OwnCall:
+        """A follower's answer from its leader's, or :data:`OWN_CALL` to ask upstream itself."""
+        headers = {**marker, "x-semcache-shared": "1"}
+        if isinstance(shared, _Upstream):
+            if not 200 <= shared.status < 300:
+                # a leader's failure (timeout, rate limit, upstream hiccup) is its own: a
+                # follower asks upstream itself rather than inherit someone else's error
+                return OWN_CALL
+            if not stream:
+                return Response(shared.body, status_code=shared.status, headers={**shared.headers, **headers})
+            try:
+                completion = json.loads(shared.body)
+            except ValueError:
+                return OWN_CALL
+            if not isinstance(completion, dict) or _as_completion(completion, {}, model, key, 0) is None:
+                return OWN_CALL
+            return self._replay(completion, headers, include_usage)
+        try:
+            completion = chunks_to_completion(list(shared.chunks))
+        except SemcacheError:
+            return OWN_CALL  # chunks that cannot be assembled: replay nothing half-right
+        if not stream:
+            return JSONResponse(completion, headers=headers)
+        return self._replay(completion, {**self._pass_back(shared.headers), **headers}, include_usage)
+
+    async def _lead_plain(
+        self,
+        duty: AsyncLead[_Shared],
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        req: CacheRequest,
+        embedding: np.ndarray | None,
+        opts: _Options,
+    ) -> _Upstream:
+        """Ask upstream, store a good answer, and share the answer (whatever it is) with the followers."""
+        up: _Upstream | None = None
+        try:
+            up = await self._call_upstream(payload, headers)
+            if up.status == 200 and opts.store:
+                try:
+                    completion = json.loads(up.body)
+                except ValueError:
+                    completion = None
+                if (
+                    isinstance(completion, dict)
+                    and finished(completion)
+                    and cacheable(completion, stream=False, name="proxy")
+                ):
+                    await self._store(req, completion, embedding, opts, payload["model"])
+            return up
+        finally:
+            await duty.finish(up)
 
     async def _bypass(
         self,
@@ -432,7 +466,7 @@ class Proxy:
         marker = {"x-semcache": "bypass"}
         headers = self._upstream_headers(request, principal)
         if stream:
-            return await self._stream(payload, headers, None, None, opts, marker)
+            return await self._stream(payload, headers, None, None, opts, marker, None)
         up = await self._call_upstream(payload, headers)
         return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
 
@@ -446,6 +480,26 @@ class Proxy:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
+    async def _lead_stream(
+        self,
+        duty: AsyncLead[_Shared],
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        req: CacheRequest,
+        embedding: np.ndarray | None,
+        opts: _Options,
+        marker: dict[str, str],
+    ) -> Response:
+        """Lead a streamed flight: the stream settles ``duty`` when it ends (or breaks off)."""
+        settled = False
+        try:
+            response = await self._stream(payload, headers, req, embedding, opts, marker, duty)
+            settled = True
+            return response
+        finally:
+            if not settled:
+                duty.drop()  # cancelled before the stream started: followers start over
+
     async def _stream(
         self,
         payload: dict[str, Any],
@@ -454,11 +508,18 @@ class Proxy:
         embedding: np.ndarray | None,
         opts: _Options,
         marker: dict[str, str],
+        duty: AsyncLead[_Shared] | None,
     ) -> Response:
         import httpx
 
         sc = self.sc
         assert sc.upstream is not None
+
+        async def failed(up: _Upstream) -> Response:
+            if duty is not None:
+                await duty.finish(up)  # the followers ask upstream themselves
+            return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
+
         try:
             upstream_req = sc.upstream.build_request(
                 "POST", "chat/completions", json=payload, headers=headers
@@ -466,26 +527,27 @@ class Proxy:
             resp = await sc.upstream.send(upstream_req, stream=True)
         except httpx.TimeoutException:
             sc.metrics.upstream_requests.labels("0").inc()
-            return JSONResponse(
-                _error_json("the upstream timed out", "upstream_timeout", 504), 504, headers=marker
+            return await failed(
+                _Upstream(504, _error_bytes("the upstream timed out", "upstream_timeout", 504), _JSON)
             )
         except httpx.HTTPError as exc:
             sc.metrics.upstream_requests.labels("0").inc()
             log.warning("upstream unreachable: %s", exc)
-            return JSONResponse(
-                _error_json("the upstream is unreachable", "upstream_unreachable", 502),
-                502,
-                headers=marker,
+            return await failed(
+                _Upstream(
+                    502,
+                    _error_bytes("the upstream is unreachable", "upstream_unreachable", 502),
+                    _JSON,
+                )
             )
         sc.metrics.upstream_requests.labels(str(resp.status_code)).inc()
         if resp.status_code != 200:
-            content = await resp.aread()
-            await resp.aclose()
-            return Response(
-                content,
-                status_code=resp.status_code,
-                headers={**self._pass_back(resp.headers), **marker},
-            )
+            try:
+                content = await resp.aread()
+            finally:
+                await resp.aclose()
+            return await failed(_Upstream(resp.status_code, content, self._pass_back(resp.headers)))
+        passed_back = self._pass_back(resp.headers)
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             """The upstream's SSE events as chunk dicts; an unfinished stream is an error."""
@@ -501,21 +563,30 @@ class Proxy:
                     raise _BrokenStream("the upstream sent an event that is not JSON") from exc
             raise _BrokenStream("the upstream stream ended without [DONE]")
 
-        async def on_complete(items: list[Any]) -> None:
-            if req is None or not opts.store or not _cacheable(items, stream=True):
+        async def store(items: list[Any]) -> None:
+            if req is None or not opts.store or not cacheable(items, stream=True, name="proxy"):
                 return
             try:
                 completion = chunks_to_completion(items)
             except SemcacheError as exc:  # chunks the check let through but cannot assemble
                 log.warning("could not assemble a streamed answer (%s); not storing it", exc)
                 return
-            if not _finished(completion):
+            if not finished(completion):
                 # [DONE] without a finish_reason: the upstream may have cut the answer short
                 log.warning("a streamed answer ended without a finish_reason; not storing it")
                 return
             await self._store(req, completion, embedding, opts, payload["model"])
 
-        recording = AsyncRecordingStream(chunks(), on_complete=on_complete)
+        async def on_complete(items: list[Any]) -> None:
+            try:
+                await store(items)
+            finally:
+                if duty is not None:  # a whole stream is shared, stored or not
+                    await duty.finish(_Streamed(tuple(items), passed_back))
+
+        recording = AsyncRecordingStream(
+            chunks(), on_complete=on_complete, on_abandon=None if duty is None else duty.drop
+        )
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -542,12 +613,11 @@ class Proxy:
         return StreamingResponse(
             body(),
             media_type="text/event-stream",
-            headers={
-                **self._pass_back(resp.headers),
-                **marker,
-                "content-type": "text/event-stream",
-            },
+            headers={**passed_back, **marker, "content-type": "text/event-stream"},
         )
+
+
+_JSON = {"content-type": "application/json"}
 
 
 class _BrokenStream(Exception):
@@ -585,7 +655,7 @@ def proxy_router() -> APIRouter:
         },
     )
     async def chat_completions(
-        body: ChatCompletionBody, request: Request, sc: SidecarDep, principal: PrincipalDep
+        body: ChatCompletionBody, request: Request, sc: HostDep, principal: PrincipalDep
     ) -> Response:
         """OpenAI-compatible chat completions: answered from the cache, or forwarded upstream and stored."""
         return await sc.proxy.handle(request, body, principal)  # type: ignore[no-any-return]

@@ -532,3 +532,128 @@ async def test_a_semcache_token_in_authorization_never_goes_upstream(tmp_path):
         headers = {"x-semcache-token": TENANT_A, "authorization": "Bearer sk-own"}
         await client.post("/v1/chat/completions", json=body, headers=headers)
         assert seen[-1].headers["authorization"] == "Bearer sk-own"
+
+
+# -- single flight for streamed requests -------------------------------------------------------
+
+
+def _chunk(content: str | None, finish: str | None = None, *, role: bool = False) -> dict:
+    delta: dict = {} if content is None else {"content": content}
+    if role:
+        delta["role"] = "assistant"
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+class _Progress:
+    """Counts requests that joined a proxy flight and calls that reached the upstream."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.joins, self.calls, self.ready = n, 0, [], asyncio.Event()
+
+    def bump(self) -> None:
+        # every request either joins a flight or (without single flight) calls upstream
+        if self.joins >= self.n or len(self.calls) >= self.n:
+            self.ready.set()
+
+
+def _gated_sse_upstream(gate: asyncio.Event, progress: _Progress, *, cut_first: bool = False):
+    """A streaming upstream that answers only once ``gate`` is set; the first call may break off."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls = progress.calls
+        calls.append(json.loads(request.content))
+        n = len(calls)
+        progress.bump()
+        await gate.wait()
+        events = [_chunk("", role=True), _chunk(f"answer {n}"), _chunk(None, "stop")]
+        raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+        if not (cut_first and n == 1):
+            raw += b"data: [DONE]\n\n"  # without it the stream is broken: nothing is shared or stored
+        return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
+
+
+def _count_joins(app, progress: _Progress) -> None:
+    """Count the requests that join (or start) a flight in the proxy."""
+    flights = app.state.sidecar.proxy.flights
+    begin = flights.begin
+
+    def counting(key):
+        out = begin(key)
+        progress.joins += 1
+        progress.bump()
+        return out
+
+    flights.begin = counting
+
+
+async def test_concurrent_identical_streamed_misses_make_one_upstream_call(tmp_path):
+    gate, progress = asyncio.Event(), _Progress(3)
+    calls = progress.calls
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=_gated_sse_upstream(gate, progress))
+    body = {"model": "m", "messages": [{"role": "user", "content": "stream me"}], "stream": True}
+    async with in_process(app) as client:
+        _count_joins(app, progress)
+        requests = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=body, headers=auth(TENANT_A)))
+            for _ in range(3)
+        ]
+        await asyncio.wait_for(progress.ready.wait(), 10)
+        gate.set()
+        responses = await asyncio.wait_for(asyncio.gather(*requests), 10)
+        assert len(calls) == 1
+        for r in responses:
+            assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+            assert "answer 1" in r.text
+        assert sum(1 for r in responses if r.headers.get("x-semcache-shared") == "1") == 2
+        # the answer was stored once and is now a hit
+        r = await client.post("/v1/chat/completions", json=body, headers=auth(TENANT_A))
+        assert r.headers["x-semcache"] == "hit" and len(calls) == 1
+
+
+async def test_followers_of_a_broken_streamed_leader_start_over(tmp_path):
+    gate, progress = asyncio.Event(), _Progress(3)
+    calls = progress.calls
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=_gated_sse_upstream(gate, progress, cut_first=True))
+    body = {"model": "m", "messages": [{"role": "user", "content": "break me"}], "stream": True}
+    async with in_process(app) as client:
+        _count_joins(app, progress)
+        requests = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=body, headers=auth(TENANT_A)))
+            for _ in range(3)
+        ]
+        await asyncio.wait_for(progress.ready.wait(), 10)
+        gate.set()
+        # nobody hangs: the leader's client sees the break in-band, the followers start over
+        # and one of them leads a second call that they share
+        responses = await asyncio.wait_for(asyncio.gather(*requests), 10)
+        assert len(calls) == 2
+        broken = [r for r in responses if "upstream stream failed" in r.text]
+        good = [r for r in responses if "answer 2" in r.text]
+        assert len(broken) == 1 and len(good) == 2
+
+
+async def test_followers_of_a_streamed_leader_with_an_error_status_ask_upstream_themselves(tmp_path):
+    seen: list[str | None] = []
+    cfg = server_config(tmp_path, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg, upstream_transport=_credential_upstream(seen))
+    body = {"model": "m", "messages": [{"role": "user", "content": "q3"}], "stream": True}
+    bad = {"x-semcache-token": TENANT_A, "authorization": "Bearer sk-bad"}
+    async with in_process(app) as client:
+        rs = await asyncio.wait_for(
+            asyncio.gather(
+                *(client.post("/v1/chat/completions", json=body, headers=bad) for _ in range(2))
+            ),
+            10,
+        )
+        assert [r.status_code for r in rs] == [401, 401]
+        assert all("x-semcache-shared" not in r.headers for r in rs) and len(seen) == 2
