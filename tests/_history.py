@@ -1,0 +1,606 @@
+"""Histories of cache calls, and a checker for semcache's consistency contract.
+
+A *history* is every call made to the cache during a run: which process and
+thread made it, the operation (``set``, ``get``, ``invalidate``, ``delete``,
+``flush``), the entry id (the exact key), the value written or read, when it was
+invoked and when it returned (``time.time()``, one clock for every process on the
+machine), and any exception. Every ``set`` writes a value no other ``set`` writes
+(``"p0:t1:42"``), so a value read names the write it came from.
+
+The checker judges a history by real time alone (what returned before what was
+invoked), per key:
+
+* **stale** -- a read returned the value of write *w* although another write *m*
+  of the key was invoked after *w* returned and returned before the read began.
+* **resurrected** -- the same with *m* an ``invalidate``/``delete``/``flush``.
+* **phantom** -- a read returned a value no ``set`` of that key wrote, or one
+  whose ``set`` was invoked only after the read returned.
+* **lost_write** -- a read missed although a write *w* had returned before it began
+  and no removal could have come after *w*; excused (and counted apart) when
+  a tier was down at some moment between *w*'s invocation and the read's return
+  (a miss is allowed under faults; a stale or resurrected value never is).
+* **exception** -- a call raised (other than an allowed, documented typed error).
+
+"Before the read began" is strict within a process; a write or removal made in
+another process binds a read only once ``replica_bound`` seconds have passed
+since it returned (replicas hear of it over pub/sub, or their L1 copies expire).
+A call that raised may or may not have taken effect: its value may be read at
+any time after its invocation, its removal may explain a miss, and it binds
+nothing.
+
+The workload (:func:`run_workload`) runs threads in several ``spawn``-ed processes,
+each with its own :class:`~semcache.SemanticCache` on the same tiers, doing
+random ``set``/``get``/``invalidate``/``delete``/``flush`` calls over a small key
+space, while the parent may inject faults (:class:`FaultInjector`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import multiprocessing as mp
+import os
+import random
+import threading
+import time
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_ALLOWED_ERRORS",
+    "FaultInjector",
+    "FaultWindow",
+    "Op",
+    "Report",
+    "Violation",
+    "WorkloadSpec",
+    "check",
+    "context",
+    "format_op",
+    "run_workload",
+]
+
+INF = float("inf")
+WRITE = "set"
+READ = "get"
+REMOVALS = ("invalidate", "delete", "flush")
+
+#: Typed errors a call may raise without breaking the contract, by operation. An
+#: invalidation that could not reach every tier may say so with BackendUnavailable
+#: (the CLI reports it as "unreachable"); reads and writes never raise under
+#: ``on_backend_error="miss"``.
+DEFAULT_ALLOWED_ERRORS: Mapping[str, tuple[str, ...]] = {
+    "invalidate": ("BackendUnavailable",),
+    "delete": ("BackendUnavailable",),
+    "flush": ("BackendUnavailable",),
+}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One call. ``key`` is ``None`` for ``flush``; ``value`` is the value written
+    (``set``) or read (``get``, ``None`` on a miss); ``ret`` is ``None`` and
+    ``error`` the exception's class name when the call raised."""
+
+    process: str
+    thread: int
+    op: str
+    key: str | None
+    value: str | None
+    invoke: float
+    ret: float | None
+    error: str | None = None
+    #: The tier a hit came from (diagnostics only).
+    tier: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.ret is not None
+
+    @property
+    def end(self) -> float:
+        """When the call's effect is certainly over (never, for a call that raised)."""
+        return self.ret if self.ok and self.ret is not None else INF
+
+    def to_json(self) -> list[Any]:
+        return [self.process, self.thread, self.op, self.key, self.value, self.invoke, self.ret, self.error, self.tier]
+
+    @classmethod
+    def from_json(cls, row: Sequence[Any]) -> Op:
+        return cls(*row)
+
+
+@dataclass(frozen=True)
+class FaultWindow:
+    """A tier was (possibly) down from ``start`` until ``end``."""
+
+    kind: str
+    start: float
+    end: float
+
+
+@dataclass
+class Violation:
+    kind: str
+    key: str | None
+    op: Op
+    #: The write the value came from, and the write/removal that made it illegal.
+    source: Op | None = None
+    cause: Op | None = None
+
+    def describe(self, t0: float = 0.0) -> str:
+        lines = [f"{self.kind} on key {self.key}:"]
+        if self.source is not None:
+            lines.append("  wrote:   " + format_op(self.source, t0))
+        if self.cause is not None:
+            lines.append("  then:    " + format_op(self.cause, t0))
+        lines.append(("  read:    " if self.op.op == READ else "  call:    ") + format_op(self.op, t0))
+        return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    ops: int
+    op_counts: Counter[str]
+    violations: list[Violation]
+    excused_misses: int = 0
+    hits: int = 0
+    misses: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    #: The call that took longest to return (latency is not part of the contract).
+    slowest: Op | None = None
+
+    @property
+    def by_kind(self) -> Counter[str]:
+        return Counter(v.kind for v in self.violations)
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.by_kind.items())) or "none"
+        ops = ", ".join(f"{k}={n}" for k, n in sorted(self.op_counts.items()))
+        return (
+            f"{self.ops} ops ({ops}); reads: {self.hits} hits, {self.misses} misses "
+            f"({self.excused_misses} excused by a fault); violations: {len(self.violations)} ({kinds})"
+            + ("" if self.slowest is None else f"; slowest call {self.slowest.end - self.slowest.invoke:.2f}s ({self.slowest.op})")
+        )
+
+    def examples(self, per_kind: int = 2, t0: float = 0.0) -> str:
+        out: list[str] = []
+        seen: Counter[str] = Counter()
+        for v in self.violations:
+            if seen[v.kind] < per_kind:
+                seen[v.kind] += 1
+                out.append(v.describe(t0))
+        return "\n".join(out)
+
+
+def format_op(op: Op, t0: float = 0.0) -> str:
+    ret = "raised " + str(op.error) if op.error else f"{(op.ret or 0) - t0:9.4f}"
+    arg = "" if op.key is None else f" {op.key[:8]}"
+    if op.op == WRITE:
+        arg += f" := {op.value}"
+    elif op.op == READ:
+        arg += " -> " + ("miss" if op.value is None else f"{op.value}") + (f" [{op.tier}]" if op.tier else "")
+    return f"{op.process}/t{op.thread} {op.op}{arg}  [{op.invoke - t0:9.4f} .. {ret}]"
+
+
+# -- the checker -------------------------------------------------------------------
+
+
+class _Latest:
+    """Ops of one process sorted by return time, with a running maximum of their
+    invocation times: "of the ops that returned before t, the last one invoked"."""
+
+    def __init__(self, ops: Iterable[Op]) -> None:
+        self.ops = sorted((o for o in ops if o.ok), key=lambda o: o.end)
+        self.rets = [o.end for o in self.ops]
+        self.best: list[Op] = []
+        for o in self.ops:
+            if not self.best or o.invoke > self.best[-1].invoke:
+                self.best.append(o)
+            else:
+                self.best.append(self.best[-1])
+
+    def last_invoked_before(self, t: float) -> Op | None:
+        """Of the ops that returned strictly before ``t``, the one invoked last."""
+        i = bisect.bisect_left(self.rets, t)
+        return self.best[i - 1] if i else None
+
+
+def _visible(groups: Mapping[str, _Latest], reader: Op, bound: float) -> Op | None:
+    """Of the ops (in any process) that bind ``reader``, the one invoked last."""
+    best: Op | None = None
+    for proc, latest in groups.items():
+        cutoff = reader.invoke if proc == reader.process else reader.invoke - bound
+        o = latest.last_invoked_before(cutoff)
+        if o is not None and (best is None or o.invoke > best.invoke):
+            best = o
+    return best
+
+
+def check(
+    history: Iterable[Op],
+    *,
+    replica_bound: float = 2.0,
+    faults: Sequence[FaultWindow] = (),
+    fault_grace: float = 0.0,
+    allowed_errors: Mapping[str, tuple[str, ...]] = DEFAULT_ALLOWED_ERRORS,
+) -> Report:
+    """Check a history against the contract; see the module docstring.
+
+    ``faults`` are the windows in which a tier was down; each is stretched by
+    ``fault_grace`` seconds after it ends (the cache's back-off may skip a tier
+    that long after it came back). Only misses are ever excused by a fault.
+    """
+    ops = list(history)
+    violations: list[Violation] = []
+    errors: Counter[str] = Counter()
+    for o in ops:
+        if o.error is not None:
+            errors[f"{o.op}:{o.error}"] += 1
+            if o.error not in allowed_errors.get(o.op, ()):
+                violations.append(Violation("exception", o.key, o))
+
+    windows = sorted((f.start, f.end + fault_grace) for f in faults)
+
+    def faulty(a: float, b: float) -> bool:
+        return any(s <= b and a <= e for s, e in windows)
+
+    flushes = [o for o in ops if o.op == "flush"]
+    by_key: dict[str, list[Op]] = defaultdict(list)
+    for o in ops:
+        if o.key is not None and o.op in (WRITE, READ, "invalidate", "delete"):
+            by_key[o.key].append(o)
+
+    hits = misses = excused = 0
+    for key, key_ops in by_key.items():
+        writes = [o for o in key_ops if o.op == WRITE]
+        removals = [o for o in key_ops if o.op in REMOVALS] + flushes
+        mutations = writes + removals
+        by_value = {w.value: w for w in writes}
+
+        def group(items: list[Op]) -> dict[str, _Latest]:
+            procs: dict[str, list[Op]] = defaultdict(list)
+            for it in items:
+                procs[it.process].append(it)
+            return {p: _Latest(v) for p, v in procs.items()}
+
+        mut_groups = group(mutations)
+        write_groups = group(writes)
+        # removals by invocation, with the running maximum of their end: "did any
+        # removal invoked before t end after s"
+        rem_sorted = sorted(removals, key=lambda o: o.invoke)
+        rem_inv = [o.invoke for o in rem_sorted]
+        rem_max_end: list[float] = []
+        for o in rem_sorted:
+            rem_max_end.append(max(o.end, rem_max_end[-1]) if rem_max_end else o.end)
+
+        for r in key_ops:
+            if r.op != READ or not r.ok:
+                continue
+            assert r.ret is not None
+            if r.value is not None:
+                hits += 1
+                w = by_value.get(r.value)
+                if w is None or w.invoke > r.ret:
+                    violations.append(Violation("phantom", key, r, w))
+                    continue
+                m = _visible(mut_groups, r, replica_bound)
+                if m is not None and m is not w and m.invoke > w.end:
+                    violations.append(Violation("stale" if m.op == WRITE else "resurrected", key, r, w, m))
+                continue
+            misses += 1
+            w = _visible(write_groups, r, replica_bound)
+            if w is None:
+                continue
+            i = bisect.bisect_left(rem_inv, r.ret)
+            if i and rem_max_end[i - 1] > w.invoke:
+                continue  # a removal may have come after w and before the read
+            if faulty(w.invoke, r.ret):
+                excused += 1
+                continue
+            violations.append(Violation("lost_write", key, r, w))
+
+    violations.sort(key=lambda v: v.op.invoke)
+    return Report(
+        ops=len(ops),
+        op_counts=Counter(o.op for o in ops),
+        violations=violations,
+        excused_misses=excused,
+        hits=hits,
+        misses=misses,
+        errors=errors,
+        slowest=max((o for o in ops if o.ok), key=lambda o: o.end - o.invoke, default=None),
+    )
+
+
+# -- the workload --------------------------------------------------------------------
+
+
+@dataclass
+class WorkloadSpec:
+    """What every worker process builds and does (picklable: it crosses ``spawn``)."""
+
+    sql_url: str
+    redis_url: str | None = None
+    redis_prefix: str = "semcache-history:"
+    l1_max_entries: int = 10_000
+    l1_max_ttl_seconds: float | None = None
+    processes: int = 2
+    threads: int = 2
+    keys: int = 20
+    #: Stop after this many seconds, or this many ops per thread, whichever first.
+    duration: float = 20.0
+    ops_per_thread: int = 1_000_000
+    seed: int = 1
+    #: Relative weights of the operations.
+    mix: Mapping[str, float] = field(
+        default_factory=lambda: {"get": 55, "set": 30, "invalidate": 9, "delete": 5, "flush": 1}
+    )
+    backoff_initial_seconds: float = 0.1
+    backoff_max_seconds: float = 0.5
+    redis_socket_timeout_seconds: float = 0.5
+    model: str = "history-model"
+
+    def prompts(self) -> list[str]:
+        return [f"consistency question number {i}: what is {i} squared?" for i in range(self.keys)]
+
+
+def _build_cache(spec: WorkloadSpec) -> Any:
+    from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SemanticCache, SQLConfig
+
+    config = CacheConfig(
+        memory=MemoryConfig(max_entries=spec.l1_max_entries, max_ttl_seconds=spec.l1_max_ttl_seconds),
+        redis=None
+        if spec.redis_url is None
+        else RedisConfig(
+            url=spec.redis_url, prefix=spec.redis_prefix, socket_timeout_seconds=spec.redis_socket_timeout_seconds
+        ),
+        sql=SQLConfig(url=spec.sql_url),
+        embedder=None,
+        policy=Policy(
+            semantic=False,
+            sweep_interval_seconds=None,
+            backoff_initial_seconds=spec.backoff_initial_seconds,
+            backoff_max_seconds=spec.backoff_max_seconds,
+        ),
+    )
+    return SemanticCache(config)
+
+
+def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, stop: Any) -> None:
+    """One process: open a cache, wait for ``go``, run the threads, write the history."""
+    import logging
+
+    # tier outages are the point of the run: keep their warnings out of the output
+    logging.getLogger("semcache").setLevel(logging.ERROR)
+    name = f"p{index}"
+    try:
+        cache = _build_cache(spec).open()
+        prompts = spec.prompts()
+        keys = [cache.request(p, model=spec.model).key for p in prompts]
+    except BaseException:
+        Path(out_path).write_text(json.dumps({"fatal": traceback.format_exc()}))
+        ready.set()
+        raise
+    ops_names = list(spec.mix)
+    weights = [spec.mix[o] for o in ops_names]
+    records: list[list[list[Any]]] = [[] for _ in range(spec.threads)]
+    samples: list[str] = []
+
+    def run(t: int) -> None:
+        rng = random.Random(spec.seed * 1_000_003 + index * 1009 + t)
+        rec = records[t].append
+        counter = 0
+        deadline = time.time() + spec.duration
+        for _ in range(spec.ops_per_thread):
+            if stop.is_set() or time.time() > deadline:
+                return
+            op = rng.choices(ops_names, weights)[0]
+            k = rng.randrange(len(prompts))
+            key = keys[k]
+            value: str | None = None
+            tier: str | None = None
+            error: str | None = None
+            if op == WRITE:
+                counter += 1
+                value = f"{name}:t{t}:{counter}"
+            invoke = time.time()
+            try:
+                if op == WRITE:
+                    cache.set(prompts[k], value, model=spec.model)
+                elif op == READ:
+                    hit = cache.get(prompts[k], model=spec.model)
+                    if hit is not None:
+                        value, tier = hit.value, hit.tier
+                elif op == "invalidate":
+                    cache.invalidate(key=key)
+                elif op == "delete":
+                    cache.delete(key)
+                else:
+                    cache.flush()
+                    key = None
+            except Exception as exc:  # noqa: BLE001 - every exception is part of the history
+                error = type(exc).__name__
+                if len(samples) < 5:
+                    samples.append(traceback.format_exc())
+            ret = None if error else time.time()
+            rec([name, t, op, key, value, invoke, ret, error, tier])
+
+    threads = [threading.Thread(target=run, args=(t,), name=f"history-{name}-t{t}") for t in range(spec.threads)]
+    ready.set()
+    go.wait()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stats = cache.stats()
+    stats["calls_done_at"] = time.time()
+    try:
+        cache.close()
+    except Exception:  # noqa: BLE001
+        samples.append(traceback.format_exc())
+    stats["closed_at"] = time.time()
+    Path(out_path).write_text(
+        json.dumps(
+            {
+                "ops": [row for rs in records for row in rs],
+                "samples": samples,
+                "stats": {
+                    k: stats[k]
+                    for k in ("hits", "misses", "sets", "invalidated", "evictions", "tier_errors", "calls_done_at", "closed_at")
+                },
+            }
+        )
+    )
+
+
+@dataclass
+class RunResult:
+    history: list[Op]
+    faults: list[FaultWindow]
+    elapsed: float
+    t0: float
+    samples: list[str]
+    stats: list[dict[str, Any]]
+
+
+def run_workload(
+    spec: WorkloadSpec,
+    workdir: str | os.PathLike[str],
+    *,
+    injector: FaultInjector | None = None,
+    start_timeout: float = 120.0,
+) -> RunResult:
+    """Spawn ``spec.processes`` workers, start them together, run ``injector`` (if
+    any) meanwhile in this process, and gather every history."""
+    ctx = mp.get_context("spawn")
+    ready = [ctx.Event() for _ in range(spec.processes)]
+    go, stop = ctx.Event(), ctx.Event()
+    paths = [os.path.join(os.fspath(workdir), f"history-p{i}.json") for i in range(spec.processes)]
+    procs = [
+        ctx.Process(target=_worker, args=(spec, i, paths[i], ready[i], go, stop), name=f"history-p{i}", daemon=True)
+        for i in range(spec.processes)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.monotonic() + start_timeout
+        for p, ev in zip(procs, ready):
+            while not ev.wait(0.2):
+                if not p.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {p.name} did not start (exit code {p.exitcode})")
+        for path in paths:
+            if os.path.exists(path):
+                raise RuntimeError("worker failed to open its cache:\n" + json.loads(Path(path).read_text())["fatal"])
+        t0 = time.time()
+        go.set()
+        faults: list[FaultWindow] = []
+        if injector is not None:
+            # faults stop when the calls do (an op budget may end the run early)
+            done = threading.Event()
+
+            def watch() -> None:
+                for p in procs:
+                    p.join()
+                done.set()
+
+            threading.Thread(target=watch, name="history-watch", daemon=True).start()
+            faults = injector.run(until=t0 + spec.duration, stop=done)
+        for p in procs:
+            p.join(spec.duration + 120)
+        elapsed = time.time() - t0
+    finally:
+        stop.set()
+        for p in procs:
+            if p.is_alive():
+                p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    history: list[Op] = []
+    samples: list[str] = []
+    stats: list[dict[str, Any]] = []
+    for p, path in zip(procs, paths):
+        if p.exitcode != 0 or not os.path.exists(path):
+            raise RuntimeError(f"worker {p.name} exited with {p.exitcode} without a history")
+        data = json.loads(Path(path).read_text())
+        history.extend(Op.from_json(row) for row in data["ops"])
+        samples.extend(data["samples"])
+        stats.append(data["stats"])
+    return RunResult(history, faults, elapsed, t0, samples, stats)
+
+
+# -- faults --------------------------------------------------------------------------
+
+
+class FaultInjector:
+    """Runs faults one after another, paced by ``pause`` seconds, until ``until``.
+
+    ``faults`` maps a name to a callable that causes the fault and returns once the
+    server is back. Each fault's window is from just before it was caused to just
+    after the server answered again.
+    """
+
+    def __init__(
+        self,
+        faults: Mapping[str, Callable[[], None]],
+        *,
+        pause: float = 2.0,
+        first_after: float = 1.0,
+        seed: int = 7,
+    ) -> None:
+        self.faults = dict(faults)
+        self.pause = pause
+        self.first_after = first_after
+        self.rng = random.Random(seed)
+        self.counts: Counter[str] = Counter()
+
+    def run(self, *, until: float, stop: Any = None) -> list[FaultWindow]:
+        """Inject faults until ``until`` or until ``stop`` (an Event) is set."""
+        windows: list[FaultWindow] = []
+        names = list(self.faults)
+        waiter = stop if stop is not None else threading.Event()
+        waiter.wait(self.first_after)  # pacing only: the workers are already running
+        i = 0
+        while time.time() < until - 1.0 and not waiter.is_set():
+            name = names[i % len(names)]
+            i += 1
+            start = time.time()
+            try:
+                self.faults[name]()
+            finally:
+                windows.append(FaultWindow(name, start, time.time()))
+            self.counts[name] += 1
+            waiter.wait(self.pause * (0.5 + self.rng.random()))
+        return windows
+
+
+def context(
+    history: Iterable[Op], v: Violation, *, before: float = 0.02, t0: float = 0.0, max_rows: int = 30
+) -> str:
+    """The calls on the violation's key (and flushes) from shortly before the call
+    that made it one until the read returned, in invocation order, with the write
+    the value came from; marked ``>>``: the source, the cause and the read."""
+    anchor = v.cause or v.source or v.op
+    start = anchor.invoke - before
+    end = v.op.ret or v.op.invoke
+    marked = [o for o in (v.source, v.cause, v.op) if o is not None]
+    rows = [
+        o for o in history
+        if (o.key == v.key or o.op == "flush") and o.invoke <= end and o.end >= start and o not in marked
+    ]
+    rows.sort(key=lambda o: o.invoke)
+    rows = rows[-max_rows:]
+    rows = sorted(rows + marked, key=lambda o: o.invoke)
+    return "\n".join(("  >> " if o in marked else "     ") + format_op(o, t0) for o in rows)
+
+
+def dump(history: Iterable[Op], path: str | os.PathLike[str]) -> None:
+    """Write a history as JSON lines (to keep a failing run for study)."""
+    with open(path, "w") as f:
+        for o in history:
+            f.write(json.dumps(asdict(o)) + "\n")
