@@ -133,11 +133,15 @@ def _no_l1(tmp_path):
     return replace(cfg, cache=replace(cfg.cache, memory=None))  # no L1 to hide the damage
 
 
+def _prompt(i):
+    return f"stored question number {i} " + "padding " * 40
+
+
 async def _store_200(client):
     for i in range(200):
         r = await client.post(
             "/v1/entries",
-            json={"prompt": f"stored question number {i} " + "padding " * 40, "value": i},
+            json={"prompt": _prompt(i), "value": i},
             headers=auth(TENANT_A),
         )
         assert r.status_code == 201, r.text
@@ -163,9 +167,8 @@ async def test_a_sqlite_l3_corrupted_while_serving_makes_readyz_a_503_naming_l3(
         # read through the damaged pages, as traffic would (answers are not the point here)
         await client.get("/v1/entries", params={"limit": 500}, headers=auth(ADMIN))
         await client.get("/v1/index/check", headers=auth(ADMIN))
-        await client.post(
-            "/v1/lookup", json={"prompt": "stored question number 150"}, headers=auth(TENANT_A)
-        )
+        for i in range(200):
+            await client.post("/v1/lookup", json={"prompt": _prompt(i)}, headers=auth(TENANT_A))
         _assert_unready_naming_l3(await client.get("/readyz"))
 
 
