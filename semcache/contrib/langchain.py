@@ -18,12 +18,14 @@ adapter's namespace (default ``"langchain"``), not the rest of the cache.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
 from ..config import UNSET
-from ..errors import InvalidInputError, MissingDependencyError
+from ..errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from ..keys import Request, build_request
 
 try:
@@ -33,6 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("langchain-core", "langchain") from exc
 
 __all__ = ["SemcacheLangChainCache"]
+
+T = TypeVar("T")
 
 #: The entry metadata ``format`` of stored LangChain generations.
 FORMAT = "langchain.generations"
@@ -112,6 +116,10 @@ def _usage(generations: Sequence[Any]) -> dict[str, int] | None:
 class SemcacheLangChainCache(BaseCache):
     """LangChain's ``BaseCache`` on a :class:`~semcache.SemanticCache` or :class:`~semcache.AsyncSemanticCache`.
 
+    With an :class:`~semcache.AsyncSemanticCache`, ``alookup``/``aupdate``/``aclear`` use
+    its awaitable methods; the sync ``lookup``/``update``/``clear`` run them to completion
+    in a fresh event loop, so they must not be called from inside a running one.
+
     Args:
         cache: the semcache cache (an async one serves ``alookup``/``aupdate`` natively).
         namespace: the namespace its entries live in (``clear()`` removes exactly these).
@@ -131,12 +139,12 @@ class SemcacheLangChainCache(BaseCache):
         ttl_seconds: Any = UNSET,
         tags: Iterable[str] = (),
     ) -> None:
-        from ..async_cache import AsyncSemanticCache
-
         if not namespace or not isinstance(namespace, str):
             raise InvalidInputError("namespace must be a non-empty string")
-        self.acache = cache if isinstance(cache, AsyncSemanticCache) else None
-        self.cache = cache.sync if self.acache is not None else cache
+        # an AsyncSemanticCache (its lookup is awaitable), told apart by its API
+        is_async = inspect.iscoroutinefunction(getattr(cache, "lookup", None))
+        self.acache: Any = cache if is_async else None
+        self.cache: Any = None if is_async else cache
         self.namespace = namespace
         self.semantic = semantic
         self.threshold = threshold
@@ -166,13 +174,30 @@ class SemcacheLangChainCache(BaseCache):
             meta["usage"] = usage
         return {"generations": [_generation_to_dict(g) for g in return_val]}, meta
 
+    @staticmethod
+    def _blocking(coro: Coroutine[Any, Any, T]) -> T:
+        """Run an async cache call from sync code (a thread with no running event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        coro.close()
+        raise ConfigurationError(
+            "the sync LangChain cache API was called inside a running event loop on an "
+            "AsyncSemanticCache: use the async API (ainvoke), or a SemanticCache"
+        )
+
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Look up generations for ``prompt`` under ``llm_string`` (exact, then semantic)."""
+        if self.acache is not None:
+            return self._blocking(self.alookup(prompt, llm_string))
         hit = self.cache.lookup(self._request(prompt, llm_string), threshold=self.threshold, semantic=self.semantic)
         return None if hit is None else self._decode(hit.value)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store ``return_val`` for ``prompt`` under ``llm_string``."""
+        if self.acache is not None:
+            return self._blocking(self.aupdate(prompt, llm_string, return_val))
         value, meta = self._encode(return_val)
         self.cache.store(
             self._request(prompt, llm_string), value, ttl_seconds=self.ttl_seconds, tags=self.tags, metadata=meta
@@ -180,6 +205,8 @@ class SemcacheLangChainCache(BaseCache):
 
     def clear(self, **kwargs: Any) -> None:
         """Remove every entry this adapter stored (its namespace)."""
+        if self.acache is not None:
+            return self._blocking(self.aclear(**kwargs))
         self.cache.invalidate(namespace=self.namespace)
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:

@@ -795,3 +795,76 @@ def test_price_table_validation() -> None:
         PriceTable({"m": (-1, 0)})
     with pytest.raises(ConfigurationError):
         CacheConfig(prices={"m": "cheap"})
+
+
+# -- the drivers -------------------------------------------------------------------------------
+
+
+async def test_the_async_driver_uses_only_the_awaitable_cache_api(acache, monkeypatch) -> None:
+    from semcache.async_cache import AsyncSemanticCache
+
+    def reach_in(self):
+        raise AssertionError("the decorator reached into AsyncSemanticCache.sync")
+
+    monkeypatch.setattr(AsyncSemanticCache, "sync", property(reach_in))
+    calls = Counter()
+
+    @acache.cached
+    async def ask(prompt: str) -> str:
+        return f"answer {calls.bump()}"
+
+    @acache.cached
+    async def gen(prompt: str) -> AsyncIterator[str]:
+        calls.bump()
+        yield "a"
+
+    assert await ask("q") == "answer 1" and await ask("q") == "answer 1"
+    assert [t async for t in gen("q")] == ["a"] and [t async for t in gen("q")] == ["a"]
+    with acache.options(bypass=True):
+        assert await ask("q") == "answer 3"
+    assert calls.n == 3
+
+
+async def test_a_sync_stream_of_an_async_function_is_stored_off_the_event_loop(acache) -> None:
+    loop_thread = threading.get_ident()
+    store_threads: list[int] = []
+    real_store = acache.sync.store  # observed from the test, underneath the awaitable API
+
+    def spy(*a, **k):
+        store_threads.append(threading.get_ident())
+        return real_store(*a, **k)
+
+    acache.sync.store = spy
+    calls = Counter()
+
+    @acache.cached
+    async def ask(prompt: str) -> Iterator[str]:
+        calls.bump()
+        return iter(["a", "b"])
+
+    stream = await ask("q")
+    assert list(stream) == ["a", "b"]
+    # the same task asks again at once: it waits for the store instead of calling again
+    again = await ask("q")
+    assert [t async for t in again] == ["a", "b"] and calls.n == 1
+    await ask.cache_logic.drain()
+    assert store_threads and loop_thread not in store_threads
+    assert len(flights_of(acache)) == 0
+
+
+def test_sync_and_async_drivers_share_one_pure_base(cache, acache) -> None:
+    from semcache.decorator import AsyncCachedFunction, CachedFunction, SyncCachedFunction
+
+    @cache.cached
+    def a(prompt: str) -> str:
+        return "a"
+
+    @acache.cached
+    async def b(prompt: str) -> str:
+        return "b"
+
+    assert isinstance(a.cache_logic, SyncCachedFunction) and isinstance(b.cache_logic, AsyncCachedFunction)
+    assert isinstance(a.cache_logic, CachedFunction) and isinstance(b.cache_logic, CachedFunction)
+    # the same request for the same call, whichever driver
+    assert a.cache_request("q").scope != b.cache_request("q").scope  # scoped by function name
+    assert a.cache_logic.request(("q",), {}).text == b.cache_logic.request(("q",), {}).text

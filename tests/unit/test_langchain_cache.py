@@ -201,3 +201,33 @@ def test_other_generation_types_round_trip(make_cache) -> None:
     gens = [ChatGenerationChunk(message=AIMessageChunk("partial")), ChatGeneration(message=AIMessage("whole"))]
     lc.update("p", "llm", gens)
     assert lc.lookup("p", "llm") == gens
+
+
+async def test_async_cache_is_used_only_through_its_awaitable_api(sqlite_url, hashing_embedder, monkeypatch) -> None:
+    def reach_in(self):
+        raise AssertionError("the adapter reached into AsyncSemanticCache.sync")
+
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    async with AsyncSemanticCache(config) as cache:
+        monkeypatch.setattr(AsyncSemanticCache, "sync", property(reach_in))
+        lc = SemcacheLangChainCache(cache)
+        await lc.aupdate("p", "llm", [Generation(text="g")])
+        assert await lc.alookup("p", "llm") == [Generation(text="g")]
+        await lc.aclear()
+        assert await lc.alookup("p", "llm") is None
+
+
+def test_sync_api_on_an_async_cache_outside_an_event_loop(sqlite_url, hashing_embedder) -> None:
+    import asyncio
+
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    cache = AsyncSemanticCache(config)
+    asyncio.run(cache.open())
+    try:
+        lc = SemcacheLangChainCache(cache)
+        lc.update("p", "llm", [Generation(text="g")])
+        assert lc.lookup("p", "llm") == [Generation(text="g")]
+        lc.clear()
+        assert lc.lookup("p", "llm") is None
+    finally:
+        asyncio.run(cache.aclose())
