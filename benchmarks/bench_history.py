@@ -47,6 +47,8 @@ def _print(title: str, result: RunResult, injector: FaultInjector | None, exampl
     if injector is not None:
         print(f"faults:     {sum(injector.counts.values())} injected ("
               + ", ".join(f"{k} {n}" for k, n in sorted(injector.counts.items())) + ")")
+        print("  windows:  " + ", ".join(
+            f"{f.kind} {f.start - result.t0:.1f}-{f.end - result.t0:.1f}s" for f in result.faults))
     else:
         print("faults:     none")
     if report.errors:
