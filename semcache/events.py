@@ -7,12 +7,17 @@ elsewhere, and a vector stored by one is searchable by all without a rebuild.
 
 Messages (``origin`` is the publishing cache's id, ignored by itself)::
 
-    {"origin": ..., "op": "add", "items": [{"key", "scope", "ei": embedder id, "v": base64 float32}]}
-    {"origin": ..., "op": "inv", "keys": [...], "sel": Selector.as_dict() | None}
+    {"origin": ..., "op": "add", "items": [{"key", "scope", "ver", "ei": embedder id, "v": base64 float32}]}
+    {"origin": ..., "op": "inv", "ver": version, "keys": [...], "sel": Selector.as_dict() | None}
 
-Pub/sub is fire-and-forget: a replica disconnected while a message was sent
-misses it, and its L1 copy lives until its TTL (bound it with
-``MemoryConfig.max_ttl_seconds``).
+Applying a message is versioned: a write of version v drops this replica's copies
+older than v, a delete of version v drops those up to v and leaves a tombstone, so
+a message that arrives late or twice changes nothing it should not.
+
+Pub/sub is fire-and-forget: it is the fast path (well under a second). What it
+loses — a replica disconnected while a message was sent, or a writer whose Redis
+was down — is caught up from L3's change log (:mod:`semcache.replicas`), within
+``Policy.log_poll_seconds``; after a subscription gap a replica also empties its L1.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def add_message(entries: Iterable[Entry]) -> dict[str, Any]:
             {
                 "key": e.key,
                 "scope": e.scope,
+                "ver": e.version,
                 "ei": e.embedder_id,
                 "v": base64.b64encode(e.embedding).decode("ascii") if e.embedding else None,
             }
@@ -49,9 +55,13 @@ def add_message(entries: Iterable[Entry]) -> dict[str, Any]:
     }
 
 
-def invalidate_message(keys: Iterable[str], selector: Selector | None) -> dict[str, Any]:
-    """The message for an invalidation: the keys removed here, and the selector used."""
-    return {"op": "inv", "keys": sorted(keys), "sel": None if selector is None else selector.as_dict()}
+def invalidate_message(keys: Iterable[str], selector: Selector | None, version: int = 0) -> dict[str, Any]:
+    """The message for an invalidation: the keys removed here, the selector used, its version."""
+    return {"op": "inv", "ver": version, "keys": sorted(keys), "sel": None if selector is None else selector.as_dict()}
+
+
+def _ver(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id: str | None, now: float) -> None:
@@ -60,12 +70,16 @@ def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id:
     if op == "inv":
         keys = [str(k) for k in msg.get("keys") or ()]
         sel = Selector.from_dict(dict(msg["sel"])) if msg.get("sel") else None
+        ver = _ver(msg.get("ver"))
         if memory is not None:
-            memory.delete(keys)
+            memory.delete(keys, ver)
             if sel is not None and sel.all:
-                memory.clear()
+                if ver is None:
+                    memory.clear()
+                else:
+                    memory.invalidate(sel, now, ver)
             elif sel is not None:
-                memory.invalidate(sel, now)
+                memory.invalidate(sel, now, ver)
         if index is not None:
             if sel is not None and sel.all:
                 index.clear()
@@ -74,8 +88,10 @@ def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id:
     elif op == "add":
         for item in msg.get("items") or ():
             key = str(item.get("key"))
+            ver = _ver(item.get("ver"))
             if memory is not None:
-                memory.delete([key])  # replaced elsewhere: our copy is stale
+                # replaced elsewhere: our copy, if older, is stale
+                memory.delete([key], None if ver is None else ver - 1)
             if index is None:
                 continue
             if item.get("v") and item.get("ei") == embedder_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -144,6 +145,46 @@ class Selector:
     older_than_seconds: float | None = None
     prompt_pattern: str | None = None
     all: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        key: str | None = None,
+        keys: Sequence[str] = (),
+        scope: str | None = None,
+        namespace: str | None = None,
+        model: str | None = None,
+        tag: str | None = None,
+        older_than_seconds: float | None = None,
+        prompt_pattern: str | None = None,
+    ) -> Selector:
+        """A selector from invalidation criteria (combined with AND).
+
+        Raises:
+            InvalidInputError: no criterion, or a bad ``older_than_seconds``.
+        """
+        from .errors import InvalidInputError
+
+        if older_than_seconds is not None and (
+            isinstance(older_than_seconds, bool)
+            or not isinstance(older_than_seconds, (int, float))
+            or math.isnan(older_than_seconds)
+            or older_than_seconds < 0
+        ):
+            raise InvalidInputError("older_than_seconds must be a non-negative number")
+        sel = cls(
+            keys=tuple(keys) + ((key,) if key is not None else ()),
+            scope=scope,
+            namespace=namespace,
+            model=model,
+            tag=tag,
+            older_than_seconds=older_than_seconds,
+            prompt_pattern=prompt_pattern,
+        )
+        if sel.is_empty():
+            raise InvalidInputError("name at least one criterion to invalidate (or call flush())")
+        return sel
 
     @classmethod
     def everything(cls) -> Selector:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import InvalidInputError, MissingDependencyError
 from ._models import DEFAULT_MODEL_ID
@@ -19,6 +19,7 @@ from .onnx import OnnxEmbedder, export_onnx, onnx_cache_root
 from .sentence_transformers import SentenceTransformerEmbedder
 
 __all__ = [
+    "resolve_embedder",
     "DEFAULT_MODEL_ID",
     "CallableEmbedder",
     "Embedder",
@@ -73,4 +74,32 @@ def default_embedder(
     raise MissingDependencyError(
         "sentence-transformers" if backend == "torch" else "onnxruntime or sentence-transformers",
         "embed",
+    )
+
+
+def resolve_embedder(choice: Any) -> Any:
+    """Turn a config's ``embedder`` value into an Embedder: ``"default"``, a
+    sentence-transformers model name, an Embedder, or a callable ``texts -> (n, dim)``.
+
+    Raises:
+        ConfigurationError: none of those.
+    """
+    import numpy as np
+
+    from ..errors import ConfigurationError
+
+    if choice == "default":
+        return default_embedder()
+    if isinstance(choice, str):
+        return SentenceTransformerEmbedder(choice)
+    if isinstance(choice, Embedder):
+        return choice
+    if callable(choice):
+        probe = np.asarray(choice(["semcache dimension probe"]), dtype=np.float32)
+        if probe.ndim != 2 or probe.shape[0] != 1:
+            raise ConfigurationError("a callable embedder must map a list of n texts to an (n, dim) array")
+        name = f"callable:{getattr(choice, '__module__', '?')}.{getattr(choice, '__qualname__', type(choice).__name__)}"
+        return CallableEmbedder(choice, dim=int(probe.shape[1]), model_id=name)
+    raise ConfigurationError(
+        "embedder must be 'default', None, a sentence-transformers model name, an Embedder or a callable"
     )

@@ -39,3 +39,19 @@ class VectorIndex(Protocol):
     def stats(self) -> dict[str, Any]:
         """Sizes and index kinds."""
         ...
+
+    def keys(self) -> set[str]:
+        """Every key held."""
+        ...
+
+    def start_journal(self) -> None:
+        """Record adds and removes from now on (while a replacement is being built)."""
+        ...
+
+    def take_journal(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """Stop recording; return what was recorded."""
+        ...
+
+    def replay(self, ops: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Apply recorded adds and removes."""
+        ...

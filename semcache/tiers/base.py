@@ -10,12 +10,24 @@ to :class:`~semcache.errors.BackendError` at this boundary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..types import Entry, Selector
 
-__all__ = ["AsyncBackend", "Backend", "ThreadedAsyncBackend", "tier_expiry"]
+__all__ = [
+    "AsyncBackend",
+    "Backend",
+    "ChangeLog",
+    "EmbeddingStore",
+    "Handoff",
+    "Listable",
+    "Publisher",
+    "Sweepable",
+    "Touchable",
+    "ThreadedAsyncBackend",
+    "tier_expiry",
+]
 
 
 @runtime_checkable
@@ -29,16 +41,23 @@ class Backend(Protocol):
         """Return the live entry stored under ``key``, or ``None``."""
         ...
 
-    def set(self, entry: Entry, now: float) -> None:
-        """Store ``entry`` until its ``expires_at`` (capped by the tier's max TTL)."""
+    def set(self, entry: Entry, now: float, *, token: int | None = None) -> bool:
+        """Store ``entry`` until its ``expires_at`` (capped by the tier's max TTL),
+        unless the tier holds a newer version or delete of its key (``token``: a read
+        token of L1's, for promotions). Return whether it was stored."""
         ...
 
-    def delete(self, keys: Sequence[str]) -> int:
-        """Delete entries by key; return how many existed."""
+    def set_many(self, entries: Sequence[Entry], now: float) -> Any:
+        """Store many entries (versioned like :meth:`set`)."""
         ...
 
-    def invalidate(self, selector: Selector, now: float) -> list[str]:
-        """Delete every entry ``selector`` matches; return their keys."""
+    def delete(self, keys: Sequence[str], version: int | None = None) -> int:
+        """Delete entries by key (with ``version``: those older, leaving tombstones);
+        return how many existed."""
+        ...
+
+    def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
+        """Delete every entry ``selector`` matches (older than ``version``); return their keys."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -47,6 +66,133 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections and memory."""
+        ...
+
+
+# -- roles: what a tier can do beyond the protocol, checked by mypy --------------------
+# The cache finds a tier's roles with isinstance() on these protocols, never by name.
+
+
+@runtime_checkable
+class Listable(Protocol):
+    """A tier that can list and count what it holds (L3; the CLI and API pages)."""
+
+    def list_entries(self, selector: Selector | None, now: float, *, limit: int = 50, offset: int = 0) -> list[Entry]:
+        """Live entries, newest first, filtered by ``selector``."""
+        ...
+
+    def select_keys(self, selector: Selector, now: float) -> list[str]:
+        """Keys ``selector`` matches, without deleting."""
+        ...
+
+    def count(self, now: float | None = None, embedder_id: str | None = None) -> int:
+        """How many entries (live ones when ``now`` is given)."""
+        ...
+
+
+@runtime_checkable
+class Touchable(Protocol):
+    """A tier that can move an entry's expiry without rewriting it (L3: it keeps the vector)."""
+
+    def touch(self, key: str, expires_at: float | None, now: float) -> None:
+        """Move the expiry of ``key``."""
+        ...
+
+
+@runtime_checkable
+class Sweepable(Protocol):
+    """A tier whose expired rows must be deleted by a sweep (L3)."""
+
+    def sweep(self, now: float) -> list[str]:
+        """Delete expired rows; return their keys."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingStore(Protocol):
+    """A tier that keeps embeddings with entries, so the index can be rebuilt (L3)."""
+
+    stores_embeddings: bool
+
+    def iter_embeddings(self, embedder_id: str, now: float, batch: int = 5000) -> Iterator[list[tuple[str, str, bytes]]]:
+        """Batches of ``(key, scope, embedding)``."""
+        ...
+
+    def set_embedding(self, key: str, embedding: bytes, embedder_id: str) -> None:
+        """Attach an embedding to an entry."""
+        ...
+
+    def get_embeddings(self, keys: Sequence[str], embedder_id: str, now: float) -> list[tuple[str, str, bytes]]:
+        """``(key, scope, embedding)`` of live entries among ``keys``."""
+        ...
+
+    def list_entries(self, selector: Selector | None, now: float, *, limit: int = 50, offset: int = 0) -> list[Entry]:
+        """Live entries, newest first."""
+        ...
+
+    def count(self, now: float | None = None, embedder_id: str | None = None) -> int:
+        """How many entries (live ones when ``now`` is given)."""
+        ...
+
+
+@runtime_checkable
+class ChangeLog(Protocol):
+    """A durable tier with a change log and shared marks (L3)."""
+
+    def log_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str | None, int, str]]:
+        """``(seq, key, version, op)`` after ``seq``."""
+        ...
+
+    def log_head(self) -> int:
+        """The last ``seq``."""
+        ...
+
+    def mark_get(self, name: str) -> int | None:
+        """A shared mark."""
+        ...
+
+    def mark_lower(self, name: str, value: int) -> None:
+        """Lower (or set) a shared mark."""
+        ...
+
+    def mark_clear(self, name: str, value: int) -> bool:
+        """Clear a mark if unchanged."""
+        ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """A shared tier that carries events between replicas (Redis pub/sub)."""
+
+    client: Any
+
+    def publish(self, channel: str, message: str) -> int:
+        """Publish ``message`` on ``channel``."""
+        ...
+
+
+@runtime_checkable
+class Handoff(Protocol):
+    """A shared tier that durably holds what L3 missed while it was down (Redis)."""
+
+    def handoff_put(self, entries: Sequence[Entry], deletes: Sequence[tuple[str, int]] = ()) -> None:
+        """Record missed writes and deletes."""
+        ...
+
+    def handoff_size(self) -> int:
+        """How many records wait."""
+        ...
+
+    def handoff_items(self) -> Iterator[tuple[str, bytes, int, Entry | None]]:
+        """``(key, raw, version, entry or None)``."""
+        ...
+
+    def handoff_done(self, key: str, raw: bytes) -> None:
+        """Forget a record L3 now holds."""
+        ...
+
+    def handoff_invalidate(self, selector: Selector, now: float, version: int) -> None:
+        """Apply an invalidation to waiting records."""
         ...
 
 

@@ -201,6 +201,9 @@ class MemoryBackend:
             ]
             for k in gone:
                 del self._lru[k]
+            # named keys are marked even when absent: a lookup in flight that read one
+            # from a lower tier must not copy it here
+            for k in set(gone).union(selector.keys):
                 self._touch(k)
                 if version is not None:
                     self._tomb(k, version)

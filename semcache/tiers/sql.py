@@ -390,7 +390,7 @@ class SQLBackend:
         ).scalar_one()
         ins = _dialect_insert(engine)
         tomb = ins(_E)
-        fields = {
+        fields: dict[str, Any] = {
             "scope": "", "namespace": None, "model": None, "prompt": "", "payload": b"", "created_at": now,
             "expires_at": 0.0, "ttl_seconds": None, "tags": [], "metadata": {}, "embedding": None,
             "embedder_id": None, "dim": None, "deleted": True,
@@ -567,6 +567,25 @@ class SQLBackend:
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
 
+    def get_embeddings(self, keys: Sequence[str], embedder_id: str, now: float) -> list[tuple[str, str, bytes]]:
+        """``(key, scope, embedding)`` of the live entries among ``keys`` embedded by ``embedder_id``."""
+        out: list[tuple[str, str, bytes]] = []
+        try:
+            with self._guard(), self.engine.connect() as conn:
+                for i in range(0, len(keys), _BATCH):
+                    rows = conn.execute(
+                        select(_E.c.key, _E.c.scope, _E.c.embedding).where(
+                            _E.c.key.in_(list(keys[i : i + _BATCH])),
+                            _E.c.embedder_id == embedder_id,
+                            _E.c.embedding.is_not(None),
+                            _live(now),
+                        )
+                    )
+                    out.extend((r[0], r[1], bytes(r[2])) for r in rows)
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        return out
+
     def count(self, now: float | None = None, embedder_id: str | None = None) -> int:
         """Number of rows (live ones only when ``now`` is given)."""
         q = select(func.count()).select_from(_E).where(_E.c.deleted.is_(False))
@@ -598,10 +617,16 @@ class SQLBackend:
         return out
 
     def ping(self) -> bool:
-        """Whether the database answers."""
+        """Whether the database answers (and, for a SQLite file, is not damaged).
+
+        Raises:
+            BackendFailed: the SQLite file is damaged.
+            BackendUnavailable: the database cannot be reached.
+        """
         try:
             with self._guard(), self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
+            self._quick_check(self.engine)
             return True
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc

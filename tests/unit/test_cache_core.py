@@ -242,15 +242,20 @@ class _DownTier:
         self._check()
         return self.data.get(key)
 
-    def set(self, entry, now):
+    def set(self, entry, now, *, token=None):
         self._check()
         self.data[entry.key] = entry
+        return True
 
-    def delete(self, keys):
+    def set_many(self, entries, now):
+        for e in entries:
+            self.set(e, now)
+
+    def delete(self, keys, version=None):
         self._check()
         return sum(1 for k in keys if self.data.pop(k, None))
 
-    def invalidate(self, selector, now):
+    def invalidate(self, selector, now, version=None):
         self._check()
         return []
 

@@ -1,0 +1,178 @@
+"""The state every part of the cache shares: configuration, clock, tiers, embedder,
+index and counters, with the pure helpers the read and write paths both use."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from cachetools import LRUCache
+
+from .chain import TierChain
+from .config import MAX_TTL_SECONDS, UNSET, CacheConfig
+from .errors import ConfigurationError, InvalidInputError, SerializationError
+from .index.base import VectorIndex
+from .keys import Request
+from .stats import Counters
+from .types import Entry, Hit
+
+__all__ = ["Core", "validate_threshold", "validate_ttl"]
+
+
+def validate_ttl(ttl: Any) -> float | None:
+    """A TTL in seconds, or ``None`` for never."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
+        raise InvalidInputError(f"ttl_seconds must be a positive number of seconds or None, got {ttl!r}")
+    if not 0 < ttl <= MAX_TTL_SECONDS:
+        raise InvalidInputError(
+            f"ttl_seconds must be in (0, {MAX_TTL_SECONDS:.0f}] (None means never expire), got {ttl!r}"
+        )
+    return float(ttl)
+
+
+def validate_threshold(t: Any) -> float:
+    """A cosine similarity in [-1, 1]."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t) or not -1.0 <= t <= 1.0:
+        raise InvalidInputError(f"threshold must be a cosine similarity in [-1, 1], got {t!r}")
+    return float(t)
+
+
+class Core:
+    """Shared state of one cache; the read, write, index and replica parts hold it."""
+
+    def __init__(self, config: CacheConfig, timer: Callable[[], float], chain: TierChain, stats: Counters) -> None:
+        self.config = config
+        self.timer = timer
+        self.chain = chain
+        self.stats = stats
+        self.embedder: Any = None
+        self.index: VectorIndex | None = None
+        self.guards: list[Any] = []
+        self.index_built = False
+        self._recent: LRUCache[str, np.ndarray] = LRUCache(maxsize=256)
+        self._recent_lock = threading.Lock()
+        #: Called with keys whose stored value cannot be read: they are removed everywhere.
+        self.on_corrupt: Callable[[list[str]], None] = lambda keys: None
+
+    # -- thresholds ------------------------------------------------------------
+    def threshold_for(self, request: Request, threshold: Any = UNSET) -> float:
+        """The similarity threshold for a request: per call, else per scope/namespace, else per cache."""
+        if threshold is not UNSET and threshold is not None:
+            return validate_threshold(threshold)
+        per = self.config.policy.namespace_thresholds
+        if request.scope in per:
+            return float(per[request.scope])
+        if request.namespace is not None and request.namespace in per:
+            return float(per[request.namespace])
+        return self.config.policy.similarity_threshold
+
+    # -- embedding -----------------------------------------------------------------
+    def embeddable(self, text: str) -> bool:
+        """Whether ``text`` takes part in semantic matching (see ``Policy.long_prompt``).
+
+        Raises:
+            InvalidInputError: the text is too long and ``long_prompt="error"``.
+        """
+        if self.embedder is None:
+            return False
+        limit = getattr(self.embedder, "max_tokens", None)
+        if limit is None:
+            return True
+        if self.embedder.count_tokens(text) <= limit:
+            return True
+        mode = self.config.policy.long_prompt
+        if mode == "error":
+            raise InvalidInputError(
+                f"the prompt is longer than the embedder's window of {limit} tokens "
+                "(set Policy.long_prompt='exact_only' or 'truncate' to cache it)"
+            )
+        if mode == "exact_only":
+            self.stats.inc("long_prompts_exact_only")
+            return False
+        self.stats.inc("long_prompts_truncated")
+        return True
+
+    def embed_many(self, texts: list[str]) -> np.ndarray:
+        """Embed texts with the cache's embedder, validated: ``(n, dim)`` unit rows.
+
+        Raises:
+            EmbeddingError: the embedder returned NaN, a wrong shape or dimension.
+        """
+        from .embedders.base import check_embeddings
+
+        if self.embedder is None or self.index is None:
+            raise ConfigurationError("this cache has no embedder (semantic matching is off)")
+        out = self.embedder.embed(list(texts))
+        checked: np.ndarray = check_embeddings(out, len(texts), self.index.dim)
+        return checked
+
+    def check_vector(self, v: np.ndarray) -> np.ndarray:
+        """A precomputed vector, checked like the embedder's own."""
+        from .embedders.base import check_embeddings
+
+        if self.index is None:
+            raise ConfigurationError("this cache has no embedder (semantic matching is off)")
+        checked: np.ndarray = check_embeddings(v, 1, self.index.dim)[0]
+        return checked
+
+    def embed(self, request: Request) -> np.ndarray | None:
+        """The request's vector (``None`` when it is not embeddable); recent ones are reused,
+        since a miss is usually followed by a store of the same prompt."""
+        with self._recent_lock:
+            v: np.ndarray | None = self._recent.get(request.text)
+        if v is not None:
+            return v
+        if not self.embeddable(request.text):
+            return None
+        t0 = time.perf_counter()
+        v = self.embed_many([request.text])[0]
+        self.stats.inc("embeddings")
+        self.stats.inc("embed_us", int((time.perf_counter() - t0) * 1e6))
+        with self._recent_lock:
+            self._recent[request.text] = v
+        return v
+
+    # -- hits and savings --------------------------------------------------------------
+    def hit(self, entry: Entry, tier: str, kind: str, sim: float, now: float) -> Hit | None:
+        """The :class:`Hit` for an entry, or ``None`` (and removal) when its value is unreadable."""
+        try:
+            value = entry.value
+        except SerializationError:
+            self.stats.inc("corrupt_removed")
+            self.on_corrupt([entry.key])
+            return None
+        self.stats.inc(f"hits_{tier}_{kind}")
+        self.count_saved(entry.metadata, entry.model)
+        return Hit(
+            value=value,
+            key=entry.key,
+            tier=tier,  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]
+            similarity=sim,
+            prompt=entry.prompt,
+            age_seconds=max(0.0, now - entry.created_at),
+            ttl_seconds_left=entry.ttl_left(now),
+            entry=entry,
+        )
+
+    def count_saved(self, metadata: Mapping[str, Any] | None, model: str | None) -> None:
+        """Count the tokens and money a served answer saved."""
+        meta = metadata or {}
+        usage = meta.get("usage")
+        if isinstance(usage, Mapping):
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                v = usage.get(k)
+                if isinstance(v, int) and v >= 0:
+                    self.stats.inc(f"saved_{k}", v)
+        cost = meta.get("cost")
+        if not isinstance(cost, (int, float)) and self.config.prices is not None:
+            # priced at hit time, so a price table set later also covers older entries
+            cost = self.config.prices.cost_usd(model or meta.get("response_model"), usage)
+        if isinstance(cost, (int, float)) and cost > 0:
+            self.stats.inc("saved_cost_microusd", round(cost * 1e6))

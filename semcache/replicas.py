@@ -1,0 +1,251 @@
+"""Replicas: events over Redis pub/sub (the fast path), L3's change log (the sure
+path), the L2 repair and the hand-off drain.
+
+What each replica holds privately (its L1 and, with the in-process index, its
+index) must follow what the others change:
+
+- **pub/sub** carries every write and invalidation at once (well under a second
+  with Redis up); see :mod:`semcache.events`.
+- **the change log** in L3 carries the same, durably: every
+  ``Policy.log_poll_seconds`` (1 s) each replica reads the rows after the last one
+  it saw and applies them to its L1 and index (versioned, so applying a row twice
+  or late is harmless; a few rows are read again each time, since on PostgreSQL
+  rows may commit out of ``seq`` order). So what pub/sub lost — a replica that was
+  disconnected, a writer whose Redis was down — arrives within the poll interval
+  while L3 is up. A replica that fell behind the log's retention empties its L1.
+- **the L2 repair**: a writer that could not reach L2 lowers the shared
+  ``l2_repair`` mark; every replica stops reading L2 once it sees the mark (at its
+  next poll), and the first to reach L2 replays the log from the mark into it as
+  "drop older than this version", then clears the mark.
+- **the hand-off**: writes L3 missed wait in L2; a replica that sees them drains
+  them into L3 once L3 answers, and does not read L3 until then.
+
+What is lost in which failure is stated in the README ("Consistency").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .chain import L2_REPAIR, Skip
+from .core import Core
+from .events import EventListener, apply_event
+from .types import Selector
+
+__all__ = ["Replicas"]
+
+log = logging.getLogger("semcache")
+
+#: Log rows read again at each poll (rows that committed out of order on PostgreSQL).
+_OVERLAP = 64
+_PAGE = 1000
+
+
+class Replicas:
+    """Events and the change log for one cache."""
+
+    def __init__(self, core: Core, origin: str) -> None:
+        self.core = core
+        self.chain = core.chain
+        self.origin = origin
+        self.listener: EventListener | None = None
+        self.last_seq = 0
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._tick_lock = threading.Lock()
+        cfg = core.config.redis
+        self.channel = f"{cfg.prefix}events" if cfg is not None else ""
+        self.pubsub = cfg is not None and cfg.pubsub and self.chain.publisher is not None
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe to events and start following the change log."""
+        pub = self.chain.publisher
+        if self.pubsub and pub is not None:
+            self.listener = EventListener(pub.client, self.channel, self.apply_event, self.events_missed)
+            self.listener.start()
+        lg, s3 = self.chain.log, self.chain.l3_slot
+        if lg is not None and s3 is not None:
+            try:
+                self.last_seq = self.chain.call(s3, lg.log_head)
+            except Skip:
+                self.last_seq = -1  # read from the start once L3 answers (bounded by retention)
+        interval = self.core.config.policy.log_poll_seconds
+        if interval is not None and (lg is not None or self.chain.handoff is not None):
+            self._poller = threading.Thread(target=self._poll_every, args=(interval,), name="semcache-log", daemon=True)
+            self._poller.start()
+
+    def stop(self) -> None:
+        """Stop the listener and the poller."""
+        self._stop.set()
+        if self.listener is not None:
+            self.listener.stop()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+
+    # -- pub/sub ----------------------------------------------------------------------
+    def publish(self, message: dict[str, Any]) -> None:
+        """Publish a write or invalidation (lost if Redis is down: the log carries it)."""
+        pub, s2 = self.chain.publisher, self.chain.l2_slot
+        if not self.pubsub or pub is None or s2 is None:
+            return
+        message["origin"] = self.origin
+        text = json.dumps(message)
+        try:
+            self.chain.call(s2, lambda: pub.publish(self.channel, text))
+        except Skip:
+            pass
+
+    def apply_event(self, msg: Mapping[str, Any]) -> None:
+        """Apply an invalidation or index update published by another replica."""
+        if msg.get("origin") == self.origin:
+            return
+        core = self.core
+        apply_event(
+            msg,
+            memory=self.chain.l1,
+            index=core.index,
+            embedder_id=None if core.embedder is None else core.embedder.model_id,
+            now=core.timer(),
+        )
+
+    def events_missed(self) -> None:
+        """The subscription dropped: events may have been missed, so this replica's L1
+        copies can no longer be trusted until the log catches up (the shared tiers are)."""
+        if self.chain.l1 is not None:
+            self.chain.l1.clear()
+            self.core.stats.inc("l1_cleared_after_event_gap")
+
+    # -- the change log ------------------------------------------------------------------
+    def _poll_every(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the poller must outlive any one failure
+                log.warning("following the change log failed", exc_info=True)
+
+    def tick(self) -> None:
+        """One poll: apply new log rows, repair L2 if marked, drain the hand-off."""
+        with self._tick_lock:
+            self._follow()
+            self._repair_l2()
+            self._drain()
+
+    def _follow(self) -> None:
+        chain, core = self.chain, self.core
+        lg, s3 = chain.log, chain.l3_slot
+        if lg is None or s3 is None or chain.handoff_waiting:
+            return
+        start = self.last_seq
+        if start < 0:
+            if chain.l1 is not None:
+                chain.l1.clear()  # what we hold predates a log we could not read
+            start = 0
+        since = max(0, start - _OVERLAP)
+        try:
+            rows = chain.call(s3, lambda: lg.log_since(since, _PAGE + _OVERLAP))
+        except Skip:
+            return
+        if start > 0 and rows and rows[0][0] > since + 1 and since > 0:
+            # rows we never saw were swept (retention): our copies may be stale
+            if chain.l1 is not None:
+                chain.l1.clear()
+        now = core.timer()
+        l1, index = chain.l1, core.index
+        added: list[str] = []
+        for seq, key, version, op in rows:
+            if op == "f":
+                if l1 is not None:
+                    l1.invalidate(Selector.everything(), now, version)
+                if index is not None and seq > start:
+                    index.clear()
+                    added.clear()
+                continue
+            if key is None:
+                continue
+            if op == "s":
+                if l1 is not None:
+                    l1.delete([key], version - 1)
+                if index is not None and key not in index:
+                    added.append(key)
+            elif op == "d":
+                if l1 is not None:
+                    l1.delete([key], version)
+                if index is not None:
+                    index.remove([key])
+        if rows:
+            self.last_seq = max(start, rows[-1][0])
+            core.stats.inc("replica_log_applied", sum(1 for r in rows if r[0] > start))
+        if added:
+            self._index_add(added)
+
+    def _index_add(self, keys: list[str]) -> None:
+        """Add vectors written by other replicas (their pub/sub message may be lost)."""
+        core, chain = self.core, self.chain
+        store = chain.store
+        if core.index is None or core.embedder is None or store is None or chain.l3_slot is None:
+            return
+        mid = core.embedder.model_id
+        try:
+            found = chain.call(chain.l3_slot, lambda: store.get_embeddings(keys, mid, core.timer()))
+        except Skip:
+            return
+        for key, scope, emb in found:
+            v = np.frombuffer(emb, dtype=np.float32)
+            if v.shape == (core.index.dim,) and np.isfinite(v).all():
+                core.index.add(scope, [key], v.reshape(1, -1))
+
+    def _repair_l2(self) -> None:
+        chain = self.chain
+        lg, s3, s2 = chain.log, chain.l3_slot, chain.l2_slot
+        if lg is None or s3 is None or s2 is None:
+            return
+        try:
+            mark = chain.call(s3, lambda: lg.mark_get(L2_REPAIR))
+        except Skip:
+            return
+        if mark is None:
+            chain.l2_dirty = False
+            return
+        chain.l2_dirty = True
+        b2 = s2.backend
+        seq = mark
+        try:
+            while True:
+                rows = chain.call(s3, lambda: lg.log_since(seq, _PAGE))
+                if not rows:
+                    break
+                for _, key, version, op in rows:
+                    if op == "f":
+                        chain.call(s2, lambda: b2.invalidate(Selector.everything(), 0.0, version))
+                    elif key is not None:
+                        v = version - 1 if op == "s" else version
+                        chain.call(s2, lambda: b2.delete([key], v))
+                seq = rows[-1][0]
+            if chain.call(s3, lambda: lg.mark_clear(L2_REPAIR, mark)):
+                chain.l2_dirty = False
+                log.info("L2 repaired from the change log")
+        except Skip:
+            return
+
+    def _drain(self) -> None:
+        chain = self.chain
+        ho, s2, s3 = chain.handoff, chain.l2_slot, chain.l3_slot
+        if ho is None or s2 is None or s3 is None:
+            return
+        try:
+            waiting = chain.call(s2, ho.handoff_size) > 0
+        except Skip:
+            return
+        chain.handoff_waiting = waiting
+        if waiting:
+            try:
+                chain.call(s3, lambda: None)  # the call replays the hand-off first
+            except Skip:
+                pass
