@@ -1,0 +1,122 @@
+"""The read-through's cross-process lock on a real Redis (SEMCACHE_TEST_REDIS_URL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from semcache import AsyncSemanticCache, CacheConfig, RedisConfig, SemanticCache, SQLConfig
+from semcache.singleflight import AsyncRedisLock
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def aredis(redis_url, key_prefix):
+    import redis.asyncio
+
+    from semcache.tiers.redis import _glob_escape
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=_glob_escape(key_prefix) + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_a_native_async_lock_is_released_after_a_sync_stream_of_an_async_function(
+    aredis, key_prefix, sqlite_url, hashing_embedder, clock
+) -> None:
+    lock = AsyncRedisLock(aredis, prefix=f"{key_prefix}lock:", timeout_seconds=30)
+    assert lock.native
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    async with AsyncSemanticCache(config, timer=clock) as acache:
+        loop_thread = threading.get_ident()
+        store_threads: list[int] = []
+        real_store = acache.sync.store  # observed from the test, underneath the awaitable API
+
+        def spy(*a, **k):
+            store_threads.append(threading.get_ident())
+            return real_store(*a, **k)
+
+        acache.sync.store = spy
+
+        @acache.cached(lock=lock)
+        async def ask(prompt: str) -> Iterator[str]:
+            return iter(["a", "b"])
+
+        key = ask.cache_request("q").key
+        stream = await ask("q")
+        assert await lock.held(key)  # held while the stream is being read
+        assert list(stream) == ["a", "b"]
+        await ask.cache_logic.drain()
+        assert not await lock.held(key)  # released once stored, not left to expire
+        assert store_threads and loop_thread not in store_threads  # never blocked the loop
+        assert [t async for t in await ask("q")] == ["a", "b"]
+
+
+async def test_a_dropped_sync_stream_releases_a_native_async_lock(
+    aredis, key_prefix, sqlite_url, hashing_embedder, clock
+) -> None:
+    lock = AsyncRedisLock(aredis, prefix=f"{key_prefix}lock:", timeout_seconds=30)
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    async with AsyncSemanticCache(config, timer=clock) as acache:
+
+        @acache.cached(lock=lock)
+        async def ask(prompt: str) -> Iterator[str]:
+            return iter(["a", "b"])
+
+        key = ask.cache_request("q").key
+        stream = await ask("q")
+        assert next(stream) == "a"
+        stream.close()
+        await ask.cache_logic.drain()
+        assert not await lock.held(key)
+
+
+def test_the_redis_tier_is_found_in_one_place(redis_url, key_prefix, sqlite_url, hashing_embedder, monkeypatch) -> None:
+    import semcache.readthrough.locks as locks
+
+    seen: list[object] = []
+    real = locks.redis_tier
+
+    def spy(cache):
+        seen.append(cache)
+        return real(cache)
+
+    monkeypatch.setattr(locks, "redis_tier", spy)
+    config = CacheConfig(
+        redis=RedisConfig(url=redis_url, prefix=key_prefix),
+        sql=SQLConfig(url=sqlite_url),
+        embedder=hashing_embedder,
+    )
+    with SemanticCache(config) as cache:
+
+        @cache.cached(lock=True)
+        def ask(prompt: str) -> str:
+            return "answer"
+
+        assert ask("q") == "answer"
+        assert seen == [cache]
+        lock = ask.cache_logic._get_lock()
+        assert lock.prefix == f"{key_prefix}lock:" and not lock.held(ask.cache_request("q").key)
+
+
+async def test_the_proxy_finds_its_lock_through_the_read_through(
+    redis_url, key_prefix, tmp_path, monkeypatch
+) -> None:
+    import semcache.readthrough.locks as locks
+    from semcache.server.app import create_app
+    from tests._sidecar import in_process, server_config
+
+    seen: list[object] = []
+    real = locks.redis_tier
+    monkeypatch.setattr(locks, "redis_tier", lambda cache: seen.append(cache) or real(cache))
+    cfg = server_config(tmp_path, redis_url=redis_url, redis_prefix=key_prefix, upstream_url="http://upstream.test/v1")
+    app = create_app(cfg)
+    async with in_process(app):
+        proxy = app.state.sidecar.proxy
+        assert len(seen) == 1 and proxy.lock is not None and proxy.lock.prefix == f"{key_prefix}lock:"
