@@ -38,12 +38,16 @@ the same item type (``ChatCompletionChunk`` for OpenAI). A call with ``stream=Tr
 that hits a stored completion gets it as chunks, and ``stream=False`` on a stored
 stream gets the assembled ``ChatCompletion``. Other values cannot be converted: such a
 call is a miss that goes through to the function, and the stored form is kept.
+An async function that returns a *sync* iterator finishes it inside ``next()``: its
+store (and lock release) then runs as a task on the event loop, never blocking it;
+``await wrapped.cache_logic.drain()`` waits for such stores.
 
 One call for many: concurrent calls with the same exact key (threads, or asyncio
 tasks) make one underlying call; the others wait for it (at most ``wait_seconds``)
 and get a copy of its result, or its exception. With ``lock=True`` (needs Redis as
 L2) processes sharing Redis do the same through a lock that expires after
-``lock_timeout_seconds``. Waiters are counted in ``stats()["coalesced_calls"]``.
+``lock_timeout_seconds``; a caller that gets the lock re-checks the cache first, and
+uses what another process stored meanwhile. Waiters are counted in ``stats()["coalesced_calls"]``.
 A call made by the thread (or task) that leads an identical call still in flight, e.g.
 one holding the leader's stream unread, never waits on it: it calls on its own.
 
