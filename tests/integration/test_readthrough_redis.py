@@ -120,3 +120,57 @@ async def test_the_proxy_finds_its_lock_through_the_read_through(
     async with in_process(app):
         proxy = app.state.sidecar.proxy
         assert len(seen) == 1 and proxy.lock is not None and proxy.lock.prefix == f"{key_prefix}lock:"
+
+
+async def test_streamed_misses_on_two_replicas_make_one_upstream_call(redis_url, key_prefix, tmp_path) -> None:
+    import asyncio
+    import json
+
+    import httpx
+
+    from semcache.server.app import create_app
+    from tests._sidecar import TENANT_A, auth, in_process, server_config
+
+    gate, called, waiting, calls = asyncio.Event(), asyncio.Event(), asyncio.Event(), []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        called.set()
+        await gate.wait()
+        chunks = [
+            {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "shared"}, "finish_reason": None}]},
+            {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        raw = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+
+    def replica(name: str):
+        (tmp_path / name).mkdir()
+        cfg = server_config(
+            tmp_path / name, redis_url=redis_url, redis_prefix=key_prefix, upstream_url="http://upstream.test/v1"
+        )
+        return create_app(cfg, upstream_transport=httpx.MockTransport(handler))
+
+    a, b = replica("a"), replica("b")
+    body = {"model": "m", "messages": [{"role": "user", "content": "across replicas"}], "stream": True}
+    async with in_process(a) as ca, in_process(b) as cb:
+        lock_b = b.state.sidecar.proxy.lock
+        acquire = lock_b.acquire
+
+        async def watched(key):
+            token = await acquire(key)
+            if token is None:
+                waiting.set()  # replica b found replica a's lock taken
+            return token
+
+        lock_b.acquire = watched
+        first = asyncio.create_task(ca.post("/v1/chat/completions", json=body, headers=auth(TENANT_A)))
+        await asyncio.wait_for(called.wait(), 10)  # replica a leads, under the lock
+        second = asyncio.create_task(cb.post("/v1/chat/completions", json=body, headers=auth(TENANT_A)))
+        await asyncio.wait_for(waiting.wait(), 10)
+        gate.set()
+        ra, rb = await asyncio.wait_for(asyncio.gather(first, second), 20)
+    assert len(calls) == 1
+    assert "shared" in ra.text and "shared" in rb.text and rb.text.rstrip().endswith("data: [DONE]")
