@@ -28,8 +28,9 @@ from .keys import Request, build_request
 from .lookup import Reader
 from .reindex import Reindexer
 from .replicas import Replicas
-from .stats import Counters, report
+from .stats import Counters, collect
 from .store import Writer
+from .tiers import build_tiers
 from .tiers.base import Backend
 from .types import Entry, Hit, LookupOutcome, Selector
 
@@ -60,7 +61,6 @@ class SemanticCache:
 
     def __init__(self, config: CacheConfig | None = None, *, timer: Callable[[], float] = time.time, tiers: Sequence[Backend] | None = None, embedder: Any = UNSET) -> None:
         self.config = config or CacheConfig()
-        self.timer = timer
         self._given_tiers = list(tiers) if tiers is not None else None
         self._given_embedder = embedder
         self._state = State.NEW
@@ -96,10 +96,12 @@ class SemanticCache:
             if self._state is State.CLOSED:
                 raise ConfigurationError("this cache was closed; create a new one")
             core = self._core
-            core.chain = TierChain(self._build_tiers(), self.config.policy, self._stats)
+            tiers = self._given_tiers if self._given_tiers is not None else build_tiers(self.config)
+            core.chain = TierChain(tiers, self.config.policy, self._stats)
             core.chain.on_recover = self._recovered
             core.chain.open()
-            self._build_semantic()
+            choice = self._given_embedder if self._given_embedder is not UNSET else self.config.embedder
+            core.load_semantic(choice)
             self._reader = Reader(core)
             self._reindexer = Reindexer(core)
             self._replicas = Replicas(core, uuid.uuid4().hex)
@@ -133,38 +135,6 @@ class SemanticCache:
                 raise ConfigurationError("this cache is closed")
             self.open()
 
-    def _build_tiers(self) -> list[Backend]:
-        if self._given_tiers is not None:
-            return self._given_tiers
-        cfg = self.config
-        backends: list[Backend] = []
-        if cfg.memory is not None:
-            from .tiers.memory import MemoryBackend
-
-            backends.append(MemoryBackend.from_config(cfg.memory))
-        if cfg.redis is not None:
-            from .tiers.redis import RedisBackend
-
-            backends.append(RedisBackend.from_config(cfg.redis))
-        if cfg.sql is not None:
-            from .tiers.sql import SQLBackend
-
-            backends.append(SQLBackend.from_config(cfg.sql))
-        return backends
-
-    def _build_semantic(self) -> None:
-        choice = self._given_embedder if self._given_embedder is not UNSET else self.config.embedder
-        if choice is None or not self.config.policy.semantic:
-            return
-        from .embedders import resolve_embedder
-        from .guards import build_guards
-        from .index.faiss import FaissIndex
-
-        core = self._core
-        core.guards = build_guards(self.config.policy.guards)
-        core.embedder = resolve_embedder(choice)
-        core.index = FaissIndex(int(core.embedder.dim), self.config.index)
-
     def _recovered(self, slot: TierSlot) -> None:
         core = self._core
         if slot is core.chain.l3_slot and core.index is not None and not core.index_built:
@@ -180,6 +150,15 @@ class SemanticCache:
                 log.warning("sweep failed", exc_info=True)
 
     # -- what the cache is made of ---------------------------------------------------
+    @property
+    def timer(self) -> Callable[[], float]:
+        """The clock every tier and TTL decision uses (settable, e.g. in tests)."""
+        return self._core.timer
+
+    @timer.setter
+    def timer(self, timer: Callable[[], float]) -> None:
+        self._core.timer = timer
+
     @property
     def embedder(self) -> Any:
         """The embedder, or ``None`` when semantic matching is off."""
@@ -372,21 +351,7 @@ class SemanticCache:
     # -- stats and health ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Hits per tier and kind, misses, sets, evictions, tier errors, L1 bytes, index size."""
-        chain = self._core.chain
-        tiers: dict[str, dict[str, Any]] = {}
-        for slot in chain.slots:
-            try:
-                ts = dict(slot.backend.stats())
-            except Exception:  # noqa: BLE001 - a third-party tier's stats must not break ours
-                ts = {}
-            ts.update(errors=slot.errors, skipped=slot.skipped, down=chain.down(slot), failed=slot.failed is not None, behind=slot.behind)
-            tiers[slot.name] = ts
-        out = report(self._stats.snapshot(), tiers)
-        core = self._core
-        if core.index is not None:
-            out["index"] = core.index.stats()
-            out["embedder"] = core.embedder.model_id
-        return out
+        return collect(self._core)
 
     def health(self) -> dict[str, Any]:
         """Ping every tier: ``{"l1": "ok", "l2": "down: ...", "l3": "failed: ..."}``."""

@@ -264,8 +264,8 @@ class TierChain:
             for v, ks in by_version.items():
                 b.delete(ks, v)
         writes = [e for e in held.values() if isinstance(e, Entry)]
-        if writes:
-            b.set_many(writes, now)
+        if writes and self.log is not None:
+            self.log.replay_writes(writes, now)
         for k, h in held.items():
             if isinstance(h, int):
                 b.delete([k], h)
@@ -288,8 +288,8 @@ class TierChain:
     def drain_handoff(self) -> int:
         """Write L2's hand-off into L3 (any replica may; each record is versioned, so
         concurrent drains agree). Return how many records were applied."""
-        ho, l3, s2 = self.handoff, self.l3_slot, self.l2_slot
-        if ho is None or l3 is None or s2 is None:
+        ho, l3, s2, lg = self.handoff, self.l3_slot, self.l2_slot, self.log
+        if ho is None or l3 is None or s2 is None or lg is None:
             self.handoff_waiting = False
             return 0
         now = time.time()
@@ -297,7 +297,7 @@ class TierChain:
         try:
             for key, raw, version, entry in list(ho.handoff_items()):
                 if entry is not None:
-                    l3.backend.set_many([entry], now)
+                    lg.replay_writes([entry], now)
                 else:
                     l3.backend.delete([key], version)
                 ho.handoff_done(key, raw)

@@ -60,6 +60,19 @@ class Core:
         #: Called with keys whose stored value cannot be read: they are removed everywhere.
         self.on_corrupt: Callable[[list[str]], None] = lambda keys: None
 
+    def load_semantic(self, choice: Any) -> None:
+        """Load the embedder, guards and index (nothing when ``choice`` is ``None`` or
+        semantic matching is off)."""
+        if choice is None or not self.config.policy.semantic:
+            return
+        from .embedders import resolve_embedder
+        from .guards import build_guards
+        from .index.faiss import FaissIndex
+
+        self.guards = build_guards(self.config.policy.guards)
+        self.embedder = resolve_embedder(choice)
+        self.index = FaissIndex(int(self.embedder.dim), self.config.index)
+
     # -- thresholds ------------------------------------------------------------
     def threshold_for(self, request: Request, threshold: Any = UNSET) -> float:
         """The similarity threshold for a request: per call, else per scope/namespace, else per cache."""

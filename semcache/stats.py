@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Counters", "report"]
+if TYPE_CHECKING:
+    from .core import Core
+
+__all__ = ["Counters", "collect", "report"]
 
 
 class Counters:
@@ -58,4 +61,22 @@ def report(c: dict[str, int], tiers: dict[str, dict[str, Any]]) -> dict[str, Any
     out["evictions"] = l1.get("evictions", 0)
     out["l1_bytes"] = l1.get("bytes", 0)
     out["tier_errors"] = {name: t.get("errors", 0) for name, t in tiers.items()}
+    return out
+
+
+def collect(core: Core) -> dict[str, Any]:
+    """The stats document of a cache: its counters, each tier's stats, the index."""
+    chain = core.chain
+    tiers: dict[str, dict[str, Any]] = {}
+    for slot in chain.slots:
+        try:
+            ts = dict(slot.backend.stats())
+        except Exception:  # noqa: BLE001 - a third-party tier's stats must not break ours
+            ts = {}
+        ts.update(errors=slot.errors, skipped=slot.skipped, down=chain.down(slot), failed=slot.failed is not None, behind=slot.behind)
+        tiers[slot.name] = ts
+    out = report(core.stats.snapshot(), tiers)
+    if core.index is not None:
+        out["index"] = core.index.stats()
+        out["embedder"] = core.embedder.model_id
     return out

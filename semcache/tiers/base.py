@@ -139,6 +139,10 @@ class EmbeddingStore(Protocol):
 class ChangeLog(Protocol):
     """A durable tier with a change log and shared marks (L3)."""
 
+    def replay_writes(self, entries: Sequence[Entry], now: float) -> list[str]:
+        """Writes replayed after an outage (also refused below the flush floor)."""
+        ...
+
     def log_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str | None, int, str]]:
         """``(seq, key, version, op)`` after ``seq``."""
         ...

@@ -49,6 +49,12 @@ FLOOR = "flush_floor"
 _QUICK_CHECK_MAX_BYTES = 256 * 1024 * 1024
 # SQLite result codes of a damaged file
 _SQLITE_CORRUPT = (11, 26)
+#: The columns of a tombstone row (with ``created_at`` = the time of the delete).
+_TOMB_FIELDS: dict[str, Any] = {
+    "scope": "", "namespace": None, "model": None, "prompt": "", "payload": b"", "created_at": 0.0,
+    "expires_at": 0.0, "ttl_seconds": None, "tags": [], "metadata": {}, "embedding": None,
+    "embedder_id": None, "dim": None, "deleted": True,
+}
 
 
 def make_engine(url: str, *, echo: bool = False, timeout_seconds: float = 5.0) -> Engine:
@@ -157,6 +163,7 @@ class SQLBackend:
         self._echo = echo
         self._engine = engine
         self._open_lock = threading.Lock()
+        self._stmts: tuple[Any, Any, Any] | None = None
         self._ready = False
         self._corrupt = 0
         self._swept = 0
@@ -295,23 +302,51 @@ class SQLBackend:
 
     def set_many(self, entries: Sequence[Entry], now: float) -> list[str]:
         """Insert or replace many entries in one transaction; return the keys written
-        (a key whose row holds a newer version or delete, or below the flush floor, is not)."""
+        (a key whose row holds a newer version or delete is not)."""
+        return self._upsert(entries, now, check_floor=False)
+
+    def replay_writes(self, entries: Sequence[Entry], now: float) -> list[str]:
+        """:meth:`set_many` for writes replayed after an outage: also refused below the
+        flush floor (a flush that came after them). Fresh writes need no such check:
+        their versions are newer than any flush that returned before they began."""
+        return self._upsert(entries, now, check_floor=True)
+
+    def _statements(self, engine: Engine) -> tuple[Any, Any, Any]:
+        """The upsert, tombstone and tag statements, built once per dialect."""
+        if self._stmts is None:
+            ins = _dialect_insert(engine)
+            # INSERT ... ON CONFLICT DO UPDATE ... WHERE row.version <= new.version:
+            # concurrent writers of one key keep the newest, whatever order they commit in
+            up = ins(_E)
+            up = up.on_conflict_do_update(
+                index_elements=[_E.c.key],
+                set_={c.name: up.excluded[c.name] for c in _E.c if c.name != "key"},
+                where=_E.c.version <= up.excluded.version,
+            ).returning(_E.c.key)
+            tomb = ins(_E)
+            tomb = tomb.on_conflict_do_update(
+                index_elements=[_E.c.key],
+                set_={name: tomb.excluded[name] for name in [*_TOMB_FIELDS, "version"]},
+                where=_E.c.version < tomb.excluded.version,
+            ).returning(_E.c.key)
+            self._stmts = (up, tomb, ins(_T).on_conflict_do_nothing())
+        return self._stmts
+
+    def _upsert(self, entries: Sequence[Entry], now: float, *, check_floor: bool) -> list[str]:
         if not entries:
             return []
         engine = self.engine
-        ins = _dialect_insert(engine)
-        # INSERT ... ON CONFLICT DO UPDATE ... WHERE row.version < new.version: concurrent
-        # writers of one key keep the newest, whatever order they commit in
-        upsert = ins(_E)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[_E.c.key],
-            set_={c.name: upsert.excluded[c.name] for c in _E.c if c.name != "key"},
-            where=_E.c.version <= upsert.excluded.version,
-        ).returning(_E.c.key)
+        upsert, _, tag_insert = self._statements(engine)
+        # one row per key, the newest (a batch may name a key twice)
+        newest: dict[str, Entry] = {}
+        for e in entries:
+            cur = newest.get(e.key)
+            if cur is None or cur.version <= e.version:
+                newest[e.key] = e
         try:
             with self._guard(), engine.begin() as conn:
-                floor = self._floor(conn)
-                rows = [self._row(e, now) for e in entries if not floor or e.version > floor]
+                floor = self._floor(conn) if check_floor else 0
+                rows = [self._row(e, now) for e in newest.values() if not floor or e.version > floor]
                 if not rows:
                     return []
                 # the entry rows first: concurrent writers of a key queue on its row
@@ -322,12 +357,10 @@ class SQLBackend:
                 keys = [r["key"] for r in rows if r["key"] in written]
                 for i in range(0, len(keys), _BATCH):
                     conn.execute(delete(_T).where(_T.c.key.in_(keys[i : i + _BATCH])))
-                tags = [{"key": e.key, "tag": t} for e in entries if e.key in written for t in dict.fromkeys(e.tags)]
+                tags = [{"key": k, "tag": t} for k in keys for t in dict.fromkeys(newest[k].tags)]
                 if tags:
-                    conn.execute(ins(_T).on_conflict_do_nothing(), tags)
-                conn.execute(
-                    insert(_L), [{"key": r["key"], "version": r["version"], "op": "s", "at": now} for r in rows if r["key"] in written]
-                )
+                    conn.execute(tag_insert, tags)
+                conn.execute(insert(_L), [{"key": k, "version": newest[k].version, "op": "s", "at": now} for k in keys])
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         return keys
@@ -388,18 +421,8 @@ class SQLBackend:
         live = conn.execute(
             select(func.count()).select_from(_E).where(_E.c.key.in_(keys), _E.c.deleted.is_(False), _E.c.version < version)
         ).scalar_one()
-        ins = _dialect_insert(engine)
-        tomb = ins(_E)
-        fields: dict[str, Any] = {
-            "scope": "", "namespace": None, "model": None, "prompt": "", "payload": b"", "created_at": now,
-            "expires_at": 0.0, "ttl_seconds": None, "tags": [], "metadata": {}, "embedding": None,
-            "embedder_id": None, "dim": None, "deleted": True,
-        }
-        tomb = tomb.on_conflict_do_update(
-            index_elements=[_E.c.key],
-            set_={name: tomb.excluded[name] for name in [*fields, "version"]},
-            where=_E.c.version < tomb.excluded.version,
-        ).returning(_E.c.key)
+        _, tomb, _ = self._statements(engine)
+        fields = {**_TOMB_FIELDS, "created_at": now}
         done = [r[0] for r in conn.execute(tomb, [{"key": k, "version": version, **fields} for k in keys])]
         if done:
             conn.execute(delete(_T).where(_T.c.key.in_(done)))
