@@ -9,10 +9,12 @@ import time
 import pytest
 
 from semcache.singleflight import AsyncRedisLock, FlightAbandoned, RedisLock, SingleFlight
+from tests._sync import FlightWatch
 
 
 def test_threads_share_one_call() -> None:
     flights = SingleFlight()
+    watch = FlightWatch(flights)
     calls = 0
     gate = threading.Event()
 
@@ -26,10 +28,7 @@ def test_threads_share_one_call() -> None:
     threads = [threading.Thread(target=lambda: results.append(flights.do("k", work))) for _ in range(20)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while flights._calls.get("k") is None or flights._calls["k"].followers < 19:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    watch.wait_followers(19)  # the leader is held in work() meanwhile
     gate.set()
     for t in threads:
         t.join(5)
@@ -100,12 +99,13 @@ def test_wait_times_out() -> None:
 
 async def test_asyncio_tasks_share_one_call() -> None:
     flights = SingleFlight()
+    joined = FlightWatch(flights).followers_joined_async(19)
     calls = 0
 
     async def work() -> int:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(joined.wait(), 5)  # every other task waits on this call
         return 42
 
     results = await asyncio.gather(*(flights.do_async("k", work) for _ in range(20)))
@@ -118,8 +118,11 @@ async def test_async_waiter_woken_from_another_thread() -> None:
     flights = SingleFlight()
     call, _ = flights.begin("k")
     follower, _ = flights.begin("k")
-    threading.Timer(0.05, call.resolve, args=("from a thread",)).start()
+    # started by the loop once this task is suspended in wait_async, its waiter registered
+    resolver = threading.Thread(target=call.resolve, args=("from a thread",))
+    asyncio.get_running_loop().call_soon(resolver.start)
     assert await follower.wait_async(2) == "from a thread"
+    resolver.join(5)
 
 
 async def test_async_wait_times_out() -> None:
@@ -134,7 +137,7 @@ async def test_cancelled_async_leader_abandons() -> None:
 
     async def slow() -> int:
         started.set()
-        await asyncio.sleep(10)
+        await asyncio.get_running_loop().create_future()  # never done: the task is cancelled
         return 1
 
     leader = asyncio.create_task(flights.do_async("k", slow))
@@ -167,7 +170,9 @@ def test_lock_acquire_release_token_checked(redis_client) -> None:
 
 
 def test_lock_expires_so_a_crashed_holder_blocks_briefly(redis_client) -> None:
-    lock = RedisLock(redis_client, timeout_seconds=0.2, poll_interval_seconds=0.02)
+    # the expiry is what is tested: the waiter really waits it out (fakeredis expires
+    # keys on the wall clock), so it is kept short
+    lock = RedisLock(redis_client, timeout_seconds=0.05, poll_interval_seconds=0.01)
     assert lock.acquire("k")  # the "crashed" holder never releases
     t0 = time.monotonic()
     token, found = lock.acquire_or_wait("k", poll=lambda: None, wait_seconds=5)
@@ -176,11 +181,23 @@ def test_lock_expires_so_a_crashed_holder_blocks_briefly(redis_client) -> None:
 
 
 def test_lock_waiter_sees_the_holders_result(redis_client) -> None:
-    lock = RedisLock(redis_client, timeout_seconds=5, poll_interval_seconds=0.02)
+    lock = RedisLock(redis_client, timeout_seconds=5, poll_interval_seconds=0.01)
     assert lock.acquire("k")
     stored: dict[str, str] = {}
-    threading.Timer(0.1, stored.__setitem__, args=("k", "value")).start()
-    token, found = lock.acquire_or_wait("k", poll=lambda: stored.get("k"), wait_seconds=5)
+    polled = threading.Event()
+
+    def poll() -> str | None:
+        polled.set()
+        return stored.get("k")
+
+    def holder() -> None:  # stores its result once the waiter has found nothing
+        assert polled.wait(5)
+        stored["k"] = "value"
+
+    t = threading.Thread(target=holder)
+    t.start()
+    token, found = lock.acquire_or_wait("k", poll=poll, wait_seconds=5)
+    t.join(5)
     assert token is None and found == "value"
 
 
@@ -192,9 +209,14 @@ def test_lock_wait_gives_up_after_wait_seconds(redis_client) -> None:
 
 def test_lock_translates_driver_errors() -> None:
     redis = pytest.importorskip("redis")
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     from semcache.errors import BackendUnavailable
 
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    # nothing listens on port 1: refused at once; no retries (the default retries with
+    # back-off for seconds)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     with pytest.raises(BackendUnavailable):
         RedisLock(dead).acquire("k")
 
