@@ -22,6 +22,7 @@ from semcache import (
 from semcache.errors import BackendUnavailable
 from semcache.readthrough import flights_of
 from semcache.streaming import AsyncReplayStream, ReplayStream
+from tests._sync import FlightWatch
 
 
 @pytest.fixture
@@ -421,11 +422,12 @@ def test_stream_flag_on_an_unconvertible_stored_form_is_a_miss(cache) -> None:
 
 def test_concurrent_identical_calls_in_threads_make_one_call(cache) -> None:
     calls = Counter()
+    joined = FlightWatch(flights_of(cache)).followers_joined(19)
 
     @cache.cached
     def ask(prompt: str) -> dict:
         calls.bump()
-        time.sleep(0.3)
+        assert joined.wait(5)  # the leader answers once the 19 others wait on it
         return {"answer": 42}
 
     results: list[object] = []
@@ -449,6 +451,7 @@ def test_concurrent_identical_calls_in_threads_make_one_call(cache) -> None:
 def test_followers_get_the_leaders_exception(cache) -> None:
     calls = Counter()
     gate = threading.Event()
+    watch = FlightWatch(flights_of(cache))
 
     @cache.cached
     def ask(prompt: str) -> str:
@@ -467,7 +470,7 @@ def test_followers_get_the_leaders_exception(cache) -> None:
     threads = [threading.Thread(target=run) for _ in range(5)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    watch.wait_followers(4)
     gate.set()
     for t in threads:
         t.join(5)
@@ -476,13 +479,13 @@ def test_followers_get_the_leaders_exception(cache) -> None:
 
 def test_stream_followers_replay_the_leaders_stream(cache) -> None:
     calls = Counter()
+    joined = FlightWatch(flights_of(cache)).followers_joined(4)
 
     @cache.cached
     def ask(prompt: str) -> Iterator[str]:
         calls.bump()
-        for tok in ["x", "y"]:
-            time.sleep(0.1)
-            yield tok
+        assert joined.wait(5)  # the stream runs while the 4 others wait on it
+        yield from ["x", "y"]
 
     out: list[list[str]] = []
 
@@ -529,9 +532,11 @@ def test_failing_cacheability_check_returns_the_value_and_frees_the_key(cache) -
 async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
     calls = Counter()
     store = acache.sync.store
+    storing, go = threading.Event(), threading.Event()
 
-    def slow_store(*a, **k):
-        time.sleep(0.3)
+    def slow_store(*a, **k):  # runs in a worker thread
+        storing.set()
+        assert go.wait(5)
         return store(*a, **k)
 
     acache.sync.store = slow_store
@@ -542,8 +547,9 @@ async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
         return "answer"
 
     task = asyncio.create_task(ask("q"))
-    await asyncio.sleep(0.1)
-    task.cancel()
+    assert await asyncio.to_thread(storing.wait, 5), "the leader never stored"
+    task.cancel()  # while it stores
+    go.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     acache.sync.store = store
@@ -555,6 +561,7 @@ async def test_leader_cancelled_while_storing_frees_the_key(acache) -> None:
 def test_followers_of_an_interrupted_leader_call_on_their_own(cache) -> None:
     calls = Counter()
     started, go = threading.Event(), threading.Event()
+    watch = FlightWatch(flights_of(cache))
 
     @cache.cached(wait_seconds=5)
     def ask(prompt: str) -> str:
@@ -574,7 +581,7 @@ def test_followers_of_an_interrupted_leader_call_on_their_own(cache) -> None:
     out: list[str] = []
     follower = threading.Thread(target=lambda: out.append(ask("q")))
     follower.start()
-    time.sleep(0.1)
+    watch.wait_followers(1)
     go.set()
     leader.join(5)
     follower.join(5)
@@ -615,10 +622,12 @@ async def test_a_task_never_waits_on_its_own_unread_stream(acache) -> None:
 def test_single_flight_can_be_turned_off(cache) -> None:
     calls = Counter()
 
+    together = threading.Barrier(3)
+
     @cache.cached(single_flight=False)
     def ask(prompt: str) -> str:
         calls.bump()
-        time.sleep(0.2)
+        together.wait(5)  # all three calls are in flight at once, none waits on another
         return "x"
 
     threads = [threading.Thread(target=ask, args=("q",)) for _ in range(3)]
@@ -638,7 +647,7 @@ async def test_async_function(acache) -> None:
     @acache.cached
     async def ask(prompt: str) -> str:
         calls.bump()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # a suspension point, as a real client has; no wait
         return f"async {prompt}"
 
     assert await ask("q") == "async q"
@@ -648,11 +657,12 @@ async def test_async_function(acache) -> None:
 
 async def test_async_concurrent_identical_calls_make_one_call(acache) -> None:
     calls = Counter()
+    joined = FlightWatch(flights_of(acache)).followers_joined_async(19)
 
     @acache.cached
     async def ask(prompt: str) -> str:
         calls.bump()
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(joined.wait(), 5)  # the 19 other tasks wait on this call
         return "shared"
 
     results = await asyncio.gather(*(ask("same") for _ in range(20)))
