@@ -266,7 +266,7 @@ class _DownTier:
         pass
 
 
-def test_failing_tier_degrades_with_backoff_and_recovers(clock, sqlite_url):
+def test_failing_tier_degrades_with_backoff_and_recovers(clock, sqlite_url, backoff_clock):
     down = _DownTier()
     l1 = MemoryBackend()
     pol = Policy(backoff_initial_seconds=0.05, backoff_max_seconds=0.05)
@@ -280,9 +280,7 @@ def test_failing_tier_degrades_with_backoff_and_recovers(clock, sqlite_url):
         # back-off: the dead tier was not hammered on every call
         assert down.calls < 5
         assert cache.stats()["tier_errors"]["l2"] >= 1
-        import time
-
-        time.sleep(0.06)
+        backoff_clock.advance(0.06)  # past the back-off
         down.up = True
         assert cache.get("q").tier == "l3"  # retried after the back-off, then promoted into L2
         assert e.key in down.data
@@ -356,7 +354,7 @@ async def test_async_facade(clock, sqlite_url):
 # -- behaviour found by review: each test fails on the code before its fix -------------
 
 
-def test_invalidation_while_l3_is_down_is_applied_when_it_returns(clock, sqlite_url):
+def test_invalidation_while_l3_is_down_is_applied_when_it_returns(clock, sqlite_url, backoff_clock):
     l1 = MemoryBackend()
     l3 = SQLBackend(sqlite_url)
     flaky = _Flaky(l3)
@@ -366,14 +364,12 @@ def test_invalidation_while_l3_is_down_is_applied_when_it_returns(clock, sqlite_
         flaky.down = True
         cache.invalidate(tag="t")  # L1 drops it; L3 is down and still holds it
         flaky.down = False
-        import time
-
-        time.sleep(0.02)
+        backoff_clock.advance(0.02)  # past the back-off
         assert cache.get("q") is None  # L3 applied the missed invalidation first
         assert l3.get(e.key, clock()) is None
 
 
-def test_overwrite_while_l3_is_down_never_serves_the_old_value_later(clock, sqlite_url):
+def test_overwrite_while_l3_is_down_never_serves_the_old_value_later(clock, sqlite_url, backoff_clock):
     l1 = MemoryBackend()
     l3 = SQLBackend(sqlite_url)
     flaky = _Flaky(l3)
@@ -383,9 +379,7 @@ def test_overwrite_while_l3_is_down_never_serves_the_old_value_later(clock, sqli
         flaky.down = True
         cache.set("q", "new")
         flaky.down = False
-        import time
-
-        time.sleep(0.02)
+        backoff_clock.advance(0.02)  # past the back-off
         l1.delete([e.key])  # evicted
         hit = cache.get("q")
         assert hit is None or hit.value == "new"
@@ -484,16 +478,25 @@ class _Flaky:
 
 
 def test_background_sweeper_reclaims_expired_rows(clock, sqlite_url):
-    import time
-
-    cfg = CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url), policy=Policy(sweep_interval_seconds=0.05))
+    cfg = CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url), policy=Policy(sweep_interval_seconds=0.01))
     with SemanticCache(cfg, timer=clock) as cache:
+        # observe the sweeper's passes: one that starts after the clock moved on is done
+        advanced, swept = threading.Event(), threading.Event()
+        sweep = cache.sweep
+
+        def observed_sweep(*args, **kwargs):
+            after = advanced.is_set()
+            n = sweep(*args, **kwargs)
+            if after:
+                swept.set()
+            return n
+
+        cache.sweep = observed_sweep
         cache.set("short", "v", ttl_seconds=5)
         cache.set("long", "v", ttl_seconds=500)
         clock.advance(10)
+        advanced.set()
         l3 = cache.tiers[-1]
-        deadline = time.time() + 5
-        while time.time() < deadline and l3.count() != 1:
-            time.sleep(0.02)
+        assert swept.wait(5), "the background sweeper never ran"
         assert l3.count() == 1  # nobody called sweep(): the background sweeper did
     assert cache._sweeper is not None and not cache._sweeper.is_alive()  # stopped on close

@@ -1,0 +1,69 @@
+"""Fixtures for the unit tests only: SQLite files that start at the head schema, and
+a clock for the tiers' back-off."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+class MonotonicClock:
+    """A settable stand-in for ``time.monotonic``: ``advance(s)`` moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def backoff_clock(monkeypatch) -> MonotonicClock:
+    """The clock every tier chain made in this test times its back-off with.
+
+    ``TierChain`` takes ``monotonic=`` (default ``time.monotonic``); every chain the
+    facade builds during the test is given this clock, whatever the facade passes. A
+    test that advances it and expects a retry fails loudly if that stops working.
+    """
+    from semcache import cache as cache_module
+    from semcache.chain import TierChain
+
+    fake = MonotonicClock()
+
+    class ChainOnFakeClock(TierChain):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["monotonic"] = fake
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "TierChain", ChainOnFakeClock)
+    return fake
+
+
+@pytest.fixture(scope="session")
+def _head_schema_sqlite(tmp_path_factory) -> Path:
+    """One SQLite file migrated to the head schema, copied for each test."""
+    from semcache.tiers.sql import SQLBackend
+
+    path = tmp_path_factory.mktemp("schema") / "head.db"
+    backend = SQLBackend(f"sqlite:///{path}")
+    backend.open()
+    backend.close()
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, _head_schema_sqlite) -> Iterator[str]:
+    """A new SQLite file already at the head schema (migrating each one costs ~30 ms).
+
+    Opening a cache on it still checks the revision; the migrations themselves are
+    run once per session, by the fixture above.
+    """
+    path = tmp_path / "semcache.db"
+    shutil.copyfile(_head_schema_sqlite, path)
+    yield f"sqlite:///{path}"
