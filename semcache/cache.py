@@ -55,14 +55,16 @@ class SemanticCache:
         timer: the clock, ``time.time`` by default; inject a fake one in tests.
         tiers: ready-made tier backends, top first (overrides the config's tiers).
         embedder: an :class:`~semcache.embedders.base.Embedder` (overrides the config's).
+        monotonic: the clock of tier back-off windows, ``time.monotonic`` by default.
 
     Use as a context manager, or call :meth:`open` and :meth:`close`.
     """
 
-    def __init__(self, config: CacheConfig | None = None, *, timer: Callable[[], float] = time.time, tiers: Sequence[Backend] | None = None, embedder: Any = UNSET) -> None:
+    def __init__(self, config: CacheConfig | None = None, *, timer: Callable[[], float] = time.time, tiers: Sequence[Backend] | None = None, embedder: Any = UNSET, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config or CacheConfig()
         self._given_tiers = list(tiers) if tiers is not None else None
         self._given_embedder = embedder
+        self._monotonic = monotonic
         self._state = State.NEW
         self._open_lock = threading.Lock()
         self._closing = threading.Event()
@@ -97,7 +99,7 @@ class SemanticCache:
                 raise ConfigurationError("this cache was closed; create a new one")
             core = self._core
             tiers = self._given_tiers if self._given_tiers is not None else build_tiers(self.config)
-            core.chain = TierChain(tiers, self.config.policy, self._stats)
+            core.chain = TierChain(tiers, self.config.policy, self._stats, monotonic=self._monotonic)
             core.chain.on_recover = self._recovered
             core.chain.open()
             choice = self._given_embedder if self._given_embedder is not UNSET else self.config.embedder

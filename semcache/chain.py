@@ -34,8 +34,7 @@ from typing import Any, TypeVar
 from .config import Policy
 from .errors import BackendError, BackendFailed, BackendUnavailable
 from .stats import Counters
-from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, Publisher, Sweepable
-from .tiers.memory import MemoryBackend
+from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, ProcessMemory, Publisher, Sweepable
 from .types import Entry, Selector
 
 __all__ = ["L2_REPAIR", "Skip", "TierChain", "TierSlot"]
@@ -94,7 +93,7 @@ class TierChain:
         for i, b in enumerate(backends):
             name = str(getattr(b, "name", f"t{i}"))
             self.slots.append(TierSlot(b, name, durable=isinstance(b, EmbeddingStore) and isinstance(b, ChangeLog)))
-        self.l1: MemoryBackend | None = next((s.backend for s in self.slots if isinstance(s.backend, MemoryBackend)), None)
+        self.l1: ProcessMemory | None = next((s.backend for s in self.slots if isinstance(s.backend, ProcessMemory)), None)
         self.l1_slot = next((s for s in self.slots if s.backend is self.l1), None) if self.l1 is not None else None
         self.l3_slot = next((s for s in self.slots if s.durable), None)
         self.l2_slot = next((s for s in self.slots if isinstance(s.backend, Handoff)), None)
@@ -224,12 +223,16 @@ class TierChain:
         else in this process (not durable). Return whether it is durable."""
         slot = self.l3_slot
         assert slot is not None
-        if selector is None and self.handoff is not None and self.l2_slot is not None:
+        if self.handoff is not None and self.l2_slot is not None:
             ho = self.handoff
             try:
-                self.call(self.l2_slot, lambda: ho.handoff_put(entries, deletes))
+                if selector is not None:
+                    sel, ver = selector
+                    self.call(self.l2_slot, lambda: ho.handoff_put_selector(sel, ver))
+                else:
+                    self.call(self.l2_slot, lambda: ho.handoff_put(entries, deletes))
                 self.handoff_waiting = True
-                self.stats.inc("l3_handed_off", len(entries) + len(deletes))
+                self.stats.inc("l3_handed_off", max(1, len(entries) + len(deletes)))
                 return True
             except Skip:
                 pass
@@ -295,6 +298,12 @@ class TierChain:
         now = time.time()
         n = 0
         try:
+            # selector invalidations first: the per-key records they match were already
+            # turned into tombstones when they were made (Handoff.handoff_invalidate)
+            for raw_sel, sel, ver in ho.handoff_selectors():
+                l3.backend.invalidate(sel, now, ver)
+                ho.handoff_selector_done(raw_sel)
+                n += 1
             for key, raw, version, entry in list(ho.handoff_items()):
                 if entry is not None:
                     lg.replay_writes([entry], now)

@@ -131,16 +131,17 @@ class Replicas:
                 log.warning("following the change log failed", exc_info=True)
 
     def tick(self) -> None:
-        """One poll: apply new log rows, repair L2 if marked, drain the hand-off."""
+        """One poll: drain the hand-off into L3, apply new log rows (the drained ones
+        included), repair L2 if marked."""
         with self._tick_lock:
+            self._drain()
             self._follow()
             self._repair_l2()
-            self._drain()
 
     def _follow(self) -> None:
         chain, core = self.chain, self.core
         lg, s3 = chain.log, chain.l3_slot
-        if lg is None or s3 is None or chain.handoff_waiting:
+        if lg is None or s3 is None:
             return
         start = self.last_seq
         if start < 0:

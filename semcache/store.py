@@ -195,7 +195,9 @@ class Writer:
                 else:
                     chain.hold([], selector=(selector, version))
         ho, s2 = chain.handoff, chain.l2_slot
-        if ho is not None and s2 is not None and chain.handoff_waiting:
+        if ho is not None and s2 is not None and s3 is not None:
+            # writes waiting for L3 are not in L3 yet, so its invalidation cannot see
+            # them (another replica may have handed them off): tombstone matches there
             try:
                 chain.call(s2, lambda: ho.handoff_invalidate(selector, now, version))
             except Skip:

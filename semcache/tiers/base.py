@@ -22,6 +22,7 @@ __all__ = [
     "EmbeddingStore",
     "Handoff",
     "Listable",
+    "ProcessMemory",
     "Publisher",
     "Sweepable",
     "Touchable",
@@ -81,12 +82,37 @@ class Listable(Protocol):
         """Live entries, newest first, filtered by ``selector``."""
         ...
 
-    def select_keys(self, selector: Selector, now: float) -> list[str]:
+    def select_keys(self, selector: Selector, now: float, below: int | None = None) -> list[str]:
         """Keys ``selector`` matches, without deleting."""
         ...
 
     def count(self, now: float | None = None, embedder_id: str | None = None) -> int:
         """How many entries (live ones when ``now`` is given)."""
+        ...
+
+
+@runtime_checkable
+class ProcessMemory(Protocol):
+    """L1: a tier in this process's memory, with read tokens for safe promotion."""
+
+    def mark(self) -> int:
+        """A read token (see :meth:`semcache.tiers.memory.MemoryBackend.mark`)."""
+        ...
+
+    def clear(self) -> None:
+        """Drop everything, refusing copies from lookups in flight."""
+        ...
+
+    def get(self, key: str, now: float) -> Entry | None:
+        """The live entry under ``key``."""
+        ...
+
+    def delete(self, keys: Sequence[str], version: int | None = None) -> int:
+        """Delete entries (older than ``version``)."""
+        ...
+
+    def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
+        """Delete matching entries (older than ``version``)."""
         ...
 
 
@@ -185,6 +211,18 @@ class Handoff(Protocol):
 
     def handoff_size(self) -> int:
         """How many records wait."""
+        ...
+
+    def handoff_put_selector(self, selector: Selector, version: int) -> None:
+        """Record a selector invalidation L3 missed."""
+        ...
+
+    def handoff_selectors(self) -> list[tuple[bytes, Selector, int]]:
+        """``(raw, selector, version)`` waiting, oldest first."""
+        ...
+
+    def handoff_selector_done(self, raw: bytes) -> None:
+        """Forget an applied selector invalidation."""
         ...
 
     def handoff_items(self) -> Iterator[tuple[str, bytes, int, Entry | None]]:

@@ -20,6 +20,7 @@ Python — O(entries), acceptable for a rare administrative operation.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -130,6 +131,7 @@ class RedisBackend:
         self._handoff_done = self.client.register_script(_HANDOFF_DONE)
         self._floor_key = f"{prefix}floor"
         self._handoff_key = f"{prefix}handoff"
+        self._handoff_sel_key = f"{prefix}handoff:sel"
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisBackend:
@@ -268,14 +270,15 @@ class RedisBackend:
                 if selector.keys
                 else self._scan()
             )
+            matched: list[str] = []
             for key, blob in found:
                 if blob is None:
                     continue
                 entry = self._decode(key, blob)
                 if entry is not None and (selector.all or selector.matches(entry, now)):
-                    gone.append(key)
-            for i in range(0, len(gone), _SCAN_BATCH):
-                self._delete_named(gone[i : i + _SCAN_BATCH], version)
+                    matched.append(key)
+            for i in range(0, len(matched), _SCAN_BATCH):
+                gone += self._delete_named(matched[i : i + _SCAN_BATCH], version)
             return gone
         except self._errors as exc:
             raise self._translate(exc) from exc
@@ -308,9 +311,44 @@ class RedisBackend:
             raise self._translate(exc) from exc
 
     def handoff_size(self) -> int:
-        """How many records wait for L3."""
+        """How many records (and selector invalidations) wait for L3."""
         try:
-            return int(self.client.hlen(self._handoff_key))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hlen(self._handoff_key)
+            pipe.llen(self._handoff_sel_key)
+            return sum(int(n) for n in pipe.execute())
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def handoff_put_selector(self, selector: Selector, version: int) -> None:
+        """Record an invalidation by selector (tag, scope, model, pattern, flush) that L3 missed."""
+        raw = json.dumps({"sel": selector.as_dict(), "ver": version}, separators=(",", ":"))
+        try:
+            self.client.rpush(self._handoff_sel_key, raw)
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def handoff_selectors(self) -> list[tuple[bytes, Selector, int]]:
+        """``(raw, selector, version)`` of the selector invalidations waiting, oldest first."""
+        try:
+            raws = self.client.lrange(self._handoff_sel_key, 0, -1)
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+        out: list[tuple[bytes, Selector, int]] = []
+        for raw in raws:
+            raw = raw if isinstance(raw, bytes) else str(raw).encode()
+            try:
+                d = json.loads(raw)
+                out.append((raw, Selector.from_dict(dict(d["sel"])), int(d["ver"])))
+            except (ValueError, KeyError, TypeError):
+                self._corrupt += 1
+                self.handoff_selector_done(raw)
+        return out
+
+    def handoff_selector_done(self, raw: bytes) -> None:
+        """Forget a selector invalidation L3 has applied."""
+        try:
+            self.client.lrem(self._handoff_sel_key, 1, raw)
         except self._errors as exc:
             raise self._translate(exc) from exc
 

@@ -445,22 +445,26 @@ class SQLBackend:
             conds.append(_E.c.created_at <= now - selector.older_than_seconds)
         return conds
 
-    def select_keys(self, selector: Selector, now: float) -> list[str]:
-        """Keys of the entries ``selector`` matches (live or expired), without deleting."""
+    def select_keys(self, selector: Selector, now: float, below: int | None = None) -> list[str]:
+        """Keys of the entries ``selector`` matches (live or expired; with ``below``,
+        only those of an older version), without deleting."""
         if selector.is_empty():
             return []
         if len(selector.keys) > _BATCH:
             # bind-parameter limits: look the keys up in chunks
             out: list[str] = []
             for i in range(0, len(selector.keys), _BATCH):
-                out += self.select_keys(dataclasses.replace(selector, keys=selector.keys[i : i + _BATCH]), now)
+                out += self.select_keys(dataclasses.replace(selector, keys=selector.keys[i : i + _BATCH]), now, below)
             return out
         try:
+            conds = self._where(selector, now)
+            if below is not None:
+                conds.append(_E.c.version < below)
             with self._guard(), self.engine.connect() as conn:
                 if selector.prompt_pattern is None:
-                    q = select(_E.c.key).where(*self._where(selector, now))
+                    q = select(_E.c.key).where(*conds)
                     return [r[0] for r in conn.execute(q)]
-                q = select(*_COLS_NO_EMB).where(*self._where(selector, now))
+                q = select(*_COLS_NO_EMB).where(*conds)
                 return [r._mapping["key"] for r in conn.execute(q) if selector.matches(_row_to_entry(r), now)]
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
@@ -471,7 +475,7 @@ class SQLBackend:
         is taken again."""
         if selector.all and version is not None:
             return self._flush(now, version)
-        keys = self.select_keys(selector, now)
+        keys = self.select_keys(selector, now, version)
         if keys:
             self.delete(keys, version)
         return keys

@@ -173,3 +173,68 @@ def test_set_many(backend):
     backend.set_many([make_entry("a"), make_entry("b", expires_at=NOW - 1), make_entry("c", value="x")], NOW)
     assert backend.get("a", NOW) is not None and backend.get("b", NOW) is None
     assert backend.get("c", NOW).value == "x"
+
+
+# -- versions and tombstones (semcache.versions): what keeps replays and promotions safe --
+
+
+def _v(entry, version):
+    import dataclasses
+
+    return dataclasses.replace(entry, version=version)
+
+
+def test_an_older_version_never_replaces_a_newer_one(backend):
+    backend.set(_v(make_entry(value="new"), 200), NOW)
+    backend.set(_v(make_entry(value="old"), 100), NOW)
+    got = backend.get("k1", NOW)
+    assert got.value == "new" and got.version == 200
+    backend.set_many([_v(make_entry(value="older"), 50)], NOW)
+    assert backend.get("k1", NOW).value == "new"
+    backend.set(_v(make_entry(value="newer"), 300), NOW)
+    assert backend.get("k1", NOW).value == "newer"
+
+
+def test_a_versioned_delete_leaves_a_tombstone_that_refuses_older_writes(backend):
+    backend.set(_v(make_entry(value="v"), 100), NOW)
+    assert backend.delete(["k1"], 200) == 1
+    assert backend.get("k1", NOW) is None
+    backend.set(_v(make_entry(value="stale copy"), 100), NOW)  # a late promotion or replay
+    assert backend.get("k1", NOW) is None
+    backend.set(_v(make_entry(value="later write"), 300), NOW)
+    assert backend.get("k1", NOW).value == "later write"
+
+
+def test_a_versioned_delete_never_removes_a_newer_write(backend):
+    backend.set(_v(make_entry(value="newer"), 300), NOW)
+    assert backend.delete(["k1"], 200) == 0  # an older, queued delete
+    assert backend.get("k1", NOW).value == "newer"
+
+
+def test_a_delete_of_a_key_never_stored_still_refuses_older_writes(backend):
+    backend.delete(["k1"], 200)
+    backend.set(_v(make_entry(value="stale"), 100), NOW)
+    assert backend.get("k1", NOW) is None
+
+
+def test_a_versioned_selector_invalidation_refuses_older_copies(backend):
+    backend.set(_v(make_entry("a", tags=("red",)), 100), NOW)
+    backend.set(_v(make_entry("b", tags=("red",)), 400), NOW)
+    assert set(backend.invalidate(Selector(tag="red"), NOW, 300)) == {"a"}
+    assert backend.get("b", NOW) is not None  # newer than the invalidation
+    backend.set(_v(make_entry("a", tags=("red",)), 100), NOW)
+    assert backend.get("a", NOW) is None
+
+
+def test_a_versioned_flush_refuses_everything_older(backend):
+    backend.set(_v(make_entry("a"), 100), NOW)
+    backend.set(_v(make_entry("b"), 400), NOW)
+    backend.invalidate(Selector.everything(), NOW, 300)
+    assert backend.get("a", NOW) is None and backend.get("b", NOW) is not None
+    if hasattr(backend, "replay_writes"):
+        backend.replay_writes([_v(make_entry("c"), 200)], NOW)  # L3 checks its floor on replays
+    else:
+        backend.set(_v(make_entry("c"), 200), NOW)
+    assert backend.get("c", NOW) is None
+    backend.set(_v(make_entry("d"), 500), NOW)
+    assert backend.get("d", NOW) is not None

@@ -1,0 +1,205 @@
+"""What a tier missed is kept durably and replayed: the hand-off of L3's misses to L2,
+selector invalidations L3 missed, the shared L2 repair mark, and a damaged SQLite
+file that must acknowledge nothing. Replicas share one fakeredis server and one
+SQLite file; faults come from tests/_faults.py; nothing waits on a sleep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from semcache import CacheConfig, Policy, SemanticCache, SQLConfig
+from semcache.chain import L2_REPAIR
+from semcache.tiers.memory import MemoryBackend
+from semcache.tiers.redis import RedisBackend
+from semcache.tiers.sql import SQLBackend
+from tests._faults import FaultyBackend
+
+# no background poll: each test drives catch-up itself
+POLICY = Policy(semantic=False, log_poll_seconds=None, sweep_interval_seconds=None, backoff_initial_seconds=0.001, backoff_max_seconds=0.001)
+
+
+class Monotonic:
+    """The back-off clock: ``step()`` moves it past any back-off window."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def step(self) -> None:
+        self.t += 60.0
+
+
+@pytest.fixture
+def mono() -> Monotonic:
+    return Monotonic()
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def replicas(server, sqlite_url, key_prefix, mono) -> Iterator[Any]:
+    made: list[SemanticCache] = []
+
+    def make(*, l2_down: bool = False, l3_down: bool = False) -> tuple[SemanticCache, FaultyBackend, FaultyBackend]:
+        l2 = FaultyBackend(RedisBackend("redis://fake", prefix=key_prefix, client=fakeredis.FakeRedis(server=server)))
+        l3 = FaultyBackend(SQLBackend(sqlite_url))
+        cache = SemanticCache(CacheConfig(embedder=None, policy=POLICY, redis=None), tiers=[MemoryBackend(), l2, l3], monotonic=mono)
+        cache.open()
+        if l2_down:
+            l2.down()
+        if l3_down:
+            l3.down()
+        made.append(cache)
+        return cache, l2, l3
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def _l3_value(l3: FaultyBackend, key: str) -> Any:
+    e = l3.inner.get(key, time.time())
+    return None if e is None else e.value
+
+
+def test_a_write_l3_missed_is_handed_off_durably_and_drained_by_any_replica(replicas, mono):
+    a, _, a3 = replicas()
+    b, _, _ = replicas()
+    a3.down()
+    e = a.set("q", "v2")
+    assert e.durable is True  # L2's hand-off took it
+    assert a.stats()["l3_handed_off"] == 1
+    assert _l3_value(a3, e.key) is None  # not in L3 yet
+    # the writer dies before L3 returns: another replica drains the hand-off
+    a.close()
+    a3.up()
+    mono.step()
+    b.catch_up()
+    assert _l3_value(a3, e.key) == "v2"
+    assert b.stats()["l3_handoff_drained"] == 1
+    hit = b.get("q")
+    assert hit is not None and hit.value == "v2"
+
+
+def test_an_older_write_in_the_hand_off_never_replaces_a_newer_one_in_l3(replicas):
+    a, _, a3 = replicas()
+    b, _, _ = replicas()
+    a3.down()
+    old = a.set("q", "old")  # handed off
+    new = b.set("q", "new")  # b reaches L3 directly, later, with a newer version
+    assert new.version > old.version and _l3_value(a3, new.key) == "new"
+    b.catch_up()  # drains a's older record
+    assert _l3_value(a3, new.key) == "new"
+
+
+def test_no_durable_tier_means_not_durable_then_replayed_in_order(replicas, mono):
+    a, a2, a3 = replicas()
+    a2.down()
+    a3.down()
+    e = a.set("q", "v")
+    assert e.durable is False and a.stats()["not_durable"] == 1
+    a.invalidate(key=e.key)
+    e2 = a.set("q", "v3")
+    assert e2.durable is False
+    a2.up()
+    a3.up()
+    mono.step()  # past the back-off: the next call probes
+    assert a.get("q").value == "v3"  # from L1
+    a.catch_up()  # the poll's first call to L3 replays what it missed, in version order
+    assert _l3_value(a3, e.key) == "v3"
+
+
+def test_a_selector_invalidation_l3_missed_is_handed_off_and_applied(replicas, mono):
+    a, _, a3 = replicas()
+    b, _, _ = replicas()
+    tagged = a.set("t1", "x", tags=["t"])
+    kept = a.set("k1", "y")
+    a3.down()
+    assert a.invalidate(tag="t") >= 1  # L1 and L2 now; L3 later
+    assert _l3_value(a3, tagged.key) == "x"
+    a.close()  # the process that ran it is gone
+    a3.up()
+    mono.step()
+    b.catch_up()
+    assert _l3_value(a3, tagged.key) is None
+    assert _l3_value(a3, kept.key) == "y"
+    assert b.get("t1") is None
+
+
+def test_a_write_handed_off_then_invalidated_by_tag_elsewhere_stays_invalidated(replicas, mono):
+    a, _, a3 = replicas()
+    b, _, _ = replicas()
+    a3.down()
+    e = a.set("t1", "x", tags=["t"])  # waits in the hand-off
+    b.invalidate(tag="t")  # b reaches L3; the record in the hand-off must still die
+    b.catch_up()
+    assert _l3_value(a3, e.key) is None
+    assert b.get("t1") is None
+    a3.up()
+    mono.step()
+    a.catch_up()  # a learns from the log once it can read L3 (no pub/sub configured here)
+    assert a.get("t1") is None
+
+
+def test_a_missed_l2_overwrite_marks_l2_for_repair_and_replicas_repair_it(replicas, server, key_prefix):
+    a, a2, a3 = replicas()
+    b, b2, _ = replicas()
+    e1 = a.set("q", "v1")
+    assert b.get("q").value == "v1"  # b's L1 and the shared L2 hold v1
+    a2.down()
+    e2 = a.set("q", "v2")  # L3 and a's L1 take it; L2 still holds v1
+    assert e2.durable is True
+    assert a3.inner.mark_get(L2_REPAIR) is not None
+    b.catch_up()  # the log drops b's L1 copy; the mark makes b repair L2 from the log
+    assert a3.inner.mark_get(L2_REPAIR) is None
+    raw = fakeredis.FakeRedis(server=server).get(f"{key_prefix}e:{e1.key}")
+    assert raw is None or raw[20:21] == b"T"  # v1 is gone from L2
+    assert b.get("q").value == "v2"
+
+
+def test_the_change_log_carries_what_pub_sub_could_not(replicas):
+    a, a2, _ = replicas()
+    b, _, _ = replicas()
+    e = a.set("q", "v1")
+    assert b.get("q").value == "v1"
+    a.invalidate(key=e.key)  # no pub/sub configured here: only the log tells b
+    b.catch_up()
+    assert b.get("q") is None
+
+
+def _corrupt(path: str) -> None:
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 3)
+        f.write(os.urandom(size // 3))
+
+
+def test_a_damaged_sqlite_file_is_failed_in_health_and_acknowledges_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path}/c.db"
+    cfg = CacheConfig(embedder=None, sql=SQLConfig(url=url), policy=Policy(semantic=False, log_poll_seconds=None))
+    with SemanticCache(cfg) as c:
+        for i in range(200):
+            c.set(f"prompt number {i} " + "x" * 200, "v" * 300)
+    import sqlite3
+
+    con = sqlite3.connect(f"{tmp_path}/c.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    _corrupt(f"{tmp_path}/c.db")
+    with SemanticCache(cfg) as c:
+        assert c.health()["l3"].startswith("failed")
+        e = c.set("a new prompt", "v")
+        assert e.durable is False
+        assert c.stats()["tiers"]["l3"]["failed"] is True
