@@ -24,9 +24,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, and_, bindparam, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
 
 from ..config import SQLConfig
 from ..db.migrate import ensure_schema
@@ -34,6 +33,8 @@ from ..db.models import EntryRow, LogRow, MetaRow, TagRow
 from ..errors import BackendError, BackendFailed, BackendUnavailable
 from ..types import Entry, Selector
 from .base import tier_expiry
+from .sql_engine import dialect_insert, make_engine, quick_check, time_now, translate
+from .sql_log import ChangeLogPart
 
 __all__ = ["SQLBackend", "make_engine"]
 
@@ -45,65 +46,12 @@ _COLS_NO_EMB = [c for c in _E.c if c.name not in ("embedding", "deleted")]
 _BATCH = 500
 #: The flush floor's name in ``semcache_meta``.
 FLOOR = "flush_floor"
-#: Files up to this size are checked with ``PRAGMA quick_check`` at open.
-_QUICK_CHECK_MAX_BYTES = 256 * 1024 * 1024
-# SQLite result codes of a damaged file
-_SQLITE_CORRUPT = (11, 26)
 #: The columns of a tombstone row (with ``created_at`` = the time of the delete).
 _TOMB_FIELDS: dict[str, Any] = {
     "scope": "", "namespace": None, "model": None, "prompt": "", "payload": b"", "created_at": 0.0,
     "expires_at": 0.0, "ttl_seconds": None, "tags": [], "metadata": {}, "embedding": None,
     "embedder_id": None, "dim": None, "deleted": True,
 }
-
-
-def make_engine(url: str, *, echo: bool = False, timeout_seconds: float = 5.0) -> Engine:
-    """Create an engine with the settings semcache needs per dialect."""
-    if url.startswith("sqlite"):
-        memory = url in ("sqlite://", "sqlite:///:memory:")
-        engine = create_engine(
-            url,
-            echo=echo,
-            hide_parameters=True,  # driver errors must not carry prompts into logs
-            connect_args={"timeout": 30, "check_same_thread": False},
-            poolclass=StaticPool if memory else None,
-        )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(
-        url,
-        echo=echo,
-        hide_parameters=True,
-        pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
-        pool_timeout=timeout_seconds,
-        # no call waits on a dead or restarting server longer than the timeout
-        connect_args={"connect_timeout": max(2, round(timeout_seconds))},
-    )
-
-
-def time_now() -> float:
-    """Wall-clock time for tombstones and log rows (retention is real time, not the cache's clock)."""
-    import time
-
-    return time.time()
-
-
-def _dialect_insert(engine: Engine) -> Any:
-    """The INSERT construct with ON CONFLICT support for this engine's dialect."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
 def _row_to_entry(row: Any) -> Entry:
@@ -134,7 +82,7 @@ def _live(now: Any) -> Any:
 _GET = select(*_COLS_NO_EMB).where(_E.c.key == bindparam("key"), _live(bindparam("now")))
 
 
-class SQLBackend:
+class SQLBackend(ChangeLogPart):
     """L3 tier. ``open()`` (or the first call) connects and checks the schema."""
 
     name = "l3"
@@ -221,38 +169,10 @@ class SQLBackend:
             self._ready = True
 
     def _quick_check(self, engine: Engine) -> None:
-        """A damaged SQLite file is found at open, not after writes were acknowledged."""
-        if engine.dialect.name != "sqlite":
-            return
-        path = engine.url.database
-        if not path or path == ":memory:":
-            return
-        import os
-
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            return  # a new file
-        if size == 0 or size > _QUICK_CHECK_MAX_BYTES:
-            return
-        with engine.connect() as conn:
-            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check")]
-        if rows != ["ok"]:
-            raise BackendFailed(f"the SQLite file is damaged (quick_check: {rows[0][:200] if rows else '?'})")
+        quick_check(engine)
 
     def _translate(self, exc: SQLAlchemyError) -> BackendError:
-        from sqlalchemy.exc import DisconnectionError, OperationalError
-
-        orig = getattr(exc, "orig", None)
-        if getattr(orig, "sqlite_errorcode", None) in _SQLITE_CORRUPT or "malformed" in str(orig):
-            return BackendFailed(f"the SQLite file is damaged: {orig}")
-        sqlstate = getattr(orig, "sqlstate", None) or ""
-        if sqlstate.startswith("40"):
-            # a deadlock or serialisation failure: this statement lost, the server is fine
-            return BackendError(f"SQL transaction conflict ({sqlstate})")
-        if isinstance(exc, (OperationalError, DisconnectionError)):
-            return BackendUnavailable(f"SQL database is unavailable: {exc.__class__.__name__}: {exc}")
-        return BackendError(f"SQL error: {exc.__class__.__name__}: {exc}")
+        return translate(exc)
 
     def get(self, key: str, now: float) -> Entry | None:
         """Read a live entry (without its embedding)."""
@@ -314,7 +234,7 @@ class SQLBackend:
     def _statements(self, engine: Engine) -> tuple[Any, Any, Any]:
         """The upsert, tombstone and tag statements, built once per dialect."""
         if self._stmts is None:
-            ins = _dialect_insert(engine)
+            ins = dialect_insert(engine)
             # INSERT ... ON CONFLICT DO UPDATE ... WHERE row.version <= new.version:
             # concurrent writers of one key keep the newest, whatever order they commit in
             up = ins(_E)
@@ -518,54 +438,6 @@ class SQLBackend:
             raise self._translate(exc) from exc
         self._swept += len(keys)
         return keys
-
-    # -- the change log and shared marks ----------------------------------------------
-    def log_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str | None, int, str]]:
-        """``(seq, key, version, op)`` of the log rows after ``seq``, oldest first."""
-        try:
-            with self._guard(), self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(_L.c.seq, _L.c.key, _L.c.version, _L.c.op).where(_L.c.seq > seq).order_by(_L.c.seq).limit(limit)
-                ).all()
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
-        return [(int(r[0]), r[1], int(r[2]), str(r[3])) for r in rows]
-
-    def log_head(self) -> int:
-        """The last ``seq`` in the log (0 when empty)."""
-        try:
-            with self._guard(), self.engine.connect() as conn:
-                return int(conn.execute(select(func.max(_L.c.seq))).scalar() or 0)
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
-
-    def mark_get(self, name: str) -> int | None:
-        """A shared mark's value, or ``None``."""
-        try:
-            with self._guard(), self.engine.connect() as conn:
-                v = conn.execute(select(_M.c.value).where(_M.c.name == name)).scalar()
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
-        return None if v is None else int(v)
-
-    def mark_lower(self, name: str, value: int) -> None:
-        """Set a shared mark to ``value`` unless it is already lower."""
-        try:
-            with self._guard(), self.engine.begin() as conn:
-                if conn.execute(update(_M).where(_M.c.name == name, _M.c.value > value).values(value=value)).rowcount:
-                    return
-                if conn.execute(select(_M.c.value).where(_M.c.name == name)).scalar() is None:
-                    conn.execute(_dialect_insert(self.engine)(_M).values(name=name, value=value).on_conflict_do_nothing())
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
-
-    def mark_clear(self, name: str, value: int) -> bool:
-        """Remove a shared mark if it still has ``value``; return whether it did."""
-        try:
-            with self._guard(), self.engine.begin() as conn:
-                return bool(conn.execute(delete(_M).where(_M.c.name == name, _M.c.value == value)).rowcount)
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
 
     def iter_embeddings(
         self, embedder_id: str, now: float, batch: int = 5000
