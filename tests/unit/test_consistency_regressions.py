@@ -2,8 +2,9 @@
 
 Each race is made deterministic with events on a fault-injecting tier
 (tests/_faults.py): a call stops at a chosen point, the racing operation runs and
-returns, then the call goes on. Waits are bounded and on conditions, never fixed
-sleeps. Per key:
+returns, then the call goes on. Time is never waited out: entry times come from the
+fake ``clock``, the tiers' back-off from ``backoff_clock``, and a replica's log poll
+is run with ``catch_up()``. Waits are bounded and on events, never sleeps. Per key:
 
 (a) an invalidation racing a lookup never lets the lookup copy the removed entry
     back into L1 (promotion never resurrects);
@@ -16,7 +17,6 @@ sleeps. Per key:
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,38 +34,32 @@ PROMPT = "How do I rotate my API key?"
 #: usable again is used (and replays what it missed, before it serves).
 NUDGE = "a prompt nobody stored"
 MISSING = "<no such attribute>"
+#: The longest back-off of the default policy: a tier that is back is used again
+#: within this long (contract 5). Tests move the back-off clock (``backoff_clock``)
+#: by this much instead of waiting it out.
+BACKOFF_MAX = Policy().backoff_max_seconds
 
 
-class RealClock:
-    """Wall-clock time plus an offset the test can advance.
-
-    Entry times follow real time, so a core that times its back-off with the injected
-    timer and one that uses the monotonic clock both see time pass during a bounded
-    wait, and ``advance`` simulates a long outage for the former.
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
+#: How many nudges a tier that is back (its back-off passed) may need before it is
+#: used again: each nudge is a call that passes through every tier.
+NUDGES = 3
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, *, nudge: Callable[[], Any] | None = None) -> bool:
-    """Poll ``cond`` (calling ``nudge`` first each time) until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        if nudge is not None:
-            nudge()
+def settles(cond: Callable[[], bool], nudge: Callable[[], Any]) -> bool:
+    """Whether ``cond`` holds after at most :data:`NUDGES` calls of ``nudge`` (no waiting)."""
+    for _ in range(NUDGES):
+        nudge()
         if cond():
             return True
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(0.01)
+    return False
+
+
+def any_of(*events: threading.Event, timeout: float) -> bool:
+    """Wait until one of ``events`` is set (a watcher thread per event; no polling)."""
+    one = threading.Event()
+    for ev in events:
+        threading.Thread(target=lambda ev=ev: ev.wait(timeout) and one.set(), daemon=True).start()
+    return one.wait(timeout)
 
 
 def served_since(tier: FaultyBackend, before: int) -> Callable[[], bool]:
@@ -111,12 +105,15 @@ def test_a_invalidation_racing_a_get_never_resurrects(where, clock, sqlite_url, 
 
     got: list[Any] = []
     errors: list[BaseException] = []
+    read_done = threading.Event()
 
     def read() -> None:
         try:
             got.append(cache.get(PROMPT))
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
+        finally:
+            read_done.set()
 
     l3_read = l3.pause("get", when="after", thread_name="reader", predicate=lambda m, *a, **k: bool(a) and a[0] == e.key)
     reader = threading.Thread(target=read, name="reader", daemon=True)
@@ -128,7 +125,7 @@ def test_a_invalidation_racing_a_get_never_resurrects(where, clock, sqlite_url, 
         # the core checked before it): stop it there
         copy = l1.pause(None, when="before", thread_name="reader")
         l3_read.release()
-        assert wait_until(lambda: copy.reached.is_set() or not reader.is_alive(), 5)
+        assert any_of(copy.reached, read_done, timeout=5)
 
     removed = threading.Event()
     inv_errors: list[BaseException] = []
@@ -194,8 +191,7 @@ def test_a_invalidation_racing_gets_free_running_never_resurrects(clock, sqlite_
 # -- (b) an older queued delete never erases a newer write ----------------------------------
 
 
-def test_b_older_queued_invalidation_never_erases_newer_write(sqlite_url, closing):
-    clock = RealClock()
+def test_b_older_queued_invalidation_never_erases_newer_write(clock, sqlite_url, closing, backoff_clock):
     l1 = MemoryBackend()
     l3 = FaultyBackend(SQLBackend(sqlite_url))
     cache = SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url)), timer=clock, tiers=[l1, l3]).open()
@@ -205,10 +201,11 @@ def test_b_older_queued_invalidation_never_erases_newer_write(sqlite_url, closin
     cache.invalidate(key=e.key)  # L3 misses it: queued for when it is back
     assert cache.get(PROMPT) is None
     l3.up()
+    backoff_clock.advance(BACKOFF_MAX)  # the back-off window has passed
     before = sum(l3.calls.values())
     cache.set(PROMPT, "new")
     # once L3 serves again, everything it missed has been replayed (contract 4)
-    assert wait_until(served_since(l3, before), 3, nudge=lambda: cache.get(NUDGE)), "L3 was not used again within 3 s"
+    assert settles(served_since(l3, before), nudge=lambda: cache.get(NUDGE)), "L3 was not used again after its back-off"
     assert value_in(l3, e.key, clock) == "new", "L3 lost the newer write (the older queued invalidation erased it)"
     l1.delete([e.key])
     hit = cache.get(PROMPT)
@@ -218,8 +215,7 @@ def test_b_older_queued_invalidation_never_erases_newer_write(sqlite_url, closin
 # -- (c) a write L3 missed while down reaches it within about a second ---------------------
 
 
-def test_c_write_missed_while_l3_down_reaches_l3_within_about_a_second(sqlite_url, closing):
-    clock = RealClock()
+def test_c_write_missed_while_l3_down_reaches_l3_within_about_a_second(clock, sqlite_url, closing, backoff_clock):
     l1 = MemoryBackend()
     l3 = FaultyBackend(SQLBackend(sqlite_url))
     cache = SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url)), timer=clock, tiers=[l1, l3]).open()
@@ -227,15 +223,15 @@ def test_c_write_missed_while_l3_down_reaches_l3_within_about_a_second(sqlite_ur
     l3.down()
     e = cache.set(PROMPT, "v")  # returns: L1 took it, L3 missed it
     assert cache.get(PROMPT).value == "v"
-    for _ in range(6):  # a long outage, for a core that times its back-off with its timer
+    for _ in range(6):  # a long outage: L3 is probed and fails again, many times
         clock.advance(60)
+        backoff_clock.advance(60)
         cache.get(NUDGE)
     l3.up()
-    t0 = time.monotonic()
-    ok = wait_until(lambda: value_in(l3, e.key, clock) == "v", 1.5, nudge=lambda: cache.get(NUDGE))
-    took = time.monotonic() - t0
+    backoff_clock.advance(BACKOFF_MAX)  # about a second after L3 is back
+    ok = settles(lambda: value_in(l3, e.key, clock) == "v", nudge=lambda: cache.get(NUDGE))
     assert ok, (
-        f"the write L3 missed was not in L3 {took:.1f}s after L3 was back "
+        f"the write L3 missed was not in L3 {BACKOFF_MAX}s after L3 was back "
         f"(L3 holds {value_in(l3, e.key, clock)!r}; L3 calls since: {dict(l3.calls)})"
     )
 
@@ -250,8 +246,7 @@ def _replica(server: Any, prefix: str, sqlite_url: str, clock: Callable[[], floa
     return SemanticCache(cfg, timer=clock, tiers=[MemoryBackend(), l2, SQLBackend(sqlite_url)]).open(), l2
 
 
-def test_d_overwrite_while_l2_down_reaches_the_other_replica(sqlite_url, key_prefix, closing):
-    clock = RealClock()
+def test_d_overwrite_while_l2_down_reaches_the_other_replica(clock, sqlite_url, key_prefix, closing, backoff_clock):
     server = fakeredis.FakeServer()
     tap = EventTap(fakeredis.FakeRedis(server=server), f"{key_prefix}events")
     a, a_l2 = _replica(server, key_prefix, sqlite_url, clock)
@@ -272,14 +267,20 @@ def test_d_overwrite_while_l2_down_reaches_the_other_replica(sqlite_url, key_pre
     a.set(PROMPT, "v2")
     assert a.get(PROMPT).value == "v2"
     a_l2.up()
+    backoff_clock.advance(BACKOFF_MAX)  # the back-off window has passed
 
     def b_fresh() -> bool:
         deliver()
         hit = b.get(PROMPT)
         return hit is not None and hit.value != "v1"
 
-    # A's L2 is back: whatever A owes it (and the other replicas) is sent; B hears it
-    ok = wait_until(b_fresh, 3, nudge=lambda: a.get(NUDGE))
+    def nudge() -> None:
+        a.get(NUDGE)
+        b.catch_up()  # what B's log poll does every second, now rather than within a second
+
+    # A's L2 is back: whatever A owes it (and the other replicas) is sent; B hears it,
+    # by an event or from the change log
+    ok = settles(b_fresh, nudge=nudge)
     deliver()
     hit = b.get(PROMPT)
     assert ok and hit is not None and hit.value == "v2", (
