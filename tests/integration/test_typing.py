@@ -1,4 +1,7 @@
-"""The package type-checks under mypy --strict (the settings in pyproject.toml)."""
+"""The package type-checks under mypy --strict (the settings in pyproject.toml).
+
+An integration test, not a unit one: it runs mypy over the whole package (about a
+minute), so the unit suite stays quick. Run it with `pytest tests/integration/test_typing.py`."""
 
 from __future__ import annotations
 
