@@ -24,25 +24,9 @@ class MonotonicClock:
 
 
 @pytest.fixture
-def backoff_clock(monkeypatch) -> MonotonicClock:
-    """The clock every tier chain made in this test times its back-off with.
-
-    ``TierChain`` takes ``monotonic=`` (default ``time.monotonic``); every chain the
-    facade builds during the test is given this clock, whatever the facade passes. A
-    test that advances it and expects a retry fails loudly if that stops working.
-    """
-    from semcache import cache as cache_module
-    from semcache.chain import TierChain
-
-    fake = MonotonicClock()
-
-    class ChainOnFakeClock(TierChain):
-        def __init__(self, *args, **kwargs) -> None:
-            kwargs["monotonic"] = fake
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(cache_module, "TierChain", ChainOnFakeClock)
-    return fake
+def backoff_clock() -> MonotonicClock:
+    """The clock of the tiers' back-off windows: ``SemanticCache(monotonic=backoff_clock)``."""
+    return MonotonicClock()
 
 
 @pytest.fixture(scope="session")

@@ -270,7 +270,7 @@ def test_failing_tier_degrades_with_backoff_and_recovers(clock, sqlite_url, back
     down = _DownTier()
     l1 = MemoryBackend()
     pol = Policy(backoff_initial_seconds=0.05, backoff_max_seconds=0.05)
-    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, tiers=[l1, down, SQLBackend(sqlite_url)]) as cache:
+    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, monotonic=backoff_clock, tiers=[l1, down, SQLBackend(sqlite_url)]) as cache:
         e = cache.set("q", "v")  # L2 fails; L3 and L1 still written
         assert cache.get("q").value == "v"
         l1.delete([e.key])
@@ -359,7 +359,7 @@ def test_invalidation_while_l3_is_down_is_applied_when_it_returns(clock, sqlite_
     l3 = SQLBackend(sqlite_url)
     flaky = _Flaky(l3)
     pol = Policy(backoff_initial_seconds=0.01, backoff_max_seconds=0.01)
-    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, tiers=[l1, flaky]) as cache:
+    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, monotonic=backoff_clock, tiers=[l1, flaky]) as cache:
         e = cache.set("q", "v", tags=["t"])
         flaky.down = True
         cache.invalidate(tag="t")  # L1 drops it; L3 is down and still holds it
@@ -374,7 +374,7 @@ def test_overwrite_while_l3_is_down_never_serves_the_old_value_later(clock, sqli
     l3 = SQLBackend(sqlite_url)
     flaky = _Flaky(l3)
     pol = Policy(backoff_initial_seconds=0.01, backoff_max_seconds=0.01)
-    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, tiers=[l1, flaky]) as cache:
+    with SemanticCache(CacheConfig(embedder=None, policy=pol), timer=clock, monotonic=backoff_clock, tiers=[l1, flaky]) as cache:
         e = cache.set("q", "old")
         flaky.down = True
         cache.set("q", "new")
@@ -480,9 +480,11 @@ class _Flaky:
 def test_background_sweeper_reclaims_expired_rows(clock, sqlite_url):
     cfg = CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url), policy=Policy(sweep_interval_seconds=0.01))
     with SemanticCache(cfg, timer=clock) as cache:
-        # observe the sweeper's passes: one that starts after the clock moved on is done
+        # observe L3's sweeps: once one that started after the clock moved on is done,
+        # the expired row must be gone
+        l3 = cache.tiers[-1]
         advanced, swept = threading.Event(), threading.Event()
-        sweep = cache.sweep
+        sweep = l3.sweep
 
         def observed_sweep(*args, **kwargs):
             after = advanced.is_set()
@@ -491,12 +493,11 @@ def test_background_sweeper_reclaims_expired_rows(clock, sqlite_url):
                 swept.set()
             return n
 
-        cache.sweep = observed_sweep
+        l3.sweep = observed_sweep
         cache.set("short", "v", ttl_seconds=5)
         cache.set("long", "v", ttl_seconds=500)
         clock.advance(10)
         advanced.set()
-        l3 = cache.tiers[-1]
         assert swept.wait(5), "the background sweeper never ran"
         assert l3.count() == 1  # nobody called sweep(): the background sweeper did
     assert cache._sweeper is not None and not cache._sweeper.is_alive()  # stopped on close

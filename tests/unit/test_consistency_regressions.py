@@ -35,8 +35,8 @@ PROMPT = "How do I rotate my API key?"
 NUDGE = "a prompt nobody stored"
 MISSING = "<no such attribute>"
 #: The longest back-off of the default policy: a tier that is back is used again
-#: within this long (contract 5). Tests move the back-off clock (``backoff_clock``)
-#: by this much instead of waiting it out.
+#: within this long (contract 5). Tests move the back-off clock
+#: (``SemanticCache(monotonic=backoff_clock)``) by this much instead of waiting it out.
 BACKOFF_MAX = Policy().backoff_max_seconds
 
 
@@ -194,7 +194,7 @@ def test_a_invalidation_racing_gets_free_running_never_resurrects(clock, sqlite_
 def test_b_older_queued_invalidation_never_erases_newer_write(clock, sqlite_url, closing, backoff_clock):
     l1 = MemoryBackend()
     l3 = FaultyBackend(SQLBackend(sqlite_url))
-    cache = SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url)), timer=clock, tiers=[l1, l3]).open()
+    cache = SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url)), timer=clock, monotonic=backoff_clock, tiers=[l1, l3]).open()
     closing += [l3, cache]
     e = cache.set(PROMPT, "old")
     l3.down()
@@ -218,7 +218,7 @@ def test_b_older_queued_invalidation_never_erases_newer_write(clock, sqlite_url,
 def test_c_write_missed_while_l3_down_reaches_l3_within_about_a_second(clock, sqlite_url, closing, backoff_clock):
     l1 = MemoryBackend()
     l3 = FaultyBackend(SQLBackend(sqlite_url))
-    cache = SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url)), timer=clock, tiers=[l1, l3]).open()
+    cache = SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url)), timer=clock, monotonic=backoff_clock, tiers=[l1, l3]).open()
     closing += [l3, cache]
     l3.down()
     e = cache.set(PROMPT, "v")  # returns: L1 took it, L3 missed it
@@ -239,18 +239,18 @@ def test_c_write_missed_while_l3_down_reaches_l3_within_about_a_second(clock, sq
 # -- (d) an overwrite made while one replica's L2 was down reaches the others ---------------
 
 
-def _replica(server: Any, prefix: str, sqlite_url: str, clock: Callable[[], float]) -> tuple[SemanticCache, FaultyBackend]:
+def _replica(server: Any, prefix: str, sqlite_url: str, clock: Callable[[], float], monotonic: Callable[[], float]) -> tuple[SemanticCache, FaultyBackend]:
     raw = fakeredis.FakeRedis(server=server)
     l2 = FaultyBackend(RedisBackend("redis://fake", prefix=prefix, client=raw), client=MutedListenerClient(raw))
     cfg = CacheConfig(embedder=None, redis=RedisConfig(url="redis://fake", prefix=prefix), sql=SQLConfig(url=sqlite_url))
-    return SemanticCache(cfg, timer=clock, tiers=[MemoryBackend(), l2, SQLBackend(sqlite_url)]).open(), l2
+    return SemanticCache(cfg, timer=clock, monotonic=monotonic, tiers=[MemoryBackend(), l2, SQLBackend(sqlite_url)]).open(), l2
 
 
 def test_d_overwrite_while_l2_down_reaches_the_other_replica(clock, sqlite_url, key_prefix, closing, backoff_clock):
     server = fakeredis.FakeServer()
     tap = EventTap(fakeredis.FakeRedis(server=server), f"{key_prefix}events")
-    a, a_l2 = _replica(server, key_prefix, sqlite_url, clock)
-    b, b_l2 = _replica(server, key_prefix, sqlite_url, clock)
+    a, a_l2 = _replica(server, key_prefix, sqlite_url, clock, backoff_clock)
+    b, b_l2 = _replica(server, key_prefix, sqlite_url, clock, backoff_clock)
     closing += [a_l2, b_l2, a, b]
 
     def deliver() -> None:
