@@ -30,37 +30,29 @@ own), with ``X-Semcache-Shared: 1``. A follower never inherits a failure: a lead
 error status sends each follower upstream on its own, and a leader whose stream
 broke off, or whose client went away, releases its followers to start over (one of
 them leads the next call).
+
+This module is the route and the per-request flow (look up, lead or follow, store);
+the rest of the proxy lives beside it: :mod:`.proxy_upstream` (upstream calls,
+forwarded and passed-back headers, credentials), :mod:`.proxy_stream` (relaying,
+leading and replaying streams), :mod:`.proxy_convert` (request options, hit headers,
+stored values as completions, error bodies) and :mod:`.proxy_support` (what the
+proxy needs from the app that mounts it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from ..config import UNSET
-from ..errors import BackendError, InvalidInputError, SemcacheError
+from ..errors import InvalidInputError, SemcacheError
 from ..keys import Request as CacheRequest
 from ..keys import build_request
-from ..openai_compat import (
-    FORMAT_CHAT_CHUNK,
-    FORMAT_CHAT_COMPLETION,
-    FORMAT_KEY,
-    STREAM_KEY,
-    chunks_to_completion,
-    completion_to_chunks,
-    model_of,
-    uncacheable_reason,
-    usage_of,
-)
+from ..openai_compat import chunks_to_completion
 from ..readthrough import (
     OWN_CALL,
     AsyncLead,
@@ -71,11 +63,20 @@ from ..readthrough import (
     finished,
 )
 from ..singleflight import AsyncRedisLock, SingleFlight
-from ..streaming import AsyncRecordingStream
-from ..types import Hit
+from . import proxy_stream
 from .auth import Principal
 from .models import ChatCompletionBody, ErrorBody
+from .proxy_convert import (
+    CacheOptions,
+    as_completion,
+    completion_metadata,
+    error_json,
+    hit_headers,
+    wants_usage,
+)
+from .proxy_stream import Save, Shared, replay
 from .proxy_support import HostDep, PrincipalDep, ProxyHost
+from .proxy_upstream import Upstream, call_upstream, flight_key, pass_back, upstream_headers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,129 +84,6 @@ if TYPE_CHECKING:
 __all__ = ["Proxy", "proxy_router"]
 
 log = logging.getLogger("semcache.server")
-
-#: Upstream response headers worth handing back to the caller.
-_PASS_BACK = (
-    "content-type",
-    "x-request-id",
-    "retry-after",
-    "openai-processing-ms",
-    "openai-version",
-)
-_PASS_BACK_PREFIXES = ("x-ratelimit-",)
-#: Caller headers forwarded upstream (besides the key).
-_FORWARD = ("openai-organization", "openai-project", "openai-beta", "user-agent")
-#: Upstream request headers that decide whose account answers (and whether it may).
-_CREDENTIALS = ("authorization", "openai-organization", "openai-project")
-
-
-def _flight_key(cache_key: str, headers: dict[str, str]) -> str:
-    """The single-flight key: the cache key plus a digest of the upstream credentials.
-
-    With callers' own keys, two identical requests made with different keys must not
-    share one upstream call: a bad key's 401 (or a rate limit on one account) would
-    otherwise be handed to a caller whose key is fine, and vice versa.
-    """
-    digest = hashlib.sha256()
-    for name in _CREDENTIALS:
-        digest.update(name.encode("ascii") + b"\0" + headers.get(name, "").encode("utf-8") + b"\0")
-    return f"{cache_key}:{digest.hexdigest()[:32]}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Upstream:
-    """A finished upstream answer, shareable between single-flight followers."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class _Streamed:
-    """A streamed upstream answer that ended with ``[DONE]``: its chunks, shareable."""
-
-    chunks: tuple[dict[str, Any], ...]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-#: What a leader shares with its followers.
-_Shared = _Upstream | _Streamed
-
-
-class _Options:
-    """Per-request cache controls from the request headers."""
-
-    def __init__(self, request: Request) -> None:
-        cc = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
-        self.lookup = "no-cache" not in cc
-        self.store = "no-store" not in cc
-        tags = request.headers.get("x-semcache-tags", "")
-        self.tags = tuple(t.strip() for t in tags.split(",") if t.strip())
-        raw_ttl = request.headers.get("x-semcache-ttl")
-        self.ttl: Any = UNSET
-        if raw_ttl is not None:
-            try:
-                ttl = float(raw_ttl)
-            except ValueError:
-                raise InvalidInputError("X-Semcache-TTL must be a number of seconds") from None
-            if not math.isfinite(ttl) or ttl <= 0 or ttl > 100 * 365 * 24 * 3600:
-                raise InvalidInputError(
-                    "X-Semcache-TTL must be a positive number of seconds (at most 100 years)"
-                )
-            self.ttl = ttl
-
-
-def _hit_headers(hit: Hit) -> dict[str, str]:
-    return {
-        "x-semcache": "hit",
-        "x-semcache-kind": hit.kind,
-        "x-semcache-similarity": f"{hit.similarity:.4f}",
-        "x-semcache-tier": hit.tier,
-        "x-semcache-entry-id": hit.key,
-        "x-semcache-age": f"{hit.age_seconds:.1f}",
-    }
-
-
-def _as_completion(
-    value: Any, metadata: dict[str, Any], model: str, key: str, created: float
-) -> dict[str, Any] | None:
-    """The stored value as a ``chat.completion`` dict, or ``None`` when it cannot be one."""
-    fmt = metadata.get(FORMAT_KEY)
-    if isinstance(value, list) and (metadata.get(STREAM_KEY) or fmt == FORMAT_CHAT_CHUNK):
-        try:
-            return chunks_to_completion(value)
-        except SemcacheError:
-            return None
-    if isinstance(value, dict) and isinstance(value.get("choices"), list) and value["choices"]:
-        return value
-    if isinstance(value, str) and value:
-        # a plain answer stored through the JSON API under the same scope
-        return {
-            "id": f"chatcmpl-semcache-{key[:16]}",
-            "object": "chat.completion",
-            "created": int(created),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": value},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-        }
-    return None
-
-
-def _wants_usage(payload: dict[str, Any]) -> bool:
-    """Whether a streamed request asked for the trailing usage chunk (``stream_options``)."""
-    options = payload.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _sse(chunk: Any) -> bytes:
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
 class Proxy:
@@ -220,75 +98,17 @@ class Proxy:
         )
         # a follower waits out a slow leader (the upstream timeout bounds each of its
         # reads), then asks upstream itself
-        self.readthrough: AsyncReadThrough[_Shared] = AsyncReadThrough(
+        self.readthrough: AsyncReadThrough[Shared] = AsyncReadThrough(
             self.flights, lock=lambda: self.lock, wait_seconds=2 * timeout, name="proxy"
         )
 
-    # -- upstream --------------------------------------------------------------
-    def _upstream_headers(self, request: Request, principal: Principal) -> dict[str, str]:
-        headers = {
-            "content-type": "application/json",
-            "accept": request.headers.get("accept", "application/json"),
-        }
-        for name in _FORWARD:
-            if name in request.headers:
-                headers[name] = request.headers[name]
-        key = self.sc.config.upstream_api_key
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        elif not principal.token_in_authorization and "authorization" in request.headers:
-            # the semcache token came another way (or auth is off): this is the caller's own key
-            headers["authorization"] = request.headers["authorization"]
-        return headers
-
-    @staticmethod
-    def _pass_back(headers: Any) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in headers.items()
-            if k.lower() in _PASS_BACK or k.lower().startswith(_PASS_BACK_PREFIXES)
-        }
-
-    async def _call_upstream(self, payload: dict[str, Any], headers: dict[str, str]) -> _Upstream:
-        import httpx
-
-        assert self.sc.upstream is not None
-        try:
-            resp = await self.sc.upstream.post("chat/completions", json=payload, headers=headers)
-        except httpx.TimeoutException:
-            self.sc.metrics.upstream_requests.labels("0").inc()
-            return _Upstream(504, _error_bytes("the upstream timed out", "upstream_timeout", 504))
-        except httpx.HTTPError as exc:
-            self.sc.metrics.upstream_requests.labels("0").inc()
-            log.warning("upstream unreachable: %s", exc)
-            return _Upstream(
-                502, _error_bytes("the upstream is unreachable", "upstream_unreachable", 502)
-            )
-        self.sc.metrics.upstream_requests.labels(str(resp.status_code)).inc()
-        return _Upstream(resp.status_code, resp.content, self._pass_back(resp.headers))
-
     # -- storing ---------------------------------------------------------------
-    def _metadata(self, completion: dict[str, Any], request_model: str) -> dict[str, Any]:
-        meta: dict[str, Any] = {FORMAT_KEY: FORMAT_CHAT_COMPLETION, "source": "proxy"}
-        usage = usage_of(completion)
-        if usage:
-            meta["usage"] = usage
-            price = self.sc.config.prices.get(request_model) or self.sc.config.prices.get(
-                model_of(completion) or ""
-            )
-            if price is not None:
-                meta["cost"] = (
-                    usage.get("prompt_tokens", 0) * price[0]
-                    + usage.get("completion_tokens", 0) * price[1]
-                ) / 1e6
-        return meta
-
     async def _store(
         self,
         req: CacheRequest,
         completion: dict[str, Any],
         embedding: np.ndarray | None,
-        opts: _Options,
+        opts: CacheOptions,
         model: str,
     ) -> None:
         try:
@@ -297,23 +117,39 @@ class Proxy:
                 completion,
                 ttl_seconds=opts.ttl,
                 tags=opts.tags,
-                metadata=self._metadata(completion, model),
+                metadata=completion_metadata(completion, model, self.sc.config.prices),
                 embedding=embedding,
             )
         except (SemcacheError, ValueError) as exc:  # the caller still gets its answer
             log.warning("could not store a completion: %s", exc)
 
-    async def _stored(self, req: CacheRequest) -> _Upstream | None:
+    def _saver(
+        self,
+        req: CacheRequest,
+        embedding: np.ndarray | None,
+        opts: CacheOptions,
+        model: str,
+    ) -> Save | None:
+        """What stores a streamed answer to ``req``, or ``None`` when it must not be stored."""
+        if not opts.store:
+            return None
+
+        async def save(completion: dict[str, Any]) -> None:
+            await self._store(req, completion, embedding, opts, model)
+
+        return save
+
+    async def _stored(self, req: CacheRequest) -> Upstream | None:
         """What another replica stored for this exact request meanwhile, as an upstream answer."""
         entry = await self.sc.cache.get_entry(req.key)
         if entry is None or entry.scope != req.scope:
             return None
-        completion = _as_completion(
+        completion = as_completion(
             entry.value, entry.metadata, req.model or "", req.key, entry.created_at
         )
         if completion is None:
             return None
-        return _Upstream(
+        return Upstream(
             200, json.dumps(completion).encode("utf-8"), {"content-type": "application/json"}
         )
 
@@ -323,7 +159,7 @@ class Proxy:
     ) -> Response:
         """Answer one chat completion request."""
         sc = self.sc
-        opts = _Options(request)
+        opts = CacheOptions(request)
         messages = body.message_dicts()
         payload = body.model_dump(exclude_unset=True)
         payload["model"] = body.model
@@ -351,37 +187,38 @@ class Proxy:
                 "/v1/chat/completions", hit.kind if hit else "miss", time.perf_counter() - t0
             )
             if hit is not None:
-                completion = _as_completion(
+                completion = as_completion(
                     hit.value, hit.entry.metadata, body.model, hit.key, hit.entry.created_at
                 )
                 if completion is not None:
                     if stream:
-                        return self._replay(completion, _hit_headers(hit), _wants_usage(payload))
-                    return JSONResponse(completion, headers=_hit_headers(hit))
+                        return replay(completion, hit_headers(hit), wants_usage(payload))
+                    return JSONResponse(completion, headers=hit_headers(hit))
         marker = {"x-semcache": "miss" if opts.lookup else "bypass"}
         if sc.upstream is None:
             return JSONResponse(
-                _error_json(
+                error_json(
                     "cache miss and no upstream is configured (set upstream_url)", "cache_miss", 404
                 ),
                 status_code=404,
                 headers=marker,
             )
-        headers = self._upstream_headers(request, principal)
-        include_usage = _wants_usage(payload)
+        headers = upstream_headers(request, principal, sc.config.upstream_api_key)
+        include_usage = wants_usage(payload)
 
-        async def lead(duty: AsyncLead[_Shared]) -> Response:
+        async def lead(duty: AsyncLead[Shared]) -> Response:
             if stream:
-                return await self._lead_stream(duty, payload, headers, req, embedding, opts, marker)
+                save = self._saver(req, embedding, opts, payload["model"])
+                return await proxy_stream.lead(sc, duty, payload, headers, marker, save)
             up = await self._lead_plain(duty, payload, headers, req, embedding, opts)
             return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
 
-        async def follow(shared: _Shared) -> Response | OwnCall:
+        async def follow(shared: Shared) -> Response | OwnCall:
             return self._follow(shared, stream, include_usage, body.model, req.key, marker)
 
         # streamed and unstreamed requests lead separate flights: each gets its own form
         # from the upstream (a plain answer always has usage, a stream only when asked)
-        flight = _flight_key(req.key, headers) + (":stream" if stream else "")
+        flight = flight_key(req.key, headers) + (":stream" if stream else "")
         return await self.readthrough.run(
             flight,
             lead=lead,
@@ -394,7 +231,7 @@ class Proxy:
 
     def _follow(
         self,
-        shared: _Shared,
+        shared: Shared,
         stream: bool,
         include_usage: bool,
         model: str,
@@ -403,41 +240,45 @@ class Proxy:
     ) -> Response | OwnCall:
         """A follower's answer from its leader's, or :data:`OWN_CALL` to ask upstream itself."""
         headers = {**marker, "x-semcache-shared": "1"}
-        if isinstance(shared, _Upstream):
+        if isinstance(shared, Upstream):
             if not 200 <= shared.status < 300:
                 # a leader's failure (timeout, rate limit, upstream hiccup) is its own: a
                 # follower asks upstream itself rather than inherit someone else's error
                 return OWN_CALL
             if not stream:
-                return Response(shared.body, status_code=shared.status, headers={**shared.headers, **headers})
+                return Response(
+                    shared.body, status_code=shared.status, headers={**shared.headers, **headers}
+                )
             try:
                 completion = json.loads(shared.body)
             except ValueError:
                 return OWN_CALL
-            if not isinstance(completion, dict) or _as_completion(completion, {}, model, key, 0) is None:
+            if not isinstance(completion, dict):
                 return OWN_CALL
-            return self._replay(completion, headers, include_usage)
+            if as_completion(completion, {}, model, key, 0) is None:
+                return OWN_CALL
+            return replay(completion, headers, include_usage)
         try:
             completion = chunks_to_completion(list(shared.chunks))
         except SemcacheError:
             return OWN_CALL  # chunks that cannot be assembled: replay nothing half-right
         if not stream:
             return JSONResponse(completion, headers=headers)
-        return self._replay(completion, {**self._pass_back(shared.headers), **headers}, include_usage)
+        return replay(completion, {**pass_back(shared.headers), **headers}, include_usage)
 
     async def _lead_plain(
         self,
-        duty: AsyncLead[_Shared],
+        duty: AsyncLead[Shared],
         payload: dict[str, Any],
         headers: dict[str, str],
         req: CacheRequest,
         embedding: np.ndarray | None,
-        opts: _Options,
-    ) -> _Upstream:
+        opts: CacheOptions,
+    ) -> Upstream:
         """Ask upstream, store a good answer, and share the answer (whatever it is) with the followers."""
-        up: _Upstream | None = None
+        up: Upstream | None = None
         try:
-            up = await self._call_upstream(payload, headers)
+            up = await call_upstream(self.sc, payload, headers)
             if up.status == 200 and opts.store:
                 try:
                     completion = json.loads(up.body)
@@ -458,178 +299,17 @@ class Proxy:
         request: Request,
         payload: dict[str, Any],
         principal: Principal,
-        opts: _Options,
+        opts: CacheOptions,
         stream: bool,
     ) -> Response:
         """Forward a request upstream untouched by the cache: no lookup, no flight, no store."""
         opts.lookup = opts.store = False
         marker = {"x-semcache": "bypass"}
-        headers = self._upstream_headers(request, principal)
+        headers = upstream_headers(request, principal, self.sc.config.upstream_api_key)
         if stream:
-            return await self._stream(payload, headers, None, None, opts, marker, None)
-        up = await self._call_upstream(payload, headers)
+            return await proxy_stream.relay(self.sc, payload, headers, marker, save=None, duty=None)
+        up = await call_upstream(self.sc, payload, headers)
         return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
-
-    def _replay(
-        self, completion: dict[str, Any], headers: dict[str, str], include_usage: bool
-    ) -> StreamingResponse:
-        async def events() -> AsyncIterator[bytes]:
-            for chunk in completion_to_chunks(completion, include_usage=include_usage):
-                yield _sse(chunk)
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-    async def _lead_stream(
-        self,
-        duty: AsyncLead[_Shared],
-        payload: dict[str, Any],
-        headers: dict[str, str],
-        req: CacheRequest,
-        embedding: np.ndarray | None,
-        opts: _Options,
-        marker: dict[str, str],
-    ) -> Response:
-        """Lead a streamed flight: the stream settles ``duty`` when it ends (or breaks off)."""
-        settled = False
-        try:
-            response = await self._stream(payload, headers, req, embedding, opts, marker, duty)
-            settled = True
-            return response
-        finally:
-            if not settled:
-                duty.drop()  # cancelled before the stream started: followers start over
-
-    async def _stream(
-        self,
-        payload: dict[str, Any],
-        headers: dict[str, str],
-        req: CacheRequest | None,
-        embedding: np.ndarray | None,
-        opts: _Options,
-        marker: dict[str, str],
-        duty: AsyncLead[_Shared] | None,
-    ) -> Response:
-        import httpx
-
-        sc = self.sc
-        assert sc.upstream is not None
-
-        async def failed(up: _Upstream) -> Response:
-            if duty is not None:
-                await duty.finish(up)  # the followers ask upstream themselves
-            return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
-
-        try:
-            upstream_req = sc.upstream.build_request(
-                "POST", "chat/completions", json=payload, headers=headers
-            )
-            resp = await sc.upstream.send(upstream_req, stream=True)
-        except httpx.TimeoutException:
-            sc.metrics.upstream_requests.labels("0").inc()
-            return await failed(
-                _Upstream(504, _error_bytes("the upstream timed out", "upstream_timeout", 504), _JSON)
-            )
-        except httpx.HTTPError as exc:
-            sc.metrics.upstream_requests.labels("0").inc()
-            log.warning("upstream unreachable: %s", exc)
-            return await failed(
-                _Upstream(
-                    502,
-                    _error_bytes("the upstream is unreachable", "upstream_unreachable", 502),
-                    _JSON,
-                )
-            )
-        sc.metrics.upstream_requests.labels(str(resp.status_code)).inc()
-        if resp.status_code != 200:
-            try:
-                content = await resp.aread()
-            finally:
-                await resp.aclose()
-            return await failed(_Upstream(resp.status_code, content, self._pass_back(resp.headers)))
-        passed_back = self._pass_back(resp.headers)
-
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
-            """The upstream's SSE events as chunk dicts; an unfinished stream is an error."""
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # comments, keep-alives, event names
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    yield json.loads(data)
-                except ValueError as exc:
-                    raise _BrokenStream("the upstream sent an event that is not JSON") from exc
-            raise _BrokenStream("the upstream stream ended without [DONE]")
-
-        async def store(items: list[Any]) -> None:
-            if req is None or not opts.store or not cacheable(items, stream=True, name="proxy"):
-                return
-            try:
-                completion = chunks_to_completion(items)
-            except SemcacheError as exc:  # chunks the check let through but cannot assemble
-                log.warning("could not assemble a streamed answer (%s); not storing it", exc)
-                return
-            if not finished(completion):
-                # [DONE] without a finish_reason: the upstream may have cut the answer short
-                log.warning("a streamed answer ended without a finish_reason; not storing it")
-                return
-            await self._store(req, completion, embedding, opts, payload["model"])
-
-        async def on_complete(items: list[Any]) -> None:
-            try:
-                await store(items)
-            finally:
-                if duty is not None:  # a whole stream is shared, stored or not
-                    await duty.finish(_Streamed(tuple(items), passed_back))
-
-        recording = AsyncRecordingStream(
-            chunks(), on_complete=on_complete, on_abandon=None if duty is None else duty.drop
-        )
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in recording:
-                    yield _sse(chunk)
-                yield b"data: [DONE]\n\n"
-            except (_BrokenStream, httpx.HTTPError) as exc:
-                # the status line is long gone: tell the client in-band, store nothing
-                log.warning("upstream stream failed (%s); nothing stored", exc)
-                yield _sse(
-                    {
-                        "error": {
-                            "message": f"upstream stream failed: {exc}",
-                            "type": "upstream_error",
-                            "code": 502,
-                        }
-                    }
-                )
-            finally:
-                if not recording.completed:
-                    await recording.aclose()
-                await resp.aclose()
-
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={**passed_back, **marker, "content-type": "text/event-stream"},
-        )
-
-
-_JSON = {"content-type": "application/json"}
-
-
-class _BrokenStream(Exception):
-    """The upstream's stream broke off or sent garbage."""
-
-
-def _error_json(message: str, type_: str, code: int) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "code": code}}
-
-
-def _error_bytes(message: str, type_: str, code: int) -> bytes:
-    return json.dumps(_error_json(message, type_, code)).encode("utf-8")
 
 
 def proxy_router() -> APIRouter:
