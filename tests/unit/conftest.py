@@ -1,13 +1,21 @@
-"""Fixtures for the unit tests only: SQLite files that start at the head schema, and
-a clock for the tiers' back-off."""
+"""Fixtures for the unit tests only: SQLite files that start at the head schema, a
+clock for the tiers' back-off, and FAISS on one thread."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# FAISS builds its HNSW graphs with one OpenMP thread per core, in the background
+# rebuild thread too; on a busy two-core machine those threads spin against each
+# other (a 1,100-vector build: about 0.05 s on one thread, 0.5-1.2 s on all). The
+# results are the same on one thread. OpenMP reads this when FAISS is first loaded,
+# which is after this file (the root conftest does not load it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 class MonotonicClock:

@@ -26,6 +26,10 @@ def deep_dict(n: int) -> object:
     return v
 
 
+#: A depth far past both MAX_DEPTH and Python's recursion limit (1,000): a walk that
+#: recursed would fail on it. (Deeper values only cost time to build and free.)
+HUGE = 10_000
+
 NUL = "\x00"
 SURROGATE = "\ud800"
 
@@ -93,7 +97,7 @@ def test_check_json_depth_limit_is_exact():
 
 def test_check_json_handles_huge_depth_and_cycles_without_recursion():
     with pytest.raises(SerializationError):
-        check_json("the value", deep(100_000))
+        check_json("the value", deep(HUGE))
     cyc: list[object] = []
     cyc.append(cyc)
     with pytest.raises(SerializationError):
@@ -120,7 +124,7 @@ def test_check_metadata():
         ({"a": "b\x00"}, r"metadata\.a contains a NUL"),
         ({"a\x00": 1}, r"a key of metadata contains a NUL"),
         ({"a": [{"b": SURROGATE}]}, r"metadata\.a\[0\]\.b contains a lone surrogate"),
-        ({"a": deep(100_000)}, "nested more than"),
+        ({"a": deep(HUGE)}, "nested more than"),
         ({"a": float("nan")}, "JSON-serialisable"),
         ({"a": object()}, "JSON-serialisable"),
         (["not", "a", "mapping"], "must be a mapping"),
@@ -131,9 +135,9 @@ def test_check_metadata():
 
 def test_serde_dumps_refuses_deep_values_with_serialization_error():
     with pytest.raises(SerializationError, match="nested more than"):
-        dumps(deep(100_000))
+        dumps(deep(HUGE))
     with pytest.raises(SerializationError, match="nested more than"):
-        dumps({"choices": [deep_dict(100_000)]})
+        dumps({"choices": [deep_dict(HUGE)]})
     with pytest.raises(SerializationError):
         dumps(["x", SURROGATE])  # the payload is UTF-8
     assert loads(dumps(deep(MAX_DEPTH))) == deep(MAX_DEPTH)
@@ -145,10 +149,10 @@ def test_serde_nul_inside_a_value_round_trips():
 
 
 def test_serde_loads_of_a_too_deep_payload_is_a_serialization_error():
-    payload = b"j" + b"[" * 100_000 + b"]" * 100_000
+    payload = b"j" + b"[" * HUGE + b"]" * HUGE
     with pytest.raises(SerializationError):
         loads(payload)
-    blob = b'{"k":"k","s":"s","p":"p","c":1,"md":' + b"[" * 100_000 + b"]" * 100_000 + b"}\x00j1"
+    blob = b'{"k":"k","s":"s","p":"p","c":1,"md":' + b"[" * HUGE + b"]" * HUGE + b"}\x00j1"
     with pytest.raises(SerializationError):
         entry_from_blob(blob)
 
@@ -187,7 +191,7 @@ def test_build_request_scope_fields_may_hold_nul_but_not_surrogates_or_huge_dept
     with pytest.raises(InvalidInputError, match="lone surrogate"):
         build_request(messages=[{"role": "system", "content": SURROGATE}, {"role": "user", "content": "hi"}])
     with pytest.raises(InvalidInputError, match="nested too deeply"):
-        build_request("hi", params={"tools": deep(100_000)})
+        build_request("hi", params={"tools": deep(HUGE)})
 
 
 # -- through the cache: typed error, and nothing stored is lost or changed -------------
@@ -229,8 +233,8 @@ BAD_SET_CALLS = {
     "NUL in namespace": (dict(prompt=PROMPT, model="m", namespace="ns\x00"), InvalidInputError),
     "surrogate in prompt": (dict(prompt=PROMPT + SURROGATE), InvalidInputError),
     "surrogate in params": (dict(prompt=PROMPT, model="m", params={"stop": [SURROGATE]}), InvalidInputError),
-    "value 100,000 deep": (dict(prompt=PROMPT, model="m", value=deep(100_000)), SerializationError),
-    "params 100,000 deep": (dict(prompt=PROMPT, model="m", params={"tools": deep(100_000)}), InvalidInputError),
+    f"value {HUGE:,} deep": (dict(prompt=PROMPT, model="m", value=deep(HUGE)), SerializationError),
+    f"params {HUGE:,} deep": (dict(prompt=PROMPT, model="m", params={"tools": deep(HUGE)}), InvalidInputError),
 }
 
 # these reach the checks only once the core's _make_entry calls validate.check_tags and
@@ -241,7 +245,7 @@ BAD_SET_CALLS_VIA_MAKE_ENTRY = {
     "NUL in metadata value": (dict(prompt=PROMPT, model="m", metadata={"note": "a\x00"}), SerializationError),
     "NUL in metadata key": (dict(prompt=PROMPT, model="m", metadata={"a\x00": 1}), SerializationError),
     "surrogate in metadata": (dict(prompt=PROMPT, model="m", metadata={"note": SURROGATE}), SerializationError),
-    "metadata 100,000 deep": (dict(prompt=PROMPT, model="m", metadata={"a": deep(100_000)}), SerializationError),
+    f"metadata {HUGE:,} deep": (dict(prompt=PROMPT, model="m", metadata={"a": deep(HUGE)}), SerializationError),
 }
 
 
