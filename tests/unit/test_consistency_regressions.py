@@ -11,7 +11,8 @@ is run with ``catch_up()``. Waits are bounded and on events, never sleeps. Per k
 (b) an invalidation queued while L3 was down never erases a newer write;
 (c) a write L3 missed while down reaches it within about a second of its return;
 (d) an overwrite made while a replica's L2 was down still reaches other replicas;
-(e) a write no durable tier took is reported as not durable.
+(e) a write no durable tier took is reported as not durable;
+(f) a long outage never makes lookups raise, and the tier is used once it is back.
 """
 
 from __future__ import annotations
@@ -304,3 +305,29 @@ def test_e_set_reports_whether_a_durable_tier_took_it(clock, sqlite_url, closing
     assert getattr(lost, "durable", MISSING) is False, (
         f"a write only L1 took (L3 down, no L2): durable={getattr(lost, 'durable', MISSING)!r}"
     )
+
+
+# -- (f) a long outage never turns into errors for callers ---------------------------------
+
+
+def test_f_long_outage_never_makes_lookups_raise_and_the_tier_is_used_again(clock, sqlite_url, closing, backoff_clock):
+    """Each failed probe doubles the back-off (up to its cap): the doubling must not
+    overflow after ~1,000 probes, i.e. an outage of about 18 minutes."""
+    l1 = MemoryBackend()
+    l3 = FaultyBackend(SQLBackend(sqlite_url))
+    cfg = CacheConfig(embedder=None, sql=SQLConfig(url=sqlite_url))
+    cache = SemanticCache(cfg, timer=clock, monotonic=backoff_clock, tiers=[l1, l3]).open()
+    closing += [l3, cache]
+    e = cache.set(PROMPT, "v")
+    l3.down()
+    for _ in range(1100):
+        clock.advance(BACKOFF_MAX)
+        backoff_clock.advance(BACKOFF_MAX)
+        cache.get(NUDGE)  # never raises: a down tier is a miss
+    probes = sum(l3.failed.values())
+    l3.up()
+    backoff_clock.advance(BACKOFF_MAX)
+    before = sum(l3.calls.values())
+    assert settles(served_since(l3, before), nudge=lambda: cache.get(NUDGE)), f"L3 unused after {probes} failed probes"
+    l1.delete([e.key])
+    assert cache.get(PROMPT).value == "v"
