@@ -1,5 +1,6 @@
 """Fixtures for the unit tests only: SQLite files that start at the head schema, a
-clock for the tiers' back-off, and FAISS on one thread."""
+clock for the tiers' back-off, FAISS on one thread, and what collection built kept
+out of the garbage collector's way."""
 
 from __future__ import annotations
 
@@ -59,3 +60,13 @@ def sqlite_url(tmp_path, _head_schema_sqlite) -> Iterator[str]:
     path = tmp_path / "semcache.db"
     shutil.copyfile(_head_schema_sqlite, path)
     yield f"sqlite:///{path}"
+
+
+def pytest_collection_finish(session) -> None:
+    """Move what collection built (imported modules, parametrized values) out of the
+    garbage collector's way: otherwise every full collection during the run walks it
+    all again (about 0.8 s of CPU over the suite). Later objects are collected as usual."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
