@@ -94,7 +94,7 @@ def test_interrupted_sync_leader_abandons() -> None:
 def test_wait_times_out() -> None:
     call, _ = SingleFlight().begin("k")
     with pytest.raises(TimeoutError):
-        call.wait(0.01)
+        call.wait(0.01)  # the timeout is what is tested: nobody ever settles this call
 
 
 async def test_asyncio_tasks_share_one_call() -> None:
@@ -128,7 +128,7 @@ async def test_async_waiter_woken_from_another_thread() -> None:
 async def test_async_wait_times_out() -> None:
     call, _ = SingleFlight().begin("k")
     with pytest.raises(TimeoutError):
-        await call.wait_async(0.01)
+        await call.wait_async(0.01)  # the timeout is what is tested
 
 
 async def test_cancelled_async_leader_abandons() -> None:
@@ -204,6 +204,7 @@ def test_lock_waiter_sees_the_holders_result(redis_client) -> None:
 def test_lock_wait_gives_up_after_wait_seconds(redis_client) -> None:
     lock = RedisLock(redis_client, timeout_seconds=30, poll_interval_seconds=0.01)
     assert lock.acquire("k")
+    # the give-up is what is tested: the waiter really waits wait_seconds (kept short)
     assert lock.acquire_or_wait("k", poll=lambda: None, wait_seconds=0.05) == (None, None)
 
 
@@ -229,7 +230,7 @@ async def test_async_lock_over_a_sync_client(redis_client) -> None:
     async def poll() -> str | None:
         return None
 
-    assert await lock.acquire_or_wait("k", poll, wait_seconds=0.05) == (None, None)
+    assert await lock.acquire_or_wait("k", poll, wait_seconds=0.05) == (None, None)  # gives up (tested)
     assert await lock.release("k", token)
     assert not await lock.held("k")
 
