@@ -11,7 +11,6 @@ keep together is stated in the README ("Consistency").
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 import time
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .chain import TierChain, TierSlot
+from .chain import TierChain
 from .config import UNSET, CacheConfig
 from .core import Core
 from .errors import ConfigurationError
@@ -35,9 +34,6 @@ from .tiers.base import Backend
 from .types import Entry, Hit, LookupOutcome, Selector
 
 __all__ = ["SemanticCache", "State"]
-
-log = logging.getLogger("semcache")
-
 
 class State(str, enum.Enum):
     """A cache's lifecycle."""
@@ -100,12 +96,12 @@ class SemanticCache:
             core = self._core
             tiers = self._given_tiers if self._given_tiers is not None else build_tiers(self.config)
             core.chain = TierChain(tiers, self.config.policy, self._stats, monotonic=self._monotonic)
-            core.chain.on_recover = self._recovered
+            self._reindexer = Reindexer(core)
+            core.chain.on_recover = self._reindexer.on_tier_recovered
             core.chain.open()
             choice = self._given_embedder if self._given_embedder is not UNSET else self.config.embedder
             core.load_semantic(choice)
             self._reader = Reader(core)
-            self._reindexer = Reindexer(core)
             self._replicas = Replicas(core, uuid.uuid4().hex)
             self._writer = Writer(core, self._replicas.publish)
             core.on_corrupt = self._writer.delete_everywhere
@@ -115,7 +111,7 @@ class SemanticCache:
         self._replicas.start()
         interval = self.config.policy.sweep_interval_seconds
         if interval is not None and core.chain.sweeper is not None:
-            self._sweeper = threading.Thread(target=self._sweep_every, args=(interval,), name="semcache-sweep", daemon=True)
+            self._sweeper = threading.Thread(target=self._writer.sweep_every, args=(interval, self._closing), name="semcache-sweep", daemon=True)
             self._sweeper.start()
         return self
 
@@ -136,20 +132,6 @@ class SemanticCache:
             if self._state is State.CLOSED:
                 raise ConfigurationError("this cache is closed")
             self.open()
-
-    def _recovered(self, slot: TierSlot) -> None:
-        core = self._core
-        if slot is core.chain.l3_slot and core.index is not None and not core.index_built:
-            threading.Thread(target=self._reindexer.rebuild_safe, daemon=True).start()
-
-    def _sweep_every(self, interval: float) -> None:
-        while not self._closing.wait(interval):
-            try:
-                n = self.sweep()
-                if n:
-                    log.info("swept %d expired entries from L3", n)
-            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
-                log.warning("sweep failed", exc_info=True)
 
     # -- what the cache is made of ---------------------------------------------------
     @property

@@ -46,6 +46,8 @@ T = TypeVar("T")
 L2_REPAIR = "l2_repair"
 #: Missed keys kept per cache tier before it is emptied on recovery instead.
 _MAX_PENDING = 10_000
+#: Writes held in memory for L3 (with L2 down too) before new ones are refused.
+_MAX_HELD = 100_000
 
 
 class Skip(Exception):
@@ -110,7 +112,7 @@ class TierChain:
         self.l2_dirty = False
         #: L2's hand-off holds writes L3 missed: L3 is not read until they are drained.
         self.handoff_waiting = False
-        self._l2_marked = False
+        self._l2_marked_at = -1e9
         self.on_recover: Callable[[TierSlot], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -150,13 +152,16 @@ class TierChain:
         slot.failures += 1
         slot.failed = str(exc) if isinstance(exc, BackendFailed) else None
         pol = self.policy
-        backoff = min(pol.backoff_max_seconds, pol.backoff_initial_seconds * 2 ** (slot.failures - 1))
+        # the exponent is capped: after a long outage 2**failures would overflow a float
+        backoff = min(pol.backoff_max_seconds, pol.backoff_initial_seconds * 2.0 ** min(slot.failures - 1, 60))
         slot.down_until = self.monotonic() + backoff
         # the class only: driver messages can carry prompts and payloads
         log.warning("tier %s is unavailable (%s); probing it again in %.2fs", slot.name, type(exc.__cause__ or exc).__name__, backoff)
 
-    def call(self, slot: TierSlot, fn: Callable[[], T]) -> T:
+    def call(self, slot: TierSlot, fn: Callable[[], T], *, read: bool = False) -> T:
         """Run ``fn`` against ``slot`` unless it is in back-off; replay what it missed first.
+        A ``read`` of L3 is refused (skipped) while L2's hand-off holds writes that could
+        not be drained into it: L3 may be older than what was acknowledged.
 
         Raises:
             Skip: the tier is down or just failed (``on_backend_error="miss"``).
@@ -168,8 +173,11 @@ class TierChain:
             slot.skipped += 1
             raise Skip
         try:
-            if slot.behind or (slot is self.l3_slot and self.handoff_waiting):
+            if slot.behind:
                 self.replay(slot)
+            if slot is self.l3_slot and self.handoff_waiting and not self.drain_handoff() and read:
+                slot.skipped += 1
+                raise Skip
             result = fn()
         except BackendError as exc:
             self.fail(slot, exc)
@@ -207,14 +215,14 @@ class TierChain:
                 slot.stale.clear()
                 slot.stale_selectors.clear()
         self.stats.inc(f"{slot.name}_deferred")
-        if slot is self.l2_slot and not self._l2_marked and self.log is not None and self.l3_slot is not None:
+        if slot is self.l2_slot and self.log is not None and self.l3_slot is not None and self.monotonic() - self._l2_marked_at > 0.5:
             # tell the other replicas: L2 may now hold what this process could not
             # overwrite or delete there; they read it again only after a repair
             try:
                 lg = self.log
                 head = self.call(self.l3_slot, lg.log_head)
-                self.call(self.l3_slot, lambda: lg.mark_lower(L2_REPAIR, max(0, head - 100)))
-                self._l2_marked = True
+                self.call(self.l3_slot, lambda: lg.mark_lower(L2_REPAIR, max(0, head - 1000)))
+                self._l2_marked_at = self.monotonic()
             except Skip:
                 pass
 
@@ -237,6 +245,11 @@ class TierChain:
             except Skip:
                 pass
         with slot.lock:
+            if len(slot.held) + len(entries) + len(deletes) > _MAX_HELD:
+                # memory is bounded: past this, writes are reported not durable and not held
+                self.stats.inc("l3_held_refused", len(entries) + len(deletes))
+                log.error("more than %d writes wait for L3 in memory; refusing to hold more", _MAX_HELD)
+                return False
             for e in entries:
                 cur = slot.held.get(e.key)
                 if cur is None or _version(cur) < e.version:
@@ -256,6 +269,15 @@ class TierChain:
         with slot.lock:
             stale, floor, sels, held = dict(slot.stale), slot.stale_floor, list(slot.stale_selectors), dict(slot.held)
         b = slot.backend
+        # writes first, then deletes and invalidations: a delete or an invalidation
+        # refuses nothing newer than itself, so this order never resurrects what an
+        # invalidation that came after a write removed
+        writes = [e for e in held.values() if isinstance(e, Entry)]
+        if writes and self.log is not None:
+            self.log.replay_writes(writes, now)
+        for k, h in held.items():
+            if isinstance(h, int):
+                b.delete([k], h)
         if floor:
             b.invalidate(Selector.everything(), now, floor)
         for sel, v in sels:
@@ -266,12 +288,6 @@ class TierChain:
                 by_version.setdefault(v, []).append(k)
             for v, ks in by_version.items():
                 b.delete(ks, v)
-        writes = [e for e in held.values() if isinstance(e, Entry)]
-        if writes and self.log is not None:
-            self.log.replay_writes(writes, now)
-        for k, h in held.items():
-            if isinstance(h, int):
-                b.delete([k], h)
         with slot.lock:
             # forget what was applied, unless something newer was missed meanwhile
             if slot.stale_floor == floor:
@@ -283,41 +299,42 @@ class TierChain:
             for k, h in held.items():
                 if slot.held.get(k) is h:
                     del slot.held[k]
-        if slot is self.l2_slot:
-            self._l2_marked = False
-        if slot is self.l3_slot and self.handoff_waiting:
-            self.drain_handoff()
 
-    def drain_handoff(self) -> int:
+    def drain_handoff(self) -> bool:
         """Write L2's hand-off into L3 (any replica may; each record is versioned, so
-        concurrent drains agree). Return how many records were applied."""
+        concurrent drains agree). Return whether nothing is left waiting. L2 failing
+        here stops the drain (and counts against L2, not L3).
+
+        Raises:
+            BackendError: L3 failed.
+        """
         ho, l3, s2, lg = self.handoff, self.l3_slot, self.l2_slot, self.log
         if ho is None or l3 is None or s2 is None or lg is None:
             self.handoff_waiting = False
-            return 0
+            return True
         now = time.time()
         n = 0
         try:
-            # selector invalidations first: the per-key records they match were already
-            # turned into tombstones when they were made (Handoff.handoff_invalidate)
-            for raw_sel, sel, ver in ho.handoff_selectors():
-                l3.backend.invalidate(sel, now, ver)
-                ho.handoff_selector_done(raw_sel)
-                n += 1
-            for key, raw, version, entry in list(ho.handoff_items()):
+            # writes and deletes first, then selector invalidations (see replay)
+            for key, raw, version, entry in self.call(s2, lambda: list(ho.handoff_items())):
                 if entry is not None:
                     lg.replay_writes([entry], now)
                 else:
                     l3.backend.delete([key], version)
-                ho.handoff_done(key, raw)
+                self.call(s2, lambda: ho.handoff_done(key, raw))
                 n += 1
-            self.handoff_waiting = ho.handoff_size() > 0
-        except BackendError:
-            raise
-        if n:
-            self.stats.inc("l3_handoff_drained", n)
-            log.info("wrote %d writes and deletes that L3 missed into it", n)
-        return n
+            for raw_sel, sel, ver in self.call(s2, ho.handoff_selectors):
+                l3.backend.invalidate(sel, now, ver)
+                self.call(s2, lambda: ho.handoff_selector_done(raw_sel))
+                n += 1
+            self.handoff_waiting = self.call(s2, ho.handoff_size) > 0
+        except Skip:
+            return False
+        finally:
+            if n:
+                self.stats.inc("l3_handoff_drained", n)
+                log.info("wrote %d writes and deletes that L3 missed into it", n)
+        return not self.handoff_waiting
 
     # -- health ---------------------------------------------------------------------------
     def health(self) -> dict[str, str]:

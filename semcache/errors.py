@@ -8,6 +8,7 @@ Every error derives from :class:`SemcacheError`::
     │   ├── SerializationError    a value that cannot be stored, or a stored blob that cannot be read
     │   └── EmbeddingError        an embedder returned NaN/inf, a wrong shape or a wrong dimension
     ├── BackendError              a tier failed (translated from the driver's exception)
+    │   ├── BackendConflict       a transaction lost to a concurrent one (retried, then replayed)
     │   └── BackendUnavailable    a tier is down or marked down after a failure
     │       └── BackendFailed     a tier's storage is damaged (a corrupt SQLite file)
     ├── SchemaVersionError        the SQL schema is older than this package expects
@@ -17,6 +18,7 @@ Every error derives from :class:`SemcacheError`::
 from __future__ import annotations
 
 __all__ = [
+    "BackendConflict",
     "BackendError",
     "BackendFailed",
     "BackendUnavailable",
@@ -52,6 +54,11 @@ class EmbeddingError(InvalidInputError):
 
 class BackendError(SemcacheError):
     """A storage tier raised an error; the driver's exception is the ``__cause__``."""
+
+
+class BackendConflict(BackendError):
+    """A transaction lost to a concurrent one (a deadlock, a serialisation failure) even
+    after retries: the tier is fine and the operation is kept and replayed."""
 
 
 class BackendUnavailable(BackendError):

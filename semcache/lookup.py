@@ -21,7 +21,7 @@ from .config import UNSET
 from .core import Core
 from .errors import InvalidInputError
 from .keys import Request
-from .tiers.base import Touchable
+from .tiers.base import Tombstones, Touchable
 from .types import Candidate, Entry, Hit, LookupOutcome
 
 __all__ = ["Reader"]
@@ -46,18 +46,29 @@ class Reader:
         before the answer was skipped (then ``None`` is no proof the entry is gone)."""
         skipped = False
         chain = self.chain
+        # the newest delete seen in an upper tier: an older copy below is not served
+        deleted = 0
         for i, slot in enumerate(chain.slots):
             if not chain.readable(slot):
                 skipped = True
                 continue
             b = slot.backend
             try:
-                entry = chain.call(slot, lambda: b.get(key, now))
+                if isinstance(b, Tombstones):
+                    tb = b
+                    got = chain.call(slot, lambda: tb.read(key, now), read=True)
+                else:
+                    got = chain.call(slot, lambda: b.get(key, now), read=True)
             except Skip:
                 skipped = True
                 continue
-            if entry is not None and not entry.expired(now) and entry.key == key:
-                return (entry, i), skipped
+            if isinstance(got, int):
+                deleted = max(deleted, got)
+                continue
+            if got is not None and not got.expired(now) and got.key == key:
+                if got.version and got.version <= deleted:
+                    return None, skipped  # removed after this copy was written
+                return (got, i), skipped
         return None, skipped
 
     def promote(self, entry: Entry, i: int, now: float, token: int | None, started: float) -> tuple[Entry, TierSlot]:

@@ -26,6 +26,12 @@ class Reindexer:
         self.core = core
         self._lock = threading.Lock()
 
+    def on_tier_recovered(self, slot: Any) -> None:
+        """L3 is back and the index was never built from it: build it in the background."""
+        core = self.core
+        if slot is core.chain.l3_slot and core.index is not None and not core.index_built:
+            threading.Thread(target=self.rebuild_safe, name="semcache-rebuild", daemon=True).start()
+
     def rebuild_safe(self) -> None:
         """Rebuild, logging (not raising) when L3 cannot be read."""
         try:

@@ -139,10 +139,17 @@ class Replicas:
             self._repair_l2()
 
     def _follow(self) -> None:
+        # page through everything new: a replica never falls behind a busy log
+        for _ in range(1000):
+            if not self._follow_page():
+                return
+
+    def _follow_page(self) -> bool:
+        """Apply one page of the log; return whether a full page was read (more may wait)."""
         chain, core = self.chain, self.core
         lg, s3 = chain.log, chain.l3_slot
         if lg is None or s3 is None:
-            return
+            return False
         start = self.last_seq
         if start < 0:
             if chain.l1 is not None:
@@ -152,7 +159,7 @@ class Replicas:
         try:
             rows = chain.call(s3, lambda: lg.log_since(since, _PAGE + _OVERLAP))
         except Skip:
-            return
+            return False
         if start > 0 and rows and rows[0][0] > since + 1 and since > 0:
             # rows we never saw were swept (retention): our copies may be stale
             if chain.l1 is not None:
@@ -185,6 +192,7 @@ class Replicas:
             core.stats.inc("replica_log_applied", sum(1 for r in rows if r[0] > start))
         if added:
             self._index_add(added)
+        return len(rows) >= _PAGE + _OVERLAP
 
     def _index_add(self, keys: list[str]) -> None:
         """Add vectors written by other replicas (their pub/sub message may be lost)."""

@@ -15,6 +15,7 @@ durable); a cache tier's misses are replayed as "drop older than this version".
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 from .chain import Skip
 from .config import UNSET
 from .core import Core, validate_ttl
-from .errors import BackendError, ConfigurationError
+from .errors import BackendConflict, BackendError, BackendUnavailable, ConfigurationError
 from .keys import Request
 from .serde import dumps
 from .types import Entry, Selector
@@ -131,11 +132,14 @@ class Writer:
                 chain.call(s3, lambda: b3.set_many(entries, now))
                 durable = True
             except Skip as skip:
-                if isinstance(skip.__cause__, BackendError) and not chain.down(s3):
-                    # a failed statement, not an outage: nothing to replay, say so
-                    log.error("L3 refused a write (%s); it is not durable", type(skip.__cause__).__name__)
-                else:
-                    durable = chain.hold(entries)
+                cause = skip.__cause__
+                if isinstance(cause, BackendError) and not isinstance(cause, (BackendUnavailable, BackendConflict)):
+                    # L3 answered and refused these writes for good (not an outage, not a
+                    # lost race): nothing is stored anywhere, and the caller is told
+                    core.stats.inc("not_durable", len(entries))
+                    raise BackendError(f"L3 refused the write ({type(cause).__name__}); nothing was stored") from cause
+                # down, or lost to a concurrent transaction: kept and replayed
+                durable = chain.hold(entries)
         # only L3 keeps vectors (for rebuilds); L1/L2 copies would just cost memory
         lean = [replace(e, embedding=None) if e.embedding is not None else e for e in entries]
         for slot in reversed(chain.slots):
@@ -208,7 +212,8 @@ class Writer:
             b = slot.backend
             # the keys L3 removed too: a tier that does not hold them yet must still
             # refuse a copy of the old version that a lookup in flight might make
-            extra = sorted(gone - set(selector.keys))
+            # (a flush needs none: its floor refuses every older copy)
+            extra = [] if selector.all else sorted(gone - set(selector.keys))
             try:
                 gone.update(chain.call(slot, lambda: b.invalidate(selector, now, version)))
                 if extra:
@@ -229,8 +234,18 @@ class Writer:
         core.stats.inc("invalidated", len(gone))
         from .events import invalidate_message
 
-        self.publish(invalidate_message(gone, selector, version))
+        self.publish(invalidate_message(() if selector.all else gone, selector, version))
         return len(gone)
+
+    def sweep_every(self, interval: float, stop: threading.Event) -> None:
+        """The background sweeper: :meth:`sweep` every ``interval`` seconds until ``stop``."""
+        while not stop.wait(interval):
+            try:
+                n = self.sweep()
+                if n:
+                    log.info("swept %d expired entries from L3", n)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+                log.warning("sweep failed", exc_info=True)
 
     def sweep(self) -> int:
         """Delete expired rows from L3 (and their vectors from the index); return how many."""

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("op", sa.String(length=1), nullable=False),
         sa.Column("at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_semcache_log")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("semcache_log", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_semcache_log_at"), ["at"], unique=False)

@@ -70,6 +70,8 @@ class LogRow(Base):
     of keys changed elsewhere; recovering tiers replay it."""
 
     __tablename__ = "semcache_log"
+    # SQLite: never reuse a seq after the log is swept empty (replicas follow by seq)
+    __table_args__ = {"sqlite_autoincrement": True}
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     #: ``None`` for a flush.

@@ -27,6 +27,7 @@ __all__ = [
     "Sweepable",
     "Touchable",
     "ThreadedAsyncBackend",
+    "Tombstones",
     "tier_expiry",
 ]
 
@@ -113,6 +114,15 @@ class ProcessMemory(Protocol):
 
     def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
         """Delete matching entries (older than ``version``)."""
+        ...
+
+
+@runtime_checkable
+class Tombstones(Protocol):
+    """A tier whose reads tell a deleted key from a missing one."""
+
+    def read(self, key: str, now: float) -> Entry | int | None:
+        """The live entry, the version of the delete that removed it, or ``None``."""
         ...
 
 

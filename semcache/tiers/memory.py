@@ -1,11 +1,15 @@
 """L1: an in-process LRU of entries, bounded by entry count and by bytes (cachetools).
 
-Versioned (see :mod:`semcache.versions`): a set never replaces a newer version, a
-delete leaves a tombstone with its version, so a write older than a delete it raced
-is ignored. A promotion (a copy of what a lookup read from a lower tier) carries a
-*read token* taken before the lookup read anything (:meth:`MemoryBackend.mark`): it is
-applied only if nothing changed the key here since, so a lookup that read an entry
-just before it was invalidated or overwritten never copies it back.
+Versioned (see :mod:`semcache.versions`): L1 remembers, per key, the newest version
+it was given — by a write, or by a delete (a tombstone) — even after the entry itself
+is evicted, and refuses anything older, so a write older than a delete it raced, or a
+lookup's copy of an entry that was overwritten or deleted meanwhile, is ignored.
+
+A promotion (a copy of what a lookup read from a lower tier) also carries a *read
+token* taken before the lookup read anything (:meth:`MemoryBackend.mark`): it is
+refused if the key was changed here without a version since (an unversioned delete, a
+clear after a gap in replica events), or if the memory of versions had to forget keys
+since (it is bounded; forgetting refuses every copy in flight, never more).
 """
 
 from __future__ import annotations
@@ -73,12 +77,12 @@ class MemoryBackend:
         self._lru = _CountingLRU(max_bytes, max_entries)
         self._lock = threading.Lock()
         self._expired = 0
-        # change sequence: bumped by every change, recorded per key (bounded)
+        # unversioned changes: a sequence, recorded per key (bounded; forgetting raises the floor)
         self._seq = 0
         self._changed: OrderedDict[str, int] = OrderedDict()
         self._changed_floor = 0
-        # tombstones: the version of the last delete per key (bounded), and a floor
-        self._tombs: OrderedDict[str, int] = OrderedDict()
+        # the newest version seen per key, and whether it was a delete (bounded)
+        self._seen: OrderedDict[str, tuple[int, bool]] = OrderedDict()
         self._tomb_floor = 0
         self._refused = 0
 
@@ -99,6 +103,15 @@ class MemoryBackend:
                 return None
             return slot.entry  # type: ignore[no-any-return]
 
+    def read(self, key: str, now: float) -> Entry | int | None:
+        """Like :meth:`get`, but a key deleted here answers with its tombstone's version."""
+        entry = self.get(key, now)
+        if entry is not None:
+            return entry
+        with self._lock:
+            seen = self._seen.get(key)
+            return seen[0] if seen is not None and seen[1] else None
+
     def mark(self) -> int:
         """A read token: pass it to :meth:`set` to copy what was read only if the key
         has not changed here since."""
@@ -106,7 +119,7 @@ class MemoryBackend:
             return self._seq
 
     def _touch(self, key: str) -> None:
-        # under the lock
+        # an unversioned change (under the lock)
         self._seq += 1
         self._changed[key] = self._seq
         self._changed.move_to_end(key)
@@ -114,21 +127,26 @@ class MemoryBackend:
             _, old = self._changed.popitem(last=False)
             self._changed_floor = max(self._changed_floor, old)
 
-    def _tomb(self, key: str, version: int) -> None:
-        # under the lock
-        if version > self._tombs.get(key, 0):
-            self._tombs[key] = version
-            self._tombs.move_to_end(key)
-        if len(self._tombs) > _MAX_MARKS:
-            _, old = self._tombs.popitem(last=False)
-            self._tomb_floor = max(self._tomb_floor, old)
+    def _see(self, key: str, version: int, deleted: bool) -> bool:
+        """Remember the newest version of ``key`` (under the lock); whether it was newer."""
+        cur = self._seen.get(key)
+        if cur is not None and (cur[0], cur[1]) >= (version, deleted):
+            return False
+        self._seen[key] = (version, deleted)
+        self._seen.move_to_end(key)
+        if len(self._seen) > _MAX_MARKS:
+            # forgetting a key's version: refuse every copy a lookup in flight would make
+            self._seen.popitem(last=False)
+            self._seq += 1
+            self._changed_floor = self._seq
+        return True
 
     def set(self, entry: Entry, now: float, *, token: int | None = None) -> bool:
-        """Keep ``entry`` until its (capped) expiry, unless this tier holds a newer
-        version or a newer delete of its key; return whether it was kept.
+        """Keep ``entry`` until its (capped) expiry, unless this tier has seen a newer
+        version or a delete of its key; return whether it was kept.
 
         With ``token`` (from :meth:`mark`, taken before a lookup read ``entry`` from a
-        lower tier) the copy is also refused if the key changed here since.
+        lower tier) the copy is also refused if the key changed here without a version since.
         """
         until = tier_expiry(entry, now, self.max_ttl_seconds)
         if until is not None and until <= now:
@@ -136,22 +154,21 @@ class MemoryBackend:
         slot = _Slot(entry, until, entry.size())
         key = entry.key
         with self._lock:
-            if token is not None:
-                if self._changed.get(key, self._changed_floor) > token:
-                    self._refused += 1
-                    return False
-            elif self._tomb_floor and entry.version <= self._tomb_floor:
+            if token is not None and self._changed.get(key, self._changed_floor) > token:
                 self._refused += 1
                 return False
-            tomb = self._tombs.get(key)
-            if tomb is not None and entry.version <= tomb:
+            seen = self._seen.get(key)
+            if (self._tomb_floor and entry.version <= self._tomb_floor) or (
+                seen is not None and (entry.version < seen[0] or (seen[1] and entry.version <= seen[0]))
+            ):
                 self._refused += 1
                 return False
             cur = self._lru.get(key)
             if cur is not None and cur.entry.version > entry.version:
                 self._refused += 1
                 return False
-            self._touch(key)
+            if entry.version:
+                self._see(key, entry.version, False)
             try:
                 self._lru[key] = slot
             except ValueError:
@@ -166,13 +183,14 @@ class MemoryBackend:
             self.set(entry, now)
 
     def delete(self, keys: Sequence[str], version: int | None = None) -> int:
-        """Delete entries by key: with ``version``, those older than it, leaving a tombstone."""
+        """Delete entries by key: with ``version``, those not newer than it, leaving a tombstone."""
         n = 0
         with self._lock:
             for k in keys:
-                self._touch(k)
-                if version is not None:
-                    self._tomb(k, version)
+                if version is None:
+                    self._touch(k)
+                else:
+                    self._see(k, version, True)
                     cur = self._lru.get(k)
                     if cur is not None and cur.entry.version > version:
                         continue  # a newer write than this delete
@@ -204,9 +222,10 @@ class MemoryBackend:
             # named keys are marked even when absent: a lookup in flight that read one
             # from a lower tier must not copy it here
             for k in set(gone).union(selector.keys):
-                self._touch(k)
-                if version is not None:
-                    self._tomb(k, version)
+                if version is None:
+                    self._touch(k)
+                elif not selector.all:
+                    self._see(k, version, True)
         return gone
 
     def stats(self) -> dict[str, Any]:

@@ -177,6 +177,23 @@ class RedisBackend:
             return None
         return entry
 
+    def read(self, key: str, now: float) -> Entry | int | None:
+        """Like :meth:`get`, but a tombstone answers with the version of its delete, so a
+        lookup can refuse an older copy of the entry found in a lower tier."""
+        try:
+            blob = self.client.get(self._k(key))
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+        if blob is None:
+            return None
+        head, kind = blob[:WIDTH], blob[WIDTH : WIDTH + 1]
+        if kind == b"T" and head.isdigit():
+            return int(head)
+        entry = self._decode(key, blob)
+        if entry is None or entry.key != key or entry.expired(now):
+            return None
+        return entry
+
     def _set_args(self, entry: Entry, now: float) -> list[Any] | None:
         until = tier_expiry(entry, now, self.max_ttl_seconds)
         px = ""
@@ -276,9 +293,12 @@ class RedisBackend:
                     continue
                 entry = self._decode(key, blob)
                 if entry is not None and (selector.all or selector.matches(entry, now)):
-                    matched.append(key)
+                    if version is None or entry.version < version:
+                        matched.append(key)
+            # a flush's floor refuses older copies already: plain deletes, no tombstones
+            each = None if selector.all else version
             for i in range(0, len(matched), _SCAN_BATCH):
-                gone += self._delete_named(matched[i : i + _SCAN_BATCH], version)
+                gone += self._delete_named(matched[i : i + _SCAN_BATCH], each)
             return gone
         except self._errors as exc:
             raise self._translate(exc) from exc

@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +38,7 @@ from .sql_log import ChangeLogPart
 
 __all__ = ["SQLBackend", "make_engine"]
 
+T = TypeVar("T")
 _E = cast(Table, EntryRow.__table__)
 _T = cast(Table, TagRow.__table__)
 _L = cast(Table, LogRow.__table__)
@@ -263,10 +264,12 @@ class SQLBackend(ChangeLogPart):
             cur = newest.get(e.key)
             if cur is None or cur.version <= e.version:
                 newest[e.key] = e
-        try:
+
+        def attempt() -> list[str]:
             with self._guard(), engine.begin() as conn:
                 floor = self._floor(conn) if check_floor else 0
-                rows = [self._row(e, now) for e in newest.values() if not floor or e.version > floor]
+                # rows in key order: overlapping batches lock rows in one order, never deadlock
+                rows = [self._row(newest[k], now) for k in sorted(newest) if not floor or newest[k].version > floor]
                 if not rows:
                     return []
                 # the entry rows first: concurrent writers of a key queue on its row
@@ -280,10 +283,35 @@ class SQLBackend(ChangeLogPart):
                 tags = [{"key": k, "tag": t} for k in keys for t in dict.fromkeys(newest[k].tags)]
                 if tags:
                     conn.execute(tag_insert, tags)
-                conn.execute(insert(_L), [{"key": k, "version": newest[k].version, "op": "s", "at": now} for k in keys])
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
-        return keys
+                self._log(conn, [{"key": k, "version": newest[k].version, "op": "s"} for k in keys])
+            return keys
+
+        return self._retry(attempt)
+
+    def _retry(self, attempt: Callable[[], T]) -> T:
+        """Run one transaction, again (up to 3 times) when it lost to a concurrent one
+        (a deadlock or serialisation failure), so such a loss is never the caller's."""
+        for n in range(3):
+            try:
+                return attempt()
+            except SQLAlchemyError as exc:
+                sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+                if n < 2 and sqlstate.startswith("40"):
+                    continue
+                raise self._translate(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _log(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Append change-log rows, last in the transaction. On PostgreSQL a transaction
+        lock makes ``seq`` order commit order (rows are numbered and committed one
+        transaction at a time), so a replica following the log never skips a row that
+        commits late; SQLite has one writer at a time anyway."""
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7206512460135466339)")
+        at = time_now()
+        conn.execute(insert(_L), [{**r, "at": at} for r in rows])
 
     def _floor(self, conn: Any) -> int:
         v = conn.execute(select(_M.c.value).where(_M.c.name == FLOOR)).scalar()
@@ -322,22 +350,30 @@ class SQLBackend(ChangeLogPart):
         """
         if not keys:
             return 0
-        n = 0
         engine = self.engine
-        try:
+
+        def attempt() -> int:
+            n = 0
             with self._guard(), engine.begin() as conn:
-                for i in range(0, len(keys), _BATCH):
-                    chunk = list(dict.fromkeys(keys[i : i + _BATCH]))
+                ordered = sorted(set(keys))
+                done: list[str] = []
+                for i in range(0, len(ordered), _BATCH):
+                    chunk = ordered[i : i + _BATCH]
                     if version is None:
                         conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
                         n += conn.execute(delete(_E).where(_E.c.key.in_(chunk))).rowcount or 0
                         continue
-                    n += self._tombstone(conn, engine, chunk, version, time_now())
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from exc
-        return n
+                    live, tombstoned = self._tombstone(conn, engine, chunk, version, time_now())
+                    n += live
+                    done += tombstoned
+                if version is not None:
+                    # logged once, last: the log's transaction lock is taken after every row lock
+                    self._log(conn, [{"key": k, "version": version, "op": "d"} for k in done])
+            return n
 
-    def _tombstone(self, conn: Any, engine: Engine, keys: list[str], version: int, now: float) -> int:
+        return self._retry(attempt)
+
+    def _tombstone(self, conn: Any, engine: Engine, keys: list[str], version: int, now: float) -> tuple[int, list[str]]:
         live = conn.execute(
             select(func.count()).select_from(_E).where(_E.c.key.in_(keys), _E.c.deleted.is_(False), _E.c.version < version)
         ).scalar_one()
@@ -346,8 +382,7 @@ class SQLBackend(ChangeLogPart):
         done = [r[0] for r in conn.execute(tomb, [{"key": k, "version": version, **fields} for k in keys])]
         if done:
             conn.execute(delete(_T).where(_T.c.key.in_(done)))
-            conn.execute(insert(_L), [{"key": k, "version": version, "op": "d", "at": now} for k in done])
-        return int(live)
+        return int(live), done
 
     def _where(self, selector: Selector, now: float) -> list[Any]:
         conds: list[Any] = [_E.c.deleted.is_(False)]
@@ -409,10 +444,11 @@ class SQLBackend(ChangeLogPart):
                 if version > floor:
                     if conn.execute(update(_M).where(_M.c.name == FLOOR).values(value=version)).rowcount == 0:
                         conn.execute(insert(_M).values(name=FLOOR, value=version))
-                conn.execute(delete(_T))
-                # live rows go; tombstones stay (they refuse replays until swept)
+                # live rows older than the flush go, with their tags (cascade); a newer
+                # write that committed meanwhile keeps its row and tags; tombstones stay
+                # (they refuse replays until swept)
                 conn.execute(delete(_E).where(_E.c.deleted.is_(False), _E.c.version < version))
-                conn.execute(insert(_L).values(key=None, version=version, op="f", at=now))
+                self._log(conn, [{"key": None, "version": version, "op": "f"}])
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         return keys
@@ -424,14 +460,14 @@ class SQLBackend(ChangeLogPart):
         log_before = time_now() - self.log_retention_seconds
         try:
             with self._guard(), self.engine.begin() as conn:
+                # one statement, re-checking expiry row by row: a key set again meanwhile
+                # (by another replica) is not expired any more and stays (tags cascade)
                 keys = [
                     r[0]
-                    for r in conn.execute(select(_E.c.key).where(_E.c.deleted.is_(False), _E.c.expires_at <= now))
+                    for r in conn.execute(
+                        delete(_E).where(_E.c.deleted.is_(False), _E.c.expires_at <= now).returning(_E.c.key)
+                    )
                 ]
-                for i in range(0, len(keys), _BATCH):
-                    chunk = keys[i : i + _BATCH]
-                    conn.execute(delete(_T).where(_T.c.key.in_(chunk)))
-                    conn.execute(delete(_E).where(_E.c.key.in_(chunk), _E.c.deleted.is_(False)))
                 conn.execute(delete(_E).where(_E.c.deleted.is_(True), _E.c.created_at < tomb_before))
                 conn.execute(delete(_L).where(_L.c.at < log_before))
         except SQLAlchemyError as exc:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from ..errors import BackendError, BackendFailed, BackendUnavailable
+from ..errors import BackendConflict, BackendError, BackendFailed, BackendUnavailable
 
 __all__ = ["dialect_insert", "make_engine", "quick_check", "time_now", "translate"]
 
@@ -29,7 +29,8 @@ def make_engine(url: str, *, echo: bool = False, timeout_seconds: float = 5.0) -
             url,
             echo=echo,
             hide_parameters=True,  # driver errors must not carry prompts into logs
-            connect_args={"timeout": 30, "check_same_thread": False},
+            # a write waits for SQLite's lock at most the tier's timeout
+            connect_args={"timeout": timeout_seconds, "check_same_thread": False},
             poolclass=StaticPool if memory else None,
         )
 
@@ -43,6 +44,11 @@ def make_engine(url: str, *, echo: bool = False, timeout_seconds: float = 5.0) -
             cur.close()
 
         return engine
+    from sqlalchemy.engine import make_url
+
+    # options given in the URL (a search_path, say) are kept, and ours added
+    given = make_url(url).query.get("options")
+    given_text = " ".join(given) if isinstance(given, tuple) else (given or "")
     return create_engine(
         url,
         echo=echo,
@@ -51,8 +57,18 @@ def make_engine(url: str, *, echo: bool = False, timeout_seconds: float = 5.0) -
         pool_size=10,
         max_overflow=20,
         pool_timeout=timeout_seconds,
-        # no call waits on a dead or restarting server longer than the timeout
-        connect_args={"connect_timeout": max(2, round(timeout_seconds))},
+        # no call waits on a dead, restarting or unreachable server (or on a row lock)
+        # much longer than the timeout; a statement runs at most 30 s (or 6 timeouts)
+        connect_args={
+            "connect_timeout": max(2, round(timeout_seconds)),
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(timeout_seconds)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": round(timeout_seconds * 1000),
+            "options": f"{given_text} -c lock_timeout={round(timeout_seconds * 1000)} "
+            f"-c statement_timeout={round(max(30.0, 6 * timeout_seconds) * 1000)}".strip(),
+        },
     )
 
 
@@ -94,12 +110,13 @@ def translate(exc: SQLAlchemyError) -> BackendError:
     from sqlalchemy.exc import DisconnectionError, OperationalError
 
     orig = getattr(exc, "orig", None)
-    if getattr(orig, "sqlite_errorcode", None) in _SQLITE_CORRUPT or "malformed" in str(orig):
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code in _SQLITE_CORRUPT or (code is not None and "malformed" in str(orig)):
         return BackendFailed(f"the SQLite file is damaged: {orig}")
     sqlstate = getattr(orig, "sqlstate", None) or ""
     if sqlstate.startswith("40"):
         # a deadlock or serialisation failure: this statement lost, the server is fine
-        return BackendError(f"SQL transaction conflict ({sqlstate})")
+        return BackendConflict(f"SQL transaction conflict ({sqlstate})")
     if isinstance(exc, (OperationalError, DisconnectionError)):
         return BackendUnavailable(f"SQL database is unavailable: {exc.__class__.__name__}: {exc}")
     return BackendError(f"SQL error: {exc.__class__.__name__}: {exc}")
