@@ -74,6 +74,11 @@ class AsyncSemanticCache:
         return self._cache.embedder
 
     @property
+    def index(self) -> Any:
+        """The vector index (:class:`~semcache.index.base.VectorIndex`), or ``None``."""
+        return self._cache.index
+
+    @property
     def semantic(self) -> bool:
         """Whether the cache matches semantically at all."""
         return self._cache.semantic
@@ -319,6 +324,14 @@ class AsyncSemanticCache:
     async def check_index(self) -> dict[str, Any]:
         """Async twin of :meth:`SemanticCache.check_index`."""
         return await self._run(self._cache.check_index)
+
+    async def apply_event(self, msg: Mapping[str, Any]) -> None:
+        """Async twin of :meth:`SemanticCache.apply_event`."""
+        await self._run(self._cache.apply_event, msg)
+
+    async def catch_up(self) -> None:
+        """Async twin of :meth:`SemanticCache.catch_up`."""
+        await self._run(self._cache.catch_up)
 
     async def health(self) -> dict[str, Any]:
         """Async twin of :meth:`SemanticCache.health`."""

@@ -35,6 +35,7 @@ from .types import Entry, Hit, LookupOutcome, Selector
 
 __all__ = ["SemanticCache", "State"]
 
+
 class State(str, enum.Enum):
     """A cache's lifecycle."""
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from .config import Policy
 from .errors import BackendError, BackendFailed, BackendUnavailable
 from .stats import Counters
-from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, ProcessMemory, Publisher, Sweepable
+from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, Openable, Pingable, ProcessMemory, Publisher, Sweepable
 from .types import Entry, Selector
 
 __all__ = ["L2_REPAIR", "Skip", "TierChain", "TierSlot"]
@@ -93,7 +93,7 @@ class TierChain:
         self.monotonic = monotonic
         self.slots: list[TierSlot] = []
         for i, b in enumerate(backends):
-            name = str(getattr(b, "name", f"t{i}"))
+            name = str(b.name or f"t{i}")
             self.slots.append(TierSlot(b, name, durable=isinstance(b, EmbeddingStore) and isinstance(b, ChangeLog)))
         self.l1: ProcessMemory | None = next((s.backend for s in self.slots if isinstance(s.backend, ProcessMemory)), None)
         self.l1_slot = next((s for s in self.slots if s.backend is self.l1), None) if self.l1 is not None else None
@@ -119,11 +119,11 @@ class TierChain:
     def open(self) -> None:
         """Connect every tier; a tier that is down at start degrades the cache."""
         for slot in self.slots:
-            opener = getattr(slot.backend, "open", None)
-            if opener is None:
+            b = slot.backend
+            if not isinstance(b, Openable):
                 continue
             try:
-                opener()
+                b.open()
             except BackendError as exc:
                 self.fail(slot, exc)
 
@@ -341,12 +341,12 @@ class TierChain:
         """Ping every tier: ``{"l1": "ok", "l2": "down: ...", "l3": "failed: ..."}``."""
         out: dict[str, str] = {}
         for slot in self.slots:
-            ping = getattr(slot.backend, "ping", None)
-            if ping is None:
+            b = slot.backend
+            if not isinstance(b, Pingable):
                 out[slot.name] = "ok"
                 continue
             try:
-                ping()
+                b.ping()
                 out[slot.name] = "ok"
                 slot.failed = None
             except BackendFailed as exc:

@@ -75,7 +75,7 @@ class Reader:
         """Copy an entry found in tier ``i`` into the tiers above (remaining TTL)."""
         chain = self.chain
         slot = chain.slots[i]
-        l2_ttl = getattr(chain.l2_slot.backend, "tombstone_ttl_seconds", 600.0) if chain.l2_slot else 600.0
+        l2_ttl = chain.handoff.tombstone_ttl_seconds if chain.handoff is not None else 600.0
         if time.monotonic() - started > l2_ttl / 2:
             return entry, slot  # a read this slow may predate a tombstone that has expired
         if self.core.config.policy.sliding_expiry and entry.ttl_seconds is not None:

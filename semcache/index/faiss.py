@@ -107,6 +107,8 @@ class FaissIndex:
         worker.start()
 
     def _rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> None:
+        # OpenMP's thread count is per thread: a background build must be told too
+        self._faiss.omp_set_num_threads(self.config.faiss_threads)
         with self._lock:
             if self._scopes.get(scope) is not sc:
                 return

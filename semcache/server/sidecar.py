@@ -9,15 +9,15 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import httpx
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBearer
 
 from ..async_cache import AsyncSemanticCache
 from ..errors import ConfigurationError
-from .auth import Principal, TokenAuth
+from .auth import TokenAuth
 from .batching import MicroBatcher
 from .config import ServerConfig
+from .proxy_support import PrincipalDep
 
 __all__ = ["PrincipalDep", "Sidecar", "SidecarDep", "error_response"]
 
@@ -141,18 +141,4 @@ def _sidecar(request: Request) -> Sidecar:
     return request.app.state.sidecar  # type: ignore[no-any-return]
 
 
-_bearer = HTTPBearer(auto_error=False, description="A tenant token, or the admin token.")
-
-
-def _principal(
-    request: Request,
-    _doc: Annotated[Any, Depends(_bearer)] = None,
-    x_semcache_token: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal:
-    """Resolve the caller (a FastAPI dependency)."""
-    sc = _sidecar(request)
-    return sc.auth.resolve(request.headers.get("authorization"), x_semcache_token)
-
-
 SidecarDep = Annotated[Sidecar, Depends(_sidecar)]
-PrincipalDep = Annotated[Principal, Depends(_principal)]

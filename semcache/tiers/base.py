@@ -22,6 +22,8 @@ __all__ = [
     "EmbeddingStore",
     "Handoff",
     "Listable",
+    "Openable",
+    "Pingable",
     "ProcessMemory",
     "Publisher",
     "Sweepable",
@@ -127,6 +129,24 @@ class Tombstones(Protocol):
 
 
 @runtime_checkable
+class Openable(Protocol):
+    """A tier that connects (and checks its schema) before use."""
+
+    def open(self) -> None:
+        """Connect; raise :class:`~semcache.errors.BackendError` when it cannot."""
+        ...
+
+
+@runtime_checkable
+class Pingable(Protocol):
+    """A tier that can say whether it is healthy."""
+
+    def ping(self) -> bool:
+        """Check the tier; raise :class:`~semcache.errors.BackendError` when it is not well."""
+        ...
+
+
+@runtime_checkable
 class Touchable(Protocol):
     """A tier that can move an entry's expiry without rewriting it (L3: it keeps the vector)."""
 
@@ -214,6 +234,9 @@ class Publisher(Protocol):
 @runtime_checkable
 class Handoff(Protocol):
     """A shared tier that durably holds what L3 missed while it was down (Redis)."""
+
+    #: How long its tombstones refuse older copies.
+    tombstone_ttl_seconds: float
 
     def handoff_put(self, entries: Sequence[Entry], deletes: Sequence[tuple[str, int]] = ()) -> None:
         """Record missed writes and deletes."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import RedisConfig
 from ..errors import BackendError, BackendUnavailable, MissingDependencyError, SerializationError
-from ..serde import entry_from_blob, entry_to_blob
+from ..blob import entry_from_blob, entry_to_blob
 from ..types import Entry, Selector
 from ..versions import WIDTH, version_text
 from .base import tier_expiry
@@ -117,11 +117,17 @@ class RedisBackend:
         self.tombstone_ttl_seconds = tombstone_ttl_seconds
         self._errors = redis.RedisError
         self._unavailable = (redis.ConnectionError, redis.TimeoutError)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self.client = client or redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout_seconds,
             socket_connect_timeout=socket_timeout_seconds,
             health_check_interval=30,
+            # one attempt: no call waits on a dead Redis longer than the socket timeout
+            # (the tier chain's back-off and probe do the retrying)
+            retry=Retry(NoBackoff(), 0),
         )
         self._corrupt = 0
         self._set_if = self.client.register_script(_SET_IF)
@@ -166,16 +172,8 @@ class RedisBackend:
 
     def get(self, key: str, now: float) -> Entry | None:
         """GET the entry; a tombstone is a miss; a corrupt value is deleted and a miss."""
-        try:
-            blob = self.client.get(self._k(key))
-        except self._errors as exc:
-            raise self._translate(exc) from exc
-        if blob is None:
-            return None
-        entry = self._decode(key, blob)
-        if entry is None or entry.key != key or entry.expired(now):
-            return None
-        return entry
+        got = self.read(key, now)
+        return got if isinstance(got, Entry) else None
 
     def read(self, key: str, now: float) -> Entry | int | None:
         """Like :meth:`get`, but a tombstone answers with the version of its delete, so a

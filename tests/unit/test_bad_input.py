@@ -8,7 +8,8 @@ import pytest
 
 from semcache import InvalidInputError, SerializationError
 from semcache.keys import build_request
-from semcache.serde import check_metadata, dumps, entry_from_blob, loads
+from semcache.blob import entry_from_blob
+from semcache.serde import check_metadata, dumps, loads
 from semcache.validate import MAX_DEPTH, check_json, check_name, check_tags, check_text
 
 

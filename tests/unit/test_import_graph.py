@@ -65,3 +65,45 @@ def test_the_decorator_and_read_through_never_import_the_core(path: Path) -> Non
 def test_the_proxy_never_imports_the_sidecar(path: Path) -> None:
     bad = {m for m in _imports(path) if m.startswith("semcache.server.sidecar") or m.startswith("semcache.server.app")}
     assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    mods: dict[str, Path] = {}
+    for p in ROOT.rglob("*.py"):
+        name = "semcache." + ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+    graph: dict[str, set[str]] = {}
+    for name, p in mods.items():
+        deps: set[str] = set()
+        for d in _imports(p):
+            while d and d not in mods:
+                d = d.rsplit(".", 1)[0] if "." in d else ""
+            if d and d != name:
+                deps.add(d)
+        graph[name] = deps
+    return graph
+
+
+def test_the_package_has_no_import_cycle_at_all() -> None:
+    """No two modules import each other, directly or through others, at module level or
+    lazily (only ``TYPE_CHECKING`` imports are exempt): each concept's imports flow one way."""
+    graph = _module_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(v: str) -> None:
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                cycles.append(stack[stack.index(w) :] + [w])
+            elif w not in state:
+                visit(w)
+        stack.pop()
+        state[v] = 2
+
+    for v in sorted(graph):
+        if v not in state:
+            visit(v)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
