@@ -29,6 +29,8 @@ would then read and promote what is, to every shared tier, still current.
 
 from __future__ import annotations
 
+import os
+
 import atexit
 import dataclasses
 import shutil
@@ -393,8 +395,11 @@ class CacheModel(RuleBasedStateMachine):
                 self._recover(r, r.tier(name))
 
 
+#: The unit run is kept short; SEMCACHE_MODEL_EXAMPLES=400 (say) explores much deeper.
+_EXAMPLES = int(os.environ.get("SEMCACHE_MODEL_EXAMPLES", "30"))
+
 CacheModel.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=_EXAMPLES,
     stateful_step_count=25,
     deadline=None,
     database=None,
