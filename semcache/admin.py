@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from .errors import InvalidInputError
+from .tiers.base import Listable, Scannable
 from .types import Entry, Selector
 
 __all__ = ["count_matching", "entry_view", "list_entries", "listing_tier", "value_fields"]
@@ -29,10 +30,10 @@ def listing_tier(cache: Any) -> Any:
     """
     tiers = cache.tiers
     for t in tiers:
-        if hasattr(t, "list_entries"):
+        if isinstance(t, Listable):
             return t
     for t in tiers:
-        if hasattr(t, "iter_entries"):
+        if isinstance(t, Scannable):
             return t
     return None
 
@@ -50,7 +51,7 @@ def list_entries(
         raise InvalidInputError(
             "listing entries needs L2 (Redis) or L3 (SQL); this cache has neither"
         )
-    if hasattr(tier, "list_entries"):
+    if isinstance(tier, Listable):
         if selector is None or selector.prompt_pattern is None or selector.all:
             return list(tier.list_entries(selector, now, limit=limit, offset=offset))
         return _list_by_pattern(tier, selector, now, limit=limit, offset=offset)
@@ -103,7 +104,7 @@ def count_matching(cache: Any, selector: Selector, now: float) -> int:
         raise InvalidInputError(
             "a dry run needs L2 (Redis) or L3 (SQL) to count from; this cache has neither"
         )
-    if hasattr(tier, "select_keys"):
+    if isinstance(tier, Listable):
         if selector.all:
             return int(tier.count())
         return len(tier.select_keys(selector, now))

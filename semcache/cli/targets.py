@@ -265,6 +265,7 @@ class LocalTarget(Target):
         from ..config import redact_url
         from ..db.migrate import current_revision, head_revision
         from ..tiers.redis import RedisBackend
+        from ..tiers.base import ProcessMemory
         from ..tiers.sql import SQLBackend
 
         cache = self.cache
@@ -273,7 +274,7 @@ class LocalTarget(Target):
         has_sql = any(isinstance(t, SQLBackend) for t in cache.tiers)
         tiers: dict[str, dict[str, Any]] = {}
         for t in cache.tiers:
-            if t.name == "l1":
+            if isinstance(t, ProcessMemory):
                 continue  # this process's own L1 is empty: nothing to report
             # a tier that cannot be reached says so, instead of an empty but normal-looking row
             info: dict[str, Any] = {"status": health.get(t.name, "ok")}

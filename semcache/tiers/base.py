@@ -26,6 +26,7 @@ __all__ = [
     "Pingable",
     "ProcessMemory",
     "Publisher",
+    "Scannable",
     "Sweepable",
     "Touchable",
     "ThreadedAsyncBackend",
@@ -152,6 +153,15 @@ class Touchable(Protocol):
 
     def touch(self, key: str, expires_at: float | None, now: float) -> None:
         """Move the expiry of ``key``."""
+        ...
+
+
+@runtime_checkable
+class Scannable(Protocol):
+    """A tier that can walk every entry it holds (L2: a SCAN, for listing without L3)."""
+
+    def iter_entries(self) -> Iterator[Entry]:
+        """Every decodable entry."""
         ...
 
 
