@@ -113,6 +113,8 @@ class SQLBackend(ChangeLogPart):
         self._engine = engine
         self._open_lock = threading.Lock()
         self._stmts: tuple[Any, Any, Any] | None = None
+        self._checked_at = -1e9
+        self._damaged = False
         self._ready = False
         self._corrupt = 0
         self._swept = 0
@@ -170,10 +172,18 @@ class SQLBackend(ChangeLogPart):
             self._ready = True
 
     def _quick_check(self, engine: Engine) -> None:
-        quick_check(engine)
+        try:
+            quick_check(engine)
+        except BackendFailed:
+            self._damaged = True
+            raise
+        self._damaged = False
 
     def _translate(self, exc: SQLAlchemyError) -> BackendError:
-        return translate(exc)
+        err = translate(exc)
+        if isinstance(err, BackendFailed):
+            self._damaged = True  # the next health check reads the whole file again
+        return err
 
     def get(self, key: str, now: float) -> Entry | None:
         """Read a live entry (without its embedding)."""
@@ -561,7 +571,12 @@ class SQLBackend(ChangeLogPart):
         try:
             with self._guard(), self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
-            self._quick_check(self.engine)
+            # the file check reads the whole file: at most once a minute (health is polled)
+            import time
+
+            if time.monotonic() - self._checked_at >= 60.0 or self._damaged:
+                self._quick_check(self.engine)
+                self._checked_at = time.monotonic()
             return True
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
