@@ -158,14 +158,16 @@ class TierChain:
         # the class only: driver messages can carry prompts and payloads
         log.warning("tier %s is unavailable (%s); probing it again in %.2fs", slot.name, type(exc.__cause__ or exc).__name__, backoff)
 
-    def call(self, slot: TierSlot, fn: Callable[[], T], *, read: bool = False) -> T:
+    def call(self, slot: TierSlot, fn: Callable[[], T], *, read: bool = False, defer: bool = False) -> T:
         """Run ``fn`` against ``slot`` unless it is in back-off; replay what it missed first.
         A ``read`` of L3 is refused (skipped) while L2's hand-off holds writes that could
         not be drained into it: L3 may be older than what was acknowledged.
 
         Raises:
             Skip: the tier is down or just failed (``on_backend_error="miss"``).
-            BackendError: it failed and ``on_backend_error="raise"``.
+            BackendError: it failed and ``on_backend_error="raise"`` (unless ``defer``:
+                a write raises only after every tier was tried and what a tier missed
+                was recorded, see :meth:`raise_deferred`).
         """
         if self.down(slot) or slot.failed is not None:
             # a failed tier (damaged storage) is neither read nor written until a
@@ -181,7 +183,7 @@ class TierChain:
             result = fn()
         except BackendError as exc:
             self.fail(slot, exc)
-            if self.policy.on_backend_error == "raise":
+            if self.policy.on_backend_error == "raise" and not defer:
                 raise
             raise Skip from exc
         if slot.failures:
@@ -191,6 +193,14 @@ class TierChain:
             if self.on_recover is not None:
                 self.on_recover(slot)
         return result
+
+    def raise_deferred(self, skips: list[Skip]) -> None:
+        """With ``on_backend_error="raise"``, raise the first tier error of a write
+        (after it was recorded as missed and the other tiers were written)."""
+        if self.policy.on_backend_error == "raise":
+            for skip in skips:
+                if isinstance(skip.__cause__, BackendError):
+                    raise skip.__cause__
 
     def readable(self, slot: TierSlot) -> bool:
         """Whether lookups may read ``slot`` now (it may be stale for a known reason)."""

@@ -125,13 +125,15 @@ class Writer:
         core, chain = self.core, self.chain
         entries = [replace(e, version=next_version()) for e in entries]
         durable = False
+        skips: list[Skip] = []
         s3 = chain.l3_slot
         if s3 is not None:
             b3 = s3.backend
             try:
-                chain.call(s3, lambda: b3.set_many(entries, now))
+                chain.call(s3, lambda: b3.set_many(entries, now), defer=True)
                 durable = True
             except Skip as skip:
+                skips.append(skip)
                 cause = skip.__cause__
                 if isinstance(cause, BackendError) and not isinstance(cause, (BackendUnavailable, BackendConflict)):
                     # L3 answered and refused these writes for good (not an outage, not a
@@ -148,10 +150,11 @@ class Writer:
             b = slot.backend
             try:
                 if len(lean) > 1:
-                    chain.call(slot, lambda: b.set_many(lean, now))
+                    chain.call(slot, lambda: b.set_many(lean, now), defer=True)
                 else:
-                    chain.call(slot, lambda: b.set(lean[0], now))
-            except Skip:
+                    chain.call(slot, lambda: b.set(lean[0], now), defer=True)
+            except Skip as skip:
+                skips.append(skip)
                 # the tier may still hold an older value under these keys: it drops it
                 # before it serves again
                 chain.missed(slot, versions={e.key: e.version - 1 for e in entries})
@@ -173,6 +176,7 @@ class Writer:
         from .events import add_message
 
         self.publish(add_message(entries))
+        chain.raise_deferred(skips)
         return [replace(e, durable=durable if s3 is not None else False) for e in entries]
 
     # -- deletes and invalidation ----------------------------------------------------
@@ -187,12 +191,14 @@ class Writer:
         now = core.timer()
         version = next_version()
         gone: set[str] = set()
+        skips: list[Skip] = []
         s3 = chain.l3_slot
         if s3 is not None:
             b3 = s3.backend
             try:
-                gone.update(chain.call(s3, lambda: b3.invalidate(selector, now, version)))
-            except Skip:
+                gone.update(chain.call(s3, lambda: b3.invalidate(selector, now, version), defer=True))
+            except Skip as skip:
+                skips.append(skip)
                 named = selector == Selector(keys=selector.keys)
                 if named:
                     chain.hold([], [(k, version) for k in selector.keys])
@@ -215,10 +221,11 @@ class Writer:
             # (a flush needs none: its floor refuses every older copy)
             extra = [] if selector.all else sorted(gone - set(selector.keys))
             try:
-                gone.update(chain.call(slot, lambda: b.invalidate(selector, now, version)))
+                gone.update(chain.call(slot, lambda: b.invalidate(selector, now, version), defer=True))
                 if extra:
-                    chain.call(slot, lambda: b.delete(extra, version))
-            except Skip:
+                    chain.call(slot, lambda: b.delete(extra, version), defer=True)
+            except Skip as skip:
+                skips.append(skip)
                 named = bool(selector.keys) and selector == Selector(keys=selector.keys)
                 chain.missed(
                     slot,
@@ -235,6 +242,7 @@ class Writer:
         from .events import invalidate_message
 
         self.publish(invalidate_message(() if selector.all else gone, selector, version))
+        chain.raise_deferred(skips)
         return len(gone)
 
     def sweep_every(self, interval: float, stop: threading.Event) -> None:

@@ -203,3 +203,20 @@ def test_a_damaged_sqlite_file_is_failed_in_health_and_acknowledges_nothing(tmp_
         e = c.set("a new prompt", "v")
         assert e.durable is False
         assert c.stats()["tiers"]["l3"]["failed"] is True
+
+
+def test_raise_mode_still_records_what_a_tier_missed_before_raising(server, sqlite_url, key_prefix, mono):
+    from semcache.errors import BackendUnavailable
+
+    pol = Policy(semantic=False, log_poll_seconds=None, sweep_interval_seconds=None, on_backend_error="raise")
+    l2 = FaultyBackend(RedisBackend("redis://fake", prefix=key_prefix, client=fakeredis.FakeRedis(server=server)))
+    l1 = MemoryBackend()
+    with SemanticCache(CacheConfig(embedder=None, policy=pol), tiers=[l1, l2, SQLBackend(sqlite_url)], monotonic=mono) as c:
+        e1 = c.set("q", "v1")
+        l2.down()
+        with pytest.raises(BackendUnavailable):
+            c.set("q", "v2")  # L3 and L1 took it; L2 missed it, and the caller is told
+        l2.up()
+        mono.step()
+        l1.delete([e1.key])  # evicted here: the next lookup asks L2
+        assert c.get("q").value == "v2"  # L2's old copy was dropped before it served
