@@ -9,8 +9,8 @@ index) must follow what the others change:
 - **the change log** in L3 carries the same, durably: every
   ``Policy.log_poll_seconds`` (1 s) each replica reads the rows after the last one
   it saw and applies them to its L1 and index (versioned, so applying a row twice
-  or late is harmless; a few rows are read again each time, since on PostgreSQL
-  rows may commit out of ``seq`` order). So what pub/sub lost — a replica that was
+  or late is harmless; on PostgreSQL rows may commit out of ``seq`` order, so
+  numbers skipped over are asked for again until they appear). So what pub/sub lost — a replica that was
   disconnected, a writer whose Redis was down — arrives within the poll interval
   while L3 is up. A replica that fell behind the log's retention empties its L1.
 - **the L2 repair**: a writer that could not reach L2 lowers the shared
@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,9 +43,11 @@ __all__ = ["Replicas"]
 
 log = logging.getLogger("semcache")
 
-#: Log rows read again at each poll (rows that committed out of order on PostgreSQL).
-_OVERLAP = 64
 _PAGE = 1000
+#: How long a skipped log number is waited for (a rolled-back transaction never fills it).
+_GAP_SECONDS = 30.0
+#: More missing numbers than this at once means the rows were swept, not late.
+_MAX_GAP = 10_000
 
 
 class Replicas:
@@ -56,6 +59,7 @@ class Replicas:
         self.origin = origin
         self.listener: EventListener | None = None
         self.last_seq = 0
+        self._gaps: dict[int, float] = {}
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._tick_lock = threading.Lock()
@@ -145,7 +149,12 @@ class Replicas:
                 return
 
     def _follow_page(self) -> bool:
-        """Apply one page of the log; return whether a full page was read (more may wait)."""
+        """Apply one page of the log; return whether a full page was read (more may wait).
+
+        On PostgreSQL, transactions commit out of ``seq`` order: a row may appear after
+        rows numbered above it. A number skipped over is remembered as a *gap* and asked
+        for again at every poll until it appears, or for ``_GAP_SECONDS`` (a rolled-back
+        transaction leaves a gap that never fills)."""
         chain, core = self.chain, self.core
         lg, s3 = chain.log, chain.l3_slot
         if lg is None or s3 is None:
@@ -155,15 +164,31 @@ class Replicas:
             if chain.l1 is not None:
                 chain.l1.clear()  # what we hold predates a log we could not read
             start = 0
-        since = max(0, start - _OVERLAP)
+        gaps = sorted(self._gaps)
         try:
-            rows = chain.call(s3, lambda: lg.log_since(since, _PAGE + _OVERLAP))
+            rows = chain.call(s3, lambda: lg.log_since(start, _PAGE))
+            if gaps:
+                rows = chain.call(s3, lambda: lg.log_rows(gaps)) + rows
         except Skip:
             return False
-        if start > 0 and rows and rows[0][0] > since + 1 and since > 0:
-            # rows we never saw were swept (retention): our copies may be stale
-            if chain.l1 is not None:
-                chain.l1.clear()
+        clock = time.monotonic()
+        prev = start
+        for seq, *_ in rows:
+            if seq in self._gaps:
+                del self._gaps[seq]
+            elif seq > prev:
+                if start > 0 and seq - prev - 1 > _MAX_GAP:
+                    # far more rows missing than commit order explains: swept before we
+                    # read them (we fell behind the retention), so our copies may be stale
+                    if chain.l1 is not None:
+                        chain.l1.clear()
+                elif start > 0:
+                    for missing in range(prev + 1, seq):
+                        self._gaps.setdefault(missing, clock)
+                prev = seq
+        for missing, since in list(self._gaps.items()):
+            if clock - since > _GAP_SECONDS:
+                del self._gaps[missing]
         now = core.timer()
         l1, index = chain.l1, core.index
         added: list[str] = []
@@ -171,7 +196,7 @@ class Replicas:
             if op == "f":
                 if l1 is not None:
                     l1.invalidate(Selector.everything(), now, version)
-                if index is not None and seq > start:
+                if index is not None:
                     index.clear()
                     added.clear()
                 continue
@@ -187,12 +212,11 @@ class Replicas:
                     l1.delete([key], version)
                 if index is not None:
                     index.remove([key])
-        if rows:
-            self.last_seq = max(start, rows[-1][0])
-            core.stats.inc("replica_log_applied", sum(1 for r in rows if r[0] > start))
+        self.last_seq = max(start, prev)
+        core.stats.inc("replica_log_applied", len(rows))
         if added:
             self._index_add(added)
-        return len(rows) >= _PAGE + _OVERLAP
+        return len(rows) - len(gaps) >= _PAGE
 
     def _index_add(self, keys: list[str]) -> None:
         """Add vectors written by other replicas (their pub/sub message may be lost)."""

@@ -213,6 +213,10 @@ class ChangeLog(Protocol):
         """``(seq, key, version, op)`` after ``seq``."""
         ...
 
+    def log_rows(self, seqs: list[int]) -> list[tuple[int, str | None, int, str]]:
+        """The rows with these numbers."""
+        ...
+
     def log_head(self) -> int:
         """The last ``seq``."""
         ...

@@ -312,14 +312,11 @@ class SQLBackend(ChangeLogPart):
         raise AssertionError("unreachable")
 
     def _log(self, conn: Any, rows: list[dict[str, Any]]) -> None:
-        """Append change-log rows, last in the transaction. On PostgreSQL a transaction
-        lock makes ``seq`` order commit order (rows are numbered and committed one
-        transaction at a time), so a replica following the log never skips a row that
-        commits late; SQLite has one writer at a time anyway."""
+        """Append change-log rows, last in the transaction. On PostgreSQL rows may
+        commit out of ``seq`` order; followers wait for the numbers they skipped
+        (:mod:`semcache.replicas`)."""
         if not rows:
             return
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7206512460135466339)")
         at = time_now()
         conn.execute(insert(_L), [{**r, "at": at} for r in rows])
 

@@ -42,6 +42,19 @@ class ChangeLogPart:
             raise self._translate(exc) from exc
         return [(int(r[0]), r[1], int(r[2]), str(r[3])) for r in rows]
 
+    def log_rows(self, seqs: list[int]) -> list[tuple[int, str | None, int, str]]:
+        """The log rows with these numbers (those that exist), oldest first."""
+        if not seqs:
+            return []
+        try:
+            with self._guard(), self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(_L.c.seq, _L.c.key, _L.c.version, _L.c.op).where(_L.c.seq.in_(seqs[:1000])).order_by(_L.c.seq)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        return [(int(r[0]), r[1], int(r[2]), str(r[3])) for r in rows]
+
     def log_head(self) -> int:
         """The last ``seq`` in the log (0 when empty)."""
         try:

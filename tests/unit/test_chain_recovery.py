@@ -220,3 +220,38 @@ def test_raise_mode_still_records_what_a_tier_missed_before_raising(server, sqli
         mono.step()
         l1.delete([e1.key])  # evicted here: the next lookup asks L2
         assert c.get("q").value == "v2"  # L2's old copy was dropped before it served
+
+
+def test_a_log_row_that_commits_after_a_higher_one_is_still_applied(replicas, sqlite_url):
+    """PostgreSQL numbers rows when they are inserted and commits them in any order: a
+    follower that read row n+2 before row n+1 committed must still apply n+1."""
+    import sqlite3
+
+    a, _, a3 = replicas()
+    b, _, _ = replicas()
+    e1 = a.set("one", "v1")
+    e2 = a.set("two", "w1")
+    assert b.get("one").value == "v1" and b.get("two").value == "w1"  # b's L1 holds both
+    b.catch_up()
+    head = a3.inner.log_head()
+    path = sqlite_url.removeprefix("sqlite:///")
+    con = sqlite3.connect(path)
+    # row head+2 commits first: a delete of "two" (its L3 row is tombstoned too)
+    con.execute("UPDATE semcache_entries SET deleted = 1, version = version + 10 WHERE key = ?", (e2.key,))
+    con.execute(
+        "INSERT INTO semcache_log (seq, key, version, op, at) VALUES (?, ?, ?, 'd', 0)",
+        (head + 2, e2.key, e2.version + 10),
+    )
+    con.commit()
+    b.catch_up()
+    assert b.get("two") is None and b.get("one").value == "v1"
+    # then row head+1 commits: a delete of "one"
+    con.execute("UPDATE semcache_entries SET deleted = 1, version = version + 10 WHERE key = ?", (e1.key,))
+    con.execute(
+        "INSERT INTO semcache_log (seq, key, version, op, at) VALUES (?, ?, ?, 'd', 0)",
+        (head + 1, e1.key, e1.version + 10),
+    )
+    con.commit()
+    con.close()
+    b.catch_up()
+    assert b.get("one") is None  # the late row was asked for again and applied
