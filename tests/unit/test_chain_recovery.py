@@ -255,3 +255,24 @@ def test_a_log_row_that_commits_after_a_higher_one_is_still_applied(replicas, sq
     con.close()
     b.catch_up()
     assert b.get("one") is None  # the late row was asked for again and applied
+
+
+def test_a_vector_stored_while_pub_sub_was_down_reaches_the_other_replicas_index(sqlite_url, mono):
+    """No event reaches b (no pub/sub here, as with Redis down): the change log carries
+    the new entry, and b's index learns its vector from L3 without a rebuild."""
+    from semcache.embedders import HashingEmbedder
+
+    pol = Policy(log_poll_seconds=None, sweep_interval_seconds=None, similarity_threshold=0.5, guards=())
+    cfg = CacheConfig(sql=SQLConfig(url=sqlite_url), policy=pol)
+    with SemanticCache(cfg, embedder=HashingEmbedder(dim=64), monotonic=mono) as a, SemanticCache(
+        cfg, embedder=HashingEmbedder(dim=64), monotonic=mono
+    ) as b:
+        e = a.set("how do I reverse a list in python", "reversed()")
+        assert e.key not in b.index
+        b.catch_up()
+        assert e.key in b.index
+        hit = b.get("how do I reverse a python list")
+        assert hit is not None and hit.kind == "semantic" and hit.key == e.key
+        a.invalidate(key=e.key)
+        b.catch_up()
+        assert e.key not in b.index
