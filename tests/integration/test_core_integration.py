@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SchemaVersionError, SemanticCache, SQLConfig
+from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SchemaVersionError, Selector, SemanticCache, SQLConfig
 from semcache.db import migrate
 from tests._servers import RedisServer
 
@@ -231,3 +231,41 @@ def test_replicas_starting_together_on_an_empty_database(pg_schema_url):
     finally:
         for c in caches:
             c.close()
+
+
+def _upgrade_with_data(url: str) -> None:
+    """A database at revision 0001 with an entry and a tag upgrades to head; the entry
+    is still served (version 0: any later write or delete wins over it)."""
+    migrate.upgrade(url, "0001_initial")
+    eng = create_engine(url)
+    with eng.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO semcache_entries (key, scope, prompt, payload, created_at, expires_at, tags, metadata)"
+                " VALUES ('k0', 's0', 'old prompt', :p, 1.0, NULL, '[\"t\"]', '{}')"
+            ),
+            {"p": b'j"old answer"'},
+        )
+        conn.execute(text("INSERT INTO semcache_tags (key, tag) VALUES ('k0', 't')"))
+    eng.dispose()
+    with pytest.raises(SchemaVersionError, match="semcache db upgrade"):
+        SemanticCache(CacheConfig(embedder=None, sql=SQLConfig(url=url))).open()
+    assert migrate.upgrade(url) == migrate.head_revision()
+    _check_no_drift(url)
+    from semcache.tiers.sql import SQLBackend
+
+    l3 = SQLBackend(url)
+    got = l3.get("k0", 2.0)
+    assert got is not None and got.value == "old answer" and got.version == 0
+    assert l3.invalidate(Selector(tag="t"), 2.0, 10) == ["k0"]
+    assert l3.get("k0", 2.0) is None
+    l3.close()
+
+
+def test_migrations_upgrade_sqlite_with_data(tmp_path):
+    _upgrade_with_data(f"sqlite:///{tmp_path}/old.db")
+
+
+@pytest.mark.postgres
+def test_migrations_upgrade_postgres_with_data(pg_schema_url):
+    _upgrade_with_data(pg_schema_url)
