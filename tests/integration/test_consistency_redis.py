@@ -27,6 +27,7 @@ from semcache.tiers.memory import MemoryBackend
 from semcache.tiers.redis import RedisBackend
 from semcache.tiers.sql import SQLBackend
 from tests._faults import FaultyBackend
+from tests._clocks import MonotonicClock
 
 pytestmark = pytest.mark.redis
 
@@ -40,19 +41,6 @@ INJECTED_BACKOFF = "monotonic" in inspect.signature(SemanticCache).parameters
 #: How long a tier that is back may take to be used again: no time at all with the
 #: back-off clock moved past its window, about a second in real time (contract 5).
 RECOVERY = 0.0 if INJECTED_BACKOFF else BACKOFF_MAX + 1.0
-
-
-class MonotonicClock:
-    """A settable stand-in for ``time.monotonic`` (the tiers' back-off windows)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def eventually(cond: Callable[[], bool], timeout: float, nudge: Callable[[], Any] | None = None) -> bool:

@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests._clocks import MonotonicClock
+
 # FAISS builds its HNSW graphs with one OpenMP thread per core, in the background
 # rebuild thread too; on a busy two-core machine those threads spin against each
 # other (a 1,100-vector build: about 0.05 s on one thread, 0.5-1.2 s on all). The
 # results are the same on one thread. OpenMP reads this when FAISS is first loaded,
 # which is after this file (the root conftest does not load it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-class MonotonicClock:
-    """A settable stand-in for ``time.monotonic``: ``advance(s)`` moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

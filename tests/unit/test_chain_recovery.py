@@ -18,22 +18,10 @@ from semcache.tiers.memory import MemoryBackend
 from semcache.tiers.redis import RedisBackend
 from semcache.tiers.sql import SQLBackend
 from tests._faults import FaultyBackend
+from tests._clocks import MonotonicClock as Monotonic
 
 # no background poll: each test drives catch-up itself
 POLICY = Policy(semantic=False, log_poll_seconds=None, sweep_interval_seconds=None, backoff_initial_seconds=0.001, backoff_max_seconds=0.001)
-
-
-class Monotonic:
-    """The back-off clock: ``step()`` moves it past any back-off window."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def step(self) -> None:
-        self.t += 60.0
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from semcache.tiers.redis import RedisBackend
 from semcache.tiers.sql import SQLBackend
 from semcache.types import Entry
 from tests._faults import FaultyBackend
+from tests._clocks import MonotonicClock as Monotonic
 
 # no background poll or sweep: each test drives them itself; the default back-off,
 # on the fake clock
@@ -50,19 +51,6 @@ NUDGE = "a prompt nobody stored"
 #: Calls through every tier (with the back-off clock moved past its window before
 #: each) that a tier which is back may need before it is used again.
 NUDGES = 3
-
-
-class Monotonic:
-    """The back-off clock: ``step()`` moves it past any back-off window."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def step(self) -> None:
-        self.t += 60.0
 
 
 class Clock:
