@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from .config import Policy
 from .errors import BackendError, BackendFailed, BackendUnavailable
 from .stats import Counters
-from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, Openable, Pingable, ProcessMemory, Publisher, Sweepable
+from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, Openable, Pingable, ProcessMemory, Publisher, StreamLog, Sweepable
 from .types import Entry, Selector
 
 __all__ = ["L2_REPAIR", "Skip", "TierChain", "TierSlot"]
@@ -107,6 +107,8 @@ class TierChain:
         self.lister: Listable | None = b3 if isinstance(b3, Listable) else None
         self.handoff: Handoff | None = b2 if isinstance(b2, Handoff) else None
         self.publisher: Publisher | None = b2 if isinstance(b2, Publisher) else None
+        #: With no L3, the change log replicas follow is a stream in L2.
+        self.stream: StreamLog | None = b2 if isinstance(b2, StreamLog) and self.log is None else None
         #: Another replica lowered the L2 repair mark: L2 may hold stale copies, so it
         #: is not read (writes still go to it) until the change log is replayed into it.
         self.l2_dirty = False

@@ -60,6 +60,8 @@ class Replicas:
         self.listener: EventListener | None = None
         self.last_seq = 0
         self._gaps: dict[int, float] = {}
+        #: The last Redis stream entry applied (no L3: the stream is the change log).
+        self.stream_id: str | None = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._tick_lock = threading.Lock()
@@ -80,8 +82,14 @@ class Replicas:
                 self.last_seq = self.chain.call(s3, lg.log_head)
             except Skip:
                 self.last_seq = -1  # read from the start once L3 answers (bounded by retention)
+        stream, s2 = self.chain.stream, self.chain.l2_slot
+        if stream is not None and s2 is not None and self.pubsub:
+            try:
+                self.stream_id = self.chain.call(s2, stream.log_last_id)
+            except Skip:
+                self.stream_id = None  # from the end once Redis answers, emptying L1 then
         interval = self.core.config.policy.log_poll_seconds
-        if interval is not None and (lg is not None or self.chain.handoff is not None):
+        if interval is not None and (lg is not None or self.chain.handoff is not None or self.chain.stream is not None):
             self._poller = threading.Thread(target=self._poll_every, args=(interval,), name="semcache-log", daemon=True)
             self._poller.start()
 
@@ -105,6 +113,14 @@ class Replicas:
             self.chain.call(s2, lambda: pub.publish(self.channel, text))
         except Skip:
             pass
+        stream = self.chain.stream
+        if stream is not None:
+            rows = self._stream_rows(message)
+            if rows:
+                try:
+                    self.chain.call(s2, lambda: stream.log_append(rows))
+                except Skip:
+                    pass
 
     def apply_event(self, msg: Mapping[str, Any]) -> None:
         """Apply an invalidation or index update published by another replica."""
@@ -140,6 +156,8 @@ class Replicas:
         with self._tick_lock:
             self._drain()
             self._follow()
+            if self.chain.log is None and self.pubsub:
+                self._follow_stream()
             self._repair_l2()
 
     def _follow(self) -> None:
@@ -189,10 +207,21 @@ class Replicas:
         for missing, since in list(self._gaps.items()):
             if clock - since > _GAP_SECONDS:
                 del self._gaps[missing]
+        added = self._apply_rows([(key, version, op) for _, key, version, op in rows])
+        self.last_seq = max(start, prev)
+        core.stats.inc("replica_log_applied", len(rows))
+        if added:
+            self._index_add(added)
+        return len(rows) - len(gaps) >= _PAGE
+
+    def _apply_rows(self, rows: list[tuple[str | None, int, str]]) -> list[str]:
+        """Apply change-log rows to this replica's L1 and index; return the keys whose
+        vectors the index still needs."""
+        chain, core = self.chain, self.core
         now = core.timer()
         l1, index = chain.l1, core.index
         added: list[str] = []
-        for seq, key, version, op in rows:
+        for key, version, op in rows:
             if op == "f":
                 if l1 is not None:
                     l1.invalidate(Selector.everything(), now, version)
@@ -212,11 +241,46 @@ class Replicas:
                     l1.delete([key], version)
                 if index is not None:
                     index.remove([key])
-        self.last_seq = max(start, prev)
-        core.stats.inc("replica_log_applied", len(rows))
-        if added:
-            self._index_add(added)
-        return len(rows) - len(gaps) >= _PAGE
+        return added
+
+    # -- the change log in Redis, when there is no L3 ---------------------------------------
+    def _stream_rows(self, message: Mapping[str, Any]) -> list[tuple[str | None, int, str]]:
+        ver = message.get("ver")
+        if message.get("op") == "add":
+            return [(str(i["key"]), int(i["ver"]), "s") for i in message.get("items") or () if i.get("ver")]
+        if message.get("op") == "inv" and isinstance(ver, int):
+            if (message.get("sel") or {}).get("all"):
+                return [(None, ver, "f")]
+            return [(str(k), ver, "d") for k in message.get("keys") or ()]
+        return []
+
+    def _follow_stream(self) -> None:
+        chain = self.chain
+        stream, s2 = chain.stream, chain.l2_slot
+        if stream is None or s2 is None:
+            return
+        try:
+            if self.stream_id is None:
+                self.stream_id = chain.call(s2, stream.log_last_id)
+                if chain.l1 is not None:
+                    chain.l1.clear()  # what we hold predates a log we could not read
+            for _ in range(1000):
+                since = self.stream_id
+                rows = chain.call(s2, lambda: stream.log_read(since, _PAGE))
+                if not rows:
+                    return
+                first = chain.call(s2, stream.log_first_id)
+                if since != "0-0" and first is not None and _stream_after(first, since, rows[0][0]):
+                    # entries we never read were trimmed away: our copies may be stale
+                    if chain.l1 is not None:
+                        chain.l1.clear()
+                self._apply_rows([(key, version, op) for _, key, version, op in rows])
+                self.stream_id = rows[-1][0]
+                self.core.stats.inc("replica_log_applied", len(rows))
+                if len(rows) < _PAGE:
+                    return
+        except Skip:
+            return
 
     def _index_add(self, keys: list[str]) -> None:
         """Add vectors written by other replicas (their pub/sub message may be lost)."""
@@ -282,3 +346,13 @@ class Replicas:
                 chain.call(s3, lambda: None)  # the call replays the hand-off first
             except Skip:
                 pass
+
+
+def _stream_after(first: str, since: str, got: str) -> bool:
+    """Whether the stream's first entry is past ``since`` and is what we got first: the
+    entries between were trimmed (ids are ``ms-seq``)."""
+    def key(i: str) -> tuple[int, int]:
+        a, _, b = i.partition("-")
+        return int(a), int(b or 0)
+
+    return key(first) > key(since) and first == got

@@ -27,6 +27,7 @@ __all__ = [
     "ProcessMemory",
     "Publisher",
     "Scannable",
+    "StreamLog",
     "Sweepable",
     "Touchable",
     "ThreadedAsyncBackend",
@@ -242,6 +243,27 @@ class Publisher(Protocol):
 
     def publish(self, channel: str, message: str) -> int:
         """Publish ``message`` on ``channel``."""
+        ...
+
+
+@runtime_checkable
+class StreamLog(Protocol):
+    """A shared tier that keeps the change log when there is no L3 (a Redis stream)."""
+
+    def log_append(self, rows: Sequence[tuple[str | None, int, str]]) -> None:
+        """Append ``(key, version, op)`` rows."""
+        ...
+
+    def log_read(self, since: str, count: int) -> list[tuple[str, str | None, int, str]]:
+        """``(id, key, version, op)`` after ``since``."""
+        ...
+
+    def log_last_id(self) -> str:
+        """The newest id (``0-0`` when empty)."""
+        ...
+
+    def log_first_id(self) -> str | None:
+        """The oldest id kept."""
         ...
 
 

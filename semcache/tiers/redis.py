@@ -138,6 +138,9 @@ class RedisBackend:
         self._floor_key = f"{prefix}floor"
         self._handoff_key = f"{prefix}handoff"
         self._handoff_sel_key = f"{prefix}handoff:sel"
+        self._log_key = f"{prefix}log"
+        #: Entries the change-log stream keeps (used only when there is no L3).
+        self.log_max_entries = 100_000
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisBackend:
@@ -312,6 +315,56 @@ class RedisBackend:
                 self._del_if(keys=[self._k(k)], args=[vt, px], client=pipe)
         removed = pipe.execute()
         return [k for k, n in zip(keys, removed) if n]
+
+    # -- the change log, when there is no L3 ------------------------------------------
+    def log_append(self, rows: Sequence[tuple[str | None, int, str]]) -> None:
+        """Append ``(key, version, op)`` rows to the ``{prefix}log`` stream (trimmed to
+        about ``log_max_entries``): the change log replicas follow when there is no L3."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, version, op in rows:
+            pipe.xadd(self._log_key, {"k": key or "", "v": str(version), "o": op}, maxlen=self.log_max_entries, approximate=True)
+        try:
+            pipe.execute()
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+
+    def log_read(self, since: str, count: int) -> list[tuple[str, str | None, int, str]]:
+        """``(id, key, version, op)`` of the entries after ``since``, oldest first."""
+        try:
+            got = self.client.xread({self._log_key: since}, count=count)
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+        out: list[tuple[str, str | None, int, str]] = []
+        for _, entries in got or ():
+            for eid, fields in entries:
+                f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+                try:
+                    out.append((eid.decode() if isinstance(eid, bytes) else eid, f.get("k") or None, int(f["v"]), str(f["o"])))
+                except (KeyError, ValueError):
+                    continue
+        return out
+
+    def log_last_id(self) -> str:
+        """The id of the newest entry (``0-0`` when empty)."""
+        try:
+            got = self.client.xrevrange(self._log_key, count=1)
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+        if not got:
+            return "0-0"
+        eid = got[0][0]
+        return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+    def log_first_id(self) -> str | None:
+        """The id of the oldest entry kept, or ``None``."""
+        try:
+            got = self.client.xrange(self._log_key, count=1)
+        except self._errors as exc:
+            raise self._translate(exc) from exc
+        if not got:
+            return None
+        eid = got[0][0]
+        return eid.decode() if isinstance(eid, bytes) else str(eid)
 
     # -- the durable hand-off of what L3 missed ----------------------------------
     def handoff_put(self, entries: Sequence[Entry], deletes: Sequence[tuple[str, int]] = ()) -> None:

@@ -264,3 +264,30 @@ def test_a_vector_stored_while_pub_sub_was_down_reaches_the_other_replicas_index
         a.invalidate(key=e.key)
         b.catch_up()
         assert e.key not in b.index
+
+
+def test_with_no_l3_a_redis_stream_is_the_change_log_pub_sub_may_lose(server, key_prefix, mono):
+    """L1 + L2 only: a replica that missed the live events (here its listener hears
+    nothing) catches up from the stream, as replicas with L3 do from its log."""
+    from semcache import RedisConfig
+    from tests._faults import MutedListenerClient
+
+    pol = Policy(semantic=False, log_poll_seconds=None, sweep_interval_seconds=None)
+    cfg = CacheConfig(embedder=None, sql=None, redis=RedisConfig(url="redis://fake", prefix=key_prefix), policy=pol)
+
+    def replica(client: Any) -> SemanticCache:
+        return SemanticCache(cfg, tiers=[MemoryBackend(), RedisBackend("redis://fake", prefix=key_prefix, client=client)], monotonic=mono)
+
+    with replica(fakeredis.FakeRedis(server=server)) as a, replica(MutedListenerClient(fakeredis.FakeRedis(server=server))) as b:
+        a.set("q", "v1")
+        assert b.get("q").value == "v1"  # now in b's L1
+        a.set("q", "v2")
+        assert b.get("q").value == "v1"  # the event never reached b
+        b.catch_up()
+        assert b.get("q").value == "v2"
+        e = a.set("r", "w")
+        assert b.get("r").value == "w"
+        a.invalidate(key=e.key)
+        a.flush()
+        b.catch_up()
+        assert b.get("r") is None and b.get("q") is None
