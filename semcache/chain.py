@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from .config import Policy
 from .errors import BackendError, BackendFailed, BackendUnavailable
 from .stats import Counters
-from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, Openable, Pingable, ProcessMemory, Publisher, StreamLog, Sweepable
+from .tiers.base import Backend, ChangeLog, EmbeddingStore, Handoff, Listable, Openable, Pingable, ProcessMemory, Publisher, StreamLog, Sweepable, Tombstones
 from .types import Entry, Selector
 
 __all__ = ["L2_REPAIR", "Skip", "TierChain", "TierSlot"]
@@ -62,6 +62,9 @@ class TierSlot:
     name: str
     #: The durable tier: its misses are handed off, not dropped.
     durable: bool = False
+    #: Whether lookups read it with ``read`` (a tombstone answers with its version)
+    #: rather than ``get``; found once, off the hot path.
+    tombstones: bool = False
     failures: int = 0
     down_until: float = 0.0
     errors: int = 0
@@ -94,7 +97,8 @@ class TierChain:
         self.slots: list[TierSlot] = []
         for i, b in enumerate(backends):
             name = str(b.name or f"t{i}")
-            self.slots.append(TierSlot(b, name, durable=isinstance(b, EmbeddingStore) and isinstance(b, ChangeLog)))
+            durable = isinstance(b, EmbeddingStore) and isinstance(b, ChangeLog)
+            self.slots.append(TierSlot(b, name, durable=durable, tombstones=isinstance(b, Tombstones)))
         self.l1: ProcessMemory | None = next((s.backend for s in self.slots if isinstance(s.backend, ProcessMemory)), None)
         self.l1_slot = next((s for s in self.slots if s.backend is self.l1), None) if self.l1 is not None else None
         self.l3_slot = next((s for s in self.slots if s.durable), None)

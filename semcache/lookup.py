@@ -21,7 +21,7 @@ from .config import UNSET
 from .core import Core
 from .errors import InvalidInputError
 from .keys import Request
-from .tiers.base import Tombstones, Touchable
+from .tiers.base import Touchable
 from .types import Candidate, Entry, Hit, LookupOutcome
 
 __all__ = ["Reader"]
@@ -52,13 +52,9 @@ class Reader:
             if not chain.readable(slot):
                 skipped = True
                 continue
-            b = slot.backend
+            b: Any = slot.backend  # a Tombstones tier when slot.tombstones (checked once)
             try:
-                if isinstance(b, Tombstones):
-                    tb = b
-                    got = chain.call(slot, lambda: tb.read(key, now), read=True)
-                else:
-                    got = chain.call(slot, lambda: b.get(key, now), read=True)
+                got = chain.call(slot, (lambda: b.read(key, now)) if slot.tombstones else (lambda: b.get(key, now)), read=True)
             except Skip:
                 skipped = True
                 continue

@@ -57,7 +57,7 @@ def loads(payload: bytes) -> Any:
         return bytes(body)
     if tag == b"j":
         try:
-            return json.loads(body)
+            return json.loads(body.decode("utf-8"))  # str: skips json's encoding detection
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SerializationError(f"corrupt JSON payload: {exc}") from exc
     raise SerializationError(f"unknown payload tag {tag!r}")
