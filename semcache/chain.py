@@ -118,6 +118,9 @@ class TierChain:
         self.l2_dirty = False
         #: L2's hand-off holds writes L3 missed: L3 is not read until they are drained.
         self.handoff_waiting = False
+        #: Bumped by every hand-off this process makes: a drain or a poll that measured
+        #: the hand-off empty clears ``handoff_waiting`` only if none was made meanwhile.
+        self.handoff_epoch = 0
         self._l2_marked_at = -1e9
         self.on_recover: Callable[[TierSlot], None] | None = None
 
@@ -255,6 +258,7 @@ class TierChain:
                     self.call(self.l2_slot, lambda: ho.handoff_put_selector(sel, ver))
                 else:
                     self.call(self.l2_slot, lambda: ho.handoff_put(entries, deletes))
+                self.handoff_epoch += 1
                 self.handoff_waiting = True
                 self.stats.inc("l3_handed_off", max(1, len(entries) + len(deletes)))
                 return True
@@ -330,6 +334,7 @@ class TierChain:
             return True
         now = time.time()
         n = 0
+        epoch = self.handoff_epoch
         try:
             # writes and deletes first, then selector invalidations (see replay)
             for key, raw, version, entry in self.call(s2, lambda: list(ho.handoff_items())):
@@ -343,7 +348,7 @@ class TierChain:
                 l3.backend.invalidate(sel, now, ver)
                 self.call(s2, lambda: ho.handoff_selector_done(raw_sel))
                 n += 1
-            self.handoff_waiting = self.call(s2, ho.handoff_size) > 0
+            self.note_handoff_size(self.call(s2, ho.handoff_size), epoch)
         except Skip:
             return False
         finally:
@@ -351,6 +356,14 @@ class TierChain:
                 self.stats.inc("l3_handoff_drained", n)
                 log.info("wrote %d writes and deletes that L3 missed into it", n)
         return not self.handoff_waiting
+
+    def note_handoff_size(self, size: int, epoch: int) -> None:
+        """Record a measured hand-off size; ``epoch`` is :attr:`handoff_epoch` from
+        before the measurement (a hand-off made since keeps the flag set)."""
+        if size > 0:
+            self.handoff_waiting = True
+        elif self.handoff_epoch == epoch:
+            self.handoff_waiting = False
 
     # -- health ---------------------------------------------------------------------------
     def health(self) -> dict[str, str]:

@@ -336,12 +336,13 @@ class Replicas:
         ho, s2, s3 = chain.handoff, chain.l2_slot, chain.l3_slot
         if ho is None or s2 is None or s3 is None:
             return
+        epoch = chain.handoff_epoch
         try:
-            waiting = chain.call(s2, ho.handoff_size) > 0
+            size = chain.call(s2, ho.handoff_size)
         except Skip:
             return
-        chain.handoff_waiting = waiting
-        if waiting:
+        chain.note_handoff_size(size, epoch)
+        if chain.handoff_waiting:
             try:
                 chain.call(s3, lambda: None)  # the call replays the hand-off first
             except Skip:

@@ -504,8 +504,14 @@ def run_workload(
             done = threading.Event()
 
             def watch() -> None:
-                for p in procs:
-                    p.join()
+                # wait on the processes' sentinels, never join them here: two threads
+                # joining one child race in waitpid, and the loser sees no exit code
+                from multiprocessing.connection import wait
+
+                pending = [p.sentinel for p in procs]
+                while pending:
+                    ready = wait(pending)
+                    pending = [s for s in pending if s not in ready]
                 done.set()
 
             threading.Thread(target=watch, name="history-watch", daemon=True).start()

@@ -12,7 +12,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from semcache import CacheConfig, Policy, SemanticCache, SQLConfig
+from semcache import CacheConfig, Policy, SemanticCache, Selector, SQLConfig
 from semcache.chain import L2_REPAIR
 from semcache.tiers.memory import MemoryBackend
 from semcache.tiers.redis import RedisBackend
@@ -291,3 +291,25 @@ def test_with_no_l3_a_redis_stream_is_the_change_log_pub_sub_may_lose(server, ke
         a.flush()
         b.catch_up()
         assert b.get("r") is None and b.get("q") is None
+
+
+def test_a_poll_that_measured_an_empty_hand_off_does_not_hide_one_made_meanwhile(replicas, mono):
+    """The poller measures the hand-off empty; before it records that, this process
+    hands off a flush L3 missed. L3 must still not be read before the drain (a flush
+    leaves no per-key tombstone above L3, only floors)."""
+    import threading
+
+    a, a2, a3 = replicas()
+    e = a.set("q", "v1")
+    p = a2.pause("handoff_size", when="after", thread_name="poller")
+    poller = threading.Thread(target=a.catch_up, name="poller")
+    poller.start()
+    assert p.wait_reached()  # the poll has measured the hand-off: empty
+    a3.down()
+    a.flush()  # L3 missed it: handed off; L2 and L1 flushed
+    a3.up()
+    mono.step()
+    p.release()
+    poller.join()
+    assert _l3_value(a3, e.key) == "v1"  # L3 itself still holds it, until the drain
+    assert a.get("q") is None  # L3 is drained before it is read: never the old row
