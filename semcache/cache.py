@@ -83,12 +83,8 @@ class SemanticCache:
         return self._state.value
 
     def open(self) -> SemanticCache:
-        """Connect the tiers, check the schema, load the embedder and rebuild the index.
-
-        Raises:
-            SchemaVersionError: L3 is at an older schema revision.
-            ConfigurationError: the configuration cannot work.
-        """
+        """Connect the tiers, check the schema, load the embedder and rebuild the index
+        (``SchemaVersionError`` when L3 needs ``semcache db upgrade``)."""
         with self._open_lock:
             if self._state is State.OPEN:
                 return self
@@ -189,11 +185,8 @@ class SemanticCache:
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, prompt: str | None = None, *, messages: Sequence[Any] | None = None, model: str | None = None, params: Mapping[str, Any] | None = None, namespace: str | None = None, threshold: Any = UNSET, semantic: bool = True) -> Hit | None:
-        """Look up a prompt (or chat messages): exact first, then semantic; ``None`` on a miss.
-
-        Raises:
-            InvalidInputError: an empty prompt, bad messages or a bad threshold.
-        """
+        """Look up a prompt or chat messages, exact first, then semantic; ``None`` on a miss
+        (``InvalidInputError`` for an empty prompt, bad messages or a bad threshold)."""
         req = build_request(prompt, messages=messages, model=model, params=params, namespace=namespace)
         return self.lookup(req, threshold=threshold, semantic=semantic)
 
@@ -232,11 +225,8 @@ class SemanticCache:
         return self._reader.explain(req, self.threshold_for(req, threshold), k)
 
     def list_entries(self, selector: Selector | None = None, *, limit: int = 50, offset: int = 0) -> list[Entry]:
-        """Live entries matching ``selector`` (``None``: all), newest first, one page (L3, else L2).
-
-        Raises:
-            InvalidInputError: no tier can list (L1 only).
-        """
+        """Live entries matching ``selector`` (``None``: all), newest first, one page, from
+        L3, else L2 (``InvalidInputError`` with L1 only)."""
         from .admin import list_entries
 
         self._ensure_open()
@@ -251,17 +241,10 @@ class SemanticCache:
 
     # -- writes ---------------------------------------------------------------------------
     def set(self, prompt: str | None, value: Any, *, messages: Sequence[Any] | None = None, model: str | None = None, params: Mapping[str, Any] | None = None, namespace: str | None = None, ttl_seconds: Any = UNSET, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None) -> Entry:
-        """Store a response under a prompt (or chat messages) in every tier and the index.
-
-        ``value`` is bytes or any JSON-serialisable value; ``ttl_seconds=None`` never
-        expires (default from the policy); ``tags`` label it for invalidation;
-        ``metadata`` (JSON) with ``usage`` feeds the savings counters. Returns the stored
-        :class:`~semcache.types.Entry`; ``entry.durable`` says whether a durable tier took it.
-
-        Raises:
-            InvalidInputError: empty prompt, bad TTL, bad tags, NUL or lone surrogates.
-            SerializationError: the value or metadata cannot be serialised.
-        """
+        """Store ``value`` (bytes or JSON) under a prompt or chat messages in every tier and
+        the index; ``ttl_seconds=None`` never expires. The returned entry's ``durable`` says
+        whether a durable tier took it. ``InvalidInputError`` (``SerializationError``) for
+        bad input, before anything is stored."""
         req = build_request(prompt, messages=messages, model=model, params=params, namespace=namespace)
         return self.store(req, value, ttl_seconds=ttl_seconds, tags=tags, metadata=metadata)
 
@@ -271,12 +254,8 @@ class SemanticCache:
         return self._writer.store(request, value, ttl_seconds=ttl_seconds, tags=tags, metadata=metadata, embedding=embedding)
 
     def set_many(self, items: Iterable[Mapping[str, Any]], *, batch_size: int = 256) -> list[Entry]:
-        """Store many responses, embedding in batches (the fast way to warm a cache).
-
-        Each item is a mapping with ``value`` and ``prompt`` or ``messages``, plus optional
-        ``model``, ``params``, ``namespace``, ``ttl_seconds``, ``tags``, ``metadata``. Every
-        item is validated before anything is written: one bad item stores nothing.
-        """
+        """Store many items (mappings with ``value`` and ``prompt`` or ``messages``, plus
+        the keywords of :meth:`set`), embedding in batches; one bad item stores nothing."""
         self._ensure_open()
         return self._writer.set_many(items, batch_size)
 
@@ -285,12 +264,8 @@ class SemanticCache:
         return self.invalidate(keys=[key]) > 0
 
     def invalidate(self, *, key: str | None = None, keys: Sequence[str] = (), scope: str | None = None, namespace: str | None = None, model: str | None = None, tag: str | None = None, older_than_seconds: float | None = None, prompt_pattern: str | None = None) -> int:
-        """Remove matching entries from every tier, the index and other replicas' L1.
-        Criteria combine with AND. Returns how many distinct entries were removed.
-
-        Raises:
-            InvalidInputError: no criterion given (use :meth:`flush` to remove everything).
-        """
+        """Remove the entries matching every criterion given from every tier, the index and
+        other replicas; return how many went (``InvalidInputError`` with none: see :meth:`flush`)."""
         sel = Selector.of(key=key, keys=keys, scope=scope, namespace=namespace, model=model, tag=tag, older_than_seconds=older_than_seconds, prompt_pattern=prompt_pattern)
         return self.invalidate_selector(sel)
 
@@ -345,12 +320,8 @@ class SemanticCache:
 
     # -- the decorator (semcache/decorator.py) ----------------------------------------------
     def cached(self, fn: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
-        """Cache a sync function that calls an LLM: ``@cache.cached`` or ``@cache.cached(...)``;
-        see :class:`~semcache.decorator.CachedFunction` for the options.
-
-        Raises:
-            ConfigurationError: ``fn`` is async, or its prompt cannot be read.
-        """
+        """Cache a sync function that calls an LLM: ``@cache.cached`` or ``@cache.cached(...)``
+        (options: :class:`~semcache.decorator.CachedFunction`)."""
         from .decorator import make_cached
 
         return make_cached(self, fn, **kwargs)
