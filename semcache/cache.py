@@ -92,7 +92,7 @@ class SemanticCache:
                 raise ConfigurationError("this cache was closed; create a new one")
             core = self._core
             tiers = self._given_tiers if self._given_tiers is not None else build_tiers(self.config)
-            core.chain = TierChain(tiers, self.config.policy, self._stats, monotonic=self._monotonic)
+            core.chain = TierChain(tiers, self.config.policy, self._stats, monotonic=self._monotonic, timer=lambda: core.timer())
             self._reindexer = Reindexer(core)
             core.chain.on_recover = self._reindexer.on_tier_recovered
             core.chain.open()

@@ -90,10 +90,20 @@ class TierSlot:
 class TierChain:
     """The tiers, top first, with their roles, back-off and replay."""
 
-    def __init__(self, backends: Sequence[Backend], policy: Policy, stats: Counters, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        policy: Policy,
+        stats: Counters,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.time,
+    ) -> None:
         self.policy = policy
         self.stats = stats
         self.monotonic = monotonic
+        #: The cache's clock: replays judge expiry and ``older_than`` by it, like every call.
+        self.timer = timer
         self.slots: list[TierSlot] = []
         for i, b in enumerate(backends):
             name = str(b.name or f"t{i}")
@@ -285,7 +295,7 @@ class TierChain:
 
     def replay(self, slot: TierSlot) -> None:
         """Apply what ``slot`` missed (raises the tier's error if it fails again)."""
-        now = time.time()
+        now = self.timer()
         with slot.lock:
             stale, floor, sels, held = dict(slot.stale), slot.stale_floor, list(slot.stale_selectors), dict(slot.held)
         b = slot.backend
@@ -332,7 +342,7 @@ class TierChain:
         if ho is None or l3 is None or s2 is None or lg is None:
             self.handoff_waiting = False
             return True
-        now = time.time()
+        now = self.timer()
         n = 0
         epoch = self.handoff_epoch
         try:

@@ -40,12 +40,6 @@ class VersionClock:
             self._last = now if now > self._last else self._last + 1
             return self._last
 
-    def observe(self, version: int) -> None:
-        """Never hand out a version at or below ``version`` (seen from another process)."""
-        with self._lock:
-            if version > self._last:
-                self._last = version
-
 
 _CLOCK = VersionClock()
 
