@@ -59,6 +59,7 @@ class Core:
         self._recent_lock = threading.Lock()
         #: Called with keys whose stored value cannot be read: they are removed everywhere.
         self.on_corrupt: Callable[[list[str]], None] = lambda keys: None
+        self.blocked: Callable[[str, str], bool] = lambda request_key, entry_key: False
 
     def load_semantic(self, choice: Any) -> None:
         """Load the embedder, guards and index (nothing when ``choice`` is ``None`` or
