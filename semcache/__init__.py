@@ -20,6 +20,7 @@ from .errors import (
     SchemaVersionError,
     SemcacheError,
     SerializationError,
+    UnknownEntryError,
 )
 from .keys import Request, build_request
 from .types import Entry, Hit, Selector
@@ -47,6 +48,7 @@ __all__ = [
     "SemanticCache",
     "SemcacheError",
     "SerializationError",
+    "UnknownEntryError",
     "__version__",
     "build_request",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 
 from .cache import SemanticCache
 from .config import UNSET, CacheConfig
+from .feedback import FeedbackResult
 from .keys import Request, build_request
 from .types import Entry, Hit, LookupOutcome, Selector
 
@@ -315,6 +316,34 @@ class AsyncSemanticCache:
     async def sweep(self) -> int:
         """Async twin of :meth:`SemanticCache.sweep`."""
         return await self._run(self._cache.sweep)
+
+    # -- feedback ----------------------------------------------------------------------
+    async def feedback(
+        self,
+        hit: Hit | None = None,
+        correct: bool = False,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[Any] | None = None,
+        entry_id: str | None = None,
+        model: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+        source: str = "user",
+    ) -> FeedbackResult:
+        """Async twin of :meth:`SemanticCache.feedback`."""
+        return await self._run(
+            self._cache.feedback,
+            hit,
+            correct,
+            prompt=prompt,
+            messages=messages,
+            entry_id=entry_id,
+            model=model,
+            params=params,
+            namespace=namespace,
+            source=source,
+        )
 
     # -- the index and health ------------------------------------------------------
     async def rebuild_index(self, *, reembed: bool = False, progress: bool | None = None) -> int:

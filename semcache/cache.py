@@ -4,7 +4,8 @@ The work is done by one module per concept, each readable top to bottom:
 :mod:`semcache.chain` (tiers, back-off, what a tier missed, replay),
 :mod:`semcache.lookup` (the read path), :mod:`semcache.store` (the write and
 invalidation path), :mod:`semcache.reindex` (the index), :mod:`semcache.replicas`
-(events, the change log) and :mod:`semcache.stats`. The consistency contract they
+(events, the change log), :mod:`semcache.feedback` (reports on hits) and
+:mod:`semcache.stats`. The consistency contract they
 keep together is stated in the README ("Consistency").
 """
 
@@ -23,6 +24,7 @@ from .chain import TierChain
 from .config import UNSET, CacheConfig
 from .core import Core
 from .errors import ConfigurationError
+from .feedback import Feedback, FeedbackResult
 from .keys import Request, build_request
 from .lookup import Reader
 from .reindex import Reindexer
@@ -69,6 +71,9 @@ class SemanticCache:
         self._stats = Counters()
         self._core = Core(self.config, timer, TierChain([], self.config.policy, self._stats), self._stats)
         self._replicas: Replicas | None = None
+        self._feedback = Feedback(self._core)
+        # the read path skips a candidate whose pairing with the request was reported wrong
+        self._core.blocked = self._feedback.blocked
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> SemanticCache:
@@ -102,10 +107,15 @@ class SemanticCache:
             self._replicas = Replicas(core, uuid.uuid4().hex)
             self._writer = Writer(core, self._replicas.publish)
             core.on_corrupt = self._writer.delete_everywhere
+            fb = self._feedback
+            fb.publish, fb.fetch = self._replicas.publish, self.get_entry
+            fb.invalidate = lambda keys: self.invalidate(keys=keys)
+            self._replicas.on_blocks, self._replicas.on_lost_track, self._replicas.on_tick = fb.apply_blocks, fb.lost_track, fb.tick
             self._state = State.OPEN
         if core.index is not None:
             self._reindexer.rebuild_safe()
         self._replicas.start()
+        fb.load()  # after the log's head was read: a block reported meanwhile is in one or the other
         interval = self.config.policy.sweep_interval_seconds
         if interval is not None and core.chain.sweeper is not None:
             self._sweeper = threading.Thread(target=self._writer.sweep_every, args=(interval, self._closing), name="semcache-sweep", daemon=True)
@@ -283,6 +293,39 @@ class SemanticCache:
         self._ensure_open()
         return self._writer.sweep()
 
+    # -- feedback ----------------------------------------------------------------------------
+    def feedback(self, hit: Hit | None = None, correct: bool = False, *, prompt: str | None = None, messages: Sequence[Any] | None = None, entry_id: str | None = None, model: str | None = None, params: Mapping[str, Any] | None = None, namespace: str | None = None, source: str = "user") -> FeedbackResult:
+        """Report whether a hit answered its request correctly; every report is kept as a
+        labelled pair (:func:`semcache.feedback.load_labels`).
+
+        Name the hit by the :class:`Hit` a lookup returned, with ``prompt=`` the prompt
+        that was looked up (a semantic hit does not carry it; an exact hit does), or by
+        ``entry_id=`` with the request as :meth:`get` took it (``prompt=`` or
+        ``messages=``, ``model=``, ``params=``, ``namespace=``), which rebuilds its key.
+
+        - ``correct=False`` on a **semantic** hit: that request (its normalised prompt in
+          its scope) is never answered by that entry again, here and in every replica
+          (pub/sub at once, the change log within ``Policy.log_poll_seconds``), and in
+          replicas opened later. The next candidate may answer it, or it misses.
+        - ``correct=False`` on an **exact** hit: the stored answer itself is wrong, so
+          the entry is invalidated (like :meth:`invalidate`: every tier, the index,
+          every replica).
+        - ``correct=True``: only the label is kept.
+
+        ``source`` is ``"user"`` or ``"llm"`` (a judge model). A tier outage never fails
+        the call: the block applies here at once and the label waits in L2's hand-off
+        (L3 down) or in this process (every tier down: lost if it crashes first; see
+        :meth:`semcache.feedback.Feedback.report`); ``durable`` on the result says which.
+
+        Raises:
+            InvalidInputError: not a ``Hit``, both a hit and ``entry_id``, neither, an
+                empty prompt, a NUL or lone surrogate, a request in another scope than
+                the entry, a bad ``source`` or ``correct``.
+            UnknownEntryError: ``entry_id`` names no live entry.
+        """
+        self._ensure_open()
+        return self._feedback.report(hit, correct, prompt=prompt, messages=messages, entry_id=entry_id, model=model, params=params, namespace=namespace, source=source)
+
     # -- the index and replicas ------------------------------------------------------------
     def rebuild_index(self, *, reembed: bool = False, progress: bool | None = None) -> int:
         """Rebuild the in-process index from L3; return how many vectors it holds. With
@@ -310,8 +353,12 @@ class SemanticCache:
 
     # -- stats and health ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Hits per tier and kind, misses, sets, evictions, tier errors, L1 bytes, index size."""
-        return collect(self._core)
+        """Hits per tier and kind, misses, sets, evictions, tier errors, L1 bytes, index
+        size, and ``feedback``: the reports received since open, with the estimated
+        false-hit rate among the semantic hits that received feedback."""
+        out = collect(self._core)
+        out["feedback"]["blocked_pairs"] = self._feedback.blocked_pairs
+        return out
 
     def health(self) -> dict[str, Any]:
         """Ping every tier: ``{"l1": "ok", "l2": "down: ...", "l3": "failed: ..."}``."""

@@ -6,7 +6,8 @@ Every error derives from :class:`SemcacheError`::
     ├── ConfigurationError        bad settings, unknown URL scheme, sync/async mismatch
     ├── InvalidInputError         bad arguments to a call (also a ValueError)
     │   ├── SerializationError    a value that cannot be stored, or a stored blob that cannot be read
-    │   └── EmbeddingError        an embedder returned NaN/inf, a wrong shape or a wrong dimension
+    │   ├── EmbeddingError        an embedder returned NaN/inf, a wrong shape or a wrong dimension
+    │   └── UnknownEntryError     feedback names an entry id no tier holds (also a LookupError)
     ├── BackendError              a tier failed (translated from the driver's exception)
     │   ├── BackendConflict       a transaction lost to a concurrent one (retried, then replayed)
     │   └── BackendUnavailable    a tier is down or marked down after a failure
@@ -29,6 +30,7 @@ __all__ = [
     "SchemaVersionError",
     "SemcacheError",
     "SerializationError",
+    "UnknownEntryError",
 ]
 
 
@@ -50,6 +52,10 @@ class SerializationError(InvalidInputError):
 
 class EmbeddingError(InvalidInputError):
     """An embedder produced an unusable vector (NaN, wrong shape or dimension)."""
+
+
+class UnknownEntryError(InvalidInputError, LookupError):
+    """A call names an entry id that no tier holds (live): the sidecar answers 404."""
 
 
 class BackendError(SemcacheError):

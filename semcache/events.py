@@ -9,6 +9,7 @@ Messages (``origin`` is the publishing cache's id, ignored by itself)::
 
     {"origin": ..., "op": "add", "items": [{"key", "scope", "ver", "ei": embedder id, "v": base64 float32}]}
     {"origin": ..., "op": "inv", "ver": version, "keys": [...], "sel": Selector.as_dict() | None}
+    {"origin": ..., "op": "block", "pairs": [pair id, ...]}   (wrong semantic hits: semcache.feedback)
 
 Applying a message is versioned: a write of version v drops this replica's copies
 older than v, a delete of version v drops those up to v and leaves a tombstone, so
@@ -64,10 +65,14 @@ def _ver(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id: str | None, now: float) -> None:
-    """Apply another replica's message to this replica's L1 (``memory``) and ``index``."""
+def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id: str | None, now: float, blocks: Callable[[list[str]], None] | None = None) -> None:
+    """Apply another replica's message to this replica's L1 (``memory``) and ``index``
+    (and blocked pairings to ``blocks``)."""
     op = msg.get("op")
-    if op == "inv":
+    if op == "block":
+        if blocks is not None:
+            blocks([str(p) for p in msg.get("pairs") or ()])
+    elif op == "inv":
         keys = [str(k) for k in msg.get("keys") or ()]
         sel = Selector.from_dict(dict(msg["sel"])) if msg.get("sel") else None
         ver = _ver(msg.get("ver"))

@@ -19,6 +19,9 @@ index) must follow what the others change:
   "drop older than this version", then clears the mark.
 - **the hand-off**: writes L3 missed wait in L2; a replica that sees them drains
   them into L3 once L3 answers, and does not read L3 until then.
+- **blocked pairings** (wrong semantic hits, :mod:`semcache.feedback`) travel the
+  same two ways: a ``block`` event, and change-log rows with op ``b`` (the key is the
+  pairing's id); a replica that lost track of the log reloads them all.
 
 What is lost in which failure is stated in the README ("Consistency").
 """
@@ -29,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -65,6 +68,10 @@ class Replicas:
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._tick_lock = threading.Lock()
+        #: Feedback's hooks: blocked pairings arrived, the log lost rows we never read, a poll.
+        self.on_blocks: Callable[[list[str]], None] | None = None
+        self.on_lost_track: Callable[[], None] | None = None
+        self.on_tick: Callable[[], None] | None = None
         cfg = core.config.redis
         self.channel = f"{cfg.prefix}events" if cfg is not None else ""
         self.pubsub = cfg is not None and cfg.pubsub and self.chain.publisher is not None
@@ -133,6 +140,7 @@ class Replicas:
             index=core.index,
             embedder_id=None if core.embedder is None else core.embedder.model_id,
             now=core.timer(),
+            blocks=self.on_blocks,
         )
 
     def events_missed(self) -> None:
@@ -159,6 +167,16 @@ class Replicas:
             if self.chain.log is None and self.pubsub:
                 self._follow_stream()
             self._repair_l2()
+            if self.on_tick is not None:
+                self.on_tick()
+
+    def _lost_track(self) -> None:
+        """Rows of the log were never read here: this replica's L1 copies may be stale,
+        and blocked pairings may be missing."""
+        if self.chain.l1 is not None:
+            self.chain.l1.clear()
+        if self.on_lost_track is not None:
+            self.on_lost_track()
 
     def _follow(self) -> None:
         # page through everything new: a replica never falls behind a busy log
@@ -179,8 +197,7 @@ class Replicas:
             return False
         start = self.last_seq
         if start < 0:
-            if chain.l1 is not None:
-                chain.l1.clear()  # what we hold predates a log we could not read
+            self._lost_track()  # what we hold predates a log we could not read
             start = 0
         gaps = sorted(self._gaps)
         try:
@@ -198,8 +215,7 @@ class Replicas:
                 if start > 0 and seq - prev - 1 > _MAX_GAP:
                     # far more rows missing than commit order explains: swept before we
                     # read them (we fell behind the retention), so our copies may be stale
-                    if chain.l1 is not None:
-                        chain.l1.clear()
+                    self._lost_track()
                 elif start > 0:
                     for missing in range(prev + 1, seq):
                         self._gaps.setdefault(missing, clock)
@@ -221,7 +237,12 @@ class Replicas:
         now = core.timer()
         l1, index = chain.l1, core.index
         added: list[str] = []
+        blocked: list[str] = []
         for key, version, op in rows:
+            if op == "b":
+                if key is not None:
+                    blocked.append(key)  # a blocked pairing: the key is its id
+                continue
             if op == "f":
                 if l1 is not None:
                     l1.invalidate(Selector.everything(), now, version)
@@ -241,6 +262,8 @@ class Replicas:
                     l1.delete([key], version)
                 if index is not None:
                     index.remove([key])
+        if blocked and self.on_blocks is not None:
+            self.on_blocks(blocked)
         return added
 
     # -- the change log in Redis, when there is no L3 ---------------------------------------
@@ -262,8 +285,7 @@ class Replicas:
         try:
             if self.stream_id is None:
                 self.stream_id = chain.call(s2, stream.log_last_id)
-                if chain.l1 is not None:
-                    chain.l1.clear()  # what we hold predates a log we could not read
+                self._lost_track()  # what we hold predates a log we could not read
             for _ in range(1000):
                 since = self.stream_id
                 rows = chain.call(s2, lambda: stream.log_read(since, _PAGE))
@@ -272,8 +294,7 @@ class Replicas:
                 first = chain.call(s2, stream.log_first_id)
                 if since != "0-0" and first is not None and _stream_after(first, since, rows[0][0]):
                     # entries we never read were trimmed away: our copies may be stale
-                    if chain.l1 is not None:
-                        chain.l1.clear()
+                    self._lost_track()
                 self._apply_rows([(key, version, op) for _, key, version, op in rows])
                 self.stream_id = rows[-1][0]
                 self.core.stats.inc("replica_log_applied", len(rows))
@@ -321,7 +342,7 @@ class Replicas:
                 for _, key, version, op in rows:
                     if op == "f":
                         chain.call(s2, lambda: b2.invalidate(Selector.everything(), 0.0, version))
-                    elif key is not None:
+                    elif key is not None and op in ("s", "d"):
                         v = version - 1 if op == "s" else version
                         chain.call(s2, lambda: b2.delete([key], v))
                 seq = rows[-1][0]

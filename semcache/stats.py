@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .core import Core
 
-__all__ = ["Counters", "collect", "report"]
+__all__ = ["Counters", "collect", "feedback_report", "report", "wilson_upper"]
 
 
 class Counters:
@@ -28,6 +29,40 @@ class Counters:
         """A copy of every counter."""
         with self._lock:
             return dict(self._c)
+
+
+def wilson_upper(k: int, n: int, z: float = 1.959964) -> float | None:
+    """The upper end of the 95% Wilson score interval of a rate ``k / n`` (``None`` for ``n = 0``)."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + margin) / (1 + z * z / n))
+
+
+def feedback_report(c: dict[str, int]) -> dict[str, Any]:
+    """Feedback received since open: ``wrong`` and ``correct`` reports (exact and semantic),
+    ``semantic_hits_reported`` (semantic hits that received a report) and, among them,
+    ``estimated_false_hit_rate`` = wrong semantic reports / semantic hits reported, with
+    ``false_hit_rate_upper_95`` (the upper end of its 95% Wilson interval).
+
+    The rate describes the hits that were *reported*: if users report mostly the
+    wrong ones, it overstates the rate over all semantic hits; judging a random sample
+    of hits (``source="llm"``) gives an unbiased one.
+    """
+    sw, sc = c.get("feedback_semantic_wrong", 0), c.get("feedback_semantic_correct", 0)
+    n = sw + sc
+    return {
+        "wrong": c.get("feedback_wrong", 0),
+        "correct": c.get("feedback_correct", 0),
+        "semantic_hits_reported": n,
+        "semantic_wrong": sw,
+        "estimated_false_hit_rate": sw / n if n else None,
+        "false_hit_rate_upper_95": wilson_upper(sw, n),
+        "blocked_candidates": c.get("feedback_blocked_candidates", 0),
+        "labels_held_in_process": c.get("feedback_labels_held", 0),
+    }
 
 
 def report(c: dict[str, int], tiers: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -53,6 +88,7 @@ def report(c: dict[str, int], tiers: dict[str, dict[str, Any]]) -> dict[str, Any
         "replica_log_applied": c.get("replica_log_applied", 0),
         "l3_handed_off": c.get("l3_handed_off", 0),
         "l3_handoff_drained": c.get("l3_handoff_drained", 0),
+        "feedback": feedback_report(c),
         "tiers": tiers,
     }
     for tier in ("l1", "l2", "l3"):

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "EntryRow", "LogRow", "MetaRow", "TagRow", "metadata"]
+__all__ = ["Base", "EntryRow", "LabelRow", "LogRow", "MetaRow", "TagRow", "metadata"]
 
 metadata = MetaData(
     naming_convention={
@@ -89,3 +89,36 @@ class MetaRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class LabelRow(Base):
+    """One feedback report on a hit: the request and the cached prompt, the verdict and
+    how the hit was made (:mod:`semcache.feedback`). A wrong report on a semantic hit
+    (``blocks``) keeps that request from being answered by that entry in every replica:
+    replicas load the blocked ``pair_id`` values at open and follow new ones through
+    the change log (op ``b``)."""
+
+    __tablename__ = "semcache_labels"
+
+    #: A random id (a report handed off and drained twice is stored once).
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: ``H(request_key, entry_key)``: what a replica holds in memory to block the pairing.
+    pair_id: Mapped[str] = mapped_column(String(32), index=True)
+    #: The exact key of the request (its normalised prompt in its scope).
+    request_key: Mapped[str] = mapped_column(String(32))
+    entry_key: Mapped[str] = mapped_column(String(32), index=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    namespace: Mapped[str | None] = mapped_column(String(255), index=True)
+    model: Mapped[str | None] = mapped_column(String(255))
+    #: ``exact`` or ``semantic``: how the reported hit was made.
+    kind: Mapped[str] = mapped_column(String(8))
+    prompt: Mapped[str] = mapped_column(Text)
+    cached_prompt: Mapped[str] = mapped_column(Text)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    #: A wrong report on a semantic hit: the pairing is never served again.
+    blocks: Mapped[bool] = mapped_column(Boolean)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    verifier_score: Mapped[float | None] = mapped_column(Float)
+    #: Who judged: ``user`` or ``llm``.
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float, index=True)

@@ -9,6 +9,8 @@ Layout under the configured prefix:
 - ``{prefix}handoff``: a hash of writes and deletes that L3 missed while it was down
   (field: key; value: version, ``E`` and the blob with its embedding, or ``T``), the
   durable hand-off every replica drains into L3 once it is back.
+- ``{prefix}labels``, ``{prefix}blocks``, ``{prefix}handoff:labels``: feedback labels
+  (:mod:`semcache.tiers.redis_labels`).
 
 Every write is a Lua script that compares versions (as fixed-width text), so a
 write never replaces a newer version or a newer delete, whatever order writes,
@@ -31,6 +33,7 @@ from ..blob import entry_from_blob, entry_to_blob
 from ..types import Entry, Selector
 from ..versions import WIDTH, version_text
 from .base import tier_expiry
+from .redis_labels import RedisLabelsPart
 
 __all__ = ["RedisBackend"]
 
@@ -95,7 +98,7 @@ def _redis() -> Any:
     return redis
 
 
-class RedisBackend:
+class RedisBackend(RedisLabelsPart):
     """L2 tier on Redis. Construction does no I/O; the first command connects."""
 
     name = "l2"

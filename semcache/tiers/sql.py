@@ -9,7 +9,8 @@ delete turns the row into a *tombstone* (``deleted``, with the delete's version)
 an older write replayed late never replaces a newer write or a delete. Every write
 and delete appends to the change log (``semcache_log``) in the same transaction;
 other replicas read it to drop what they hold of changed keys. A flush raises the
-shared floor (``semcache_meta``): nothing older is written again.
+shared floor (``semcache_meta``): nothing older is written again. Feedback labels
+live in ``semcache_labels`` (:mod:`semcache.tiers.sql_labels`).
 
 A SQLite file found damaged (at open, by ``PRAGMA quick_check``, or by the first
 statement that fails on it) raises :class:`~semcache.errors.BackendFailed`: the
@@ -34,6 +35,7 @@ from ..errors import BackendError, BackendFailed, BackendUnavailable
 from ..types import Entry, Selector
 from .base import tier_expiry
 from .sql_engine import dialect_insert, make_engine, quick_check, time_now, translate
+from .sql_labels import LabelsPart
 from .sql_log import ChangeLogPart
 
 __all__ = ["SQLBackend", "make_engine"]
@@ -83,7 +85,7 @@ def _live(now: Any) -> Any:
 _GET = select(*_COLS_NO_EMB).where(_E.c.key == bindparam("key"), _live(bindparam("now")))
 
 
-class SQLBackend(ChangeLogPart):
+class SQLBackend(ChangeLogPart, LabelsPart):
     """L3 tier. ``open()`` (or the first call) connects and checks the schema."""
 
     name = "l3"
