@@ -21,6 +21,7 @@ from .errors import (
     SemcacheError,
     SerializationError,
     UnknownEntryError,
+    VerifierError,
 )
 from .keys import Request, build_request
 from .types import Entry, Hit, Selector
@@ -49,6 +50,7 @@ __all__ = [
     "SemcacheError",
     "SerializationError",
     "UnknownEntryError",
+    "VerifierError",
     "__version__",
     "build_request",
 ]

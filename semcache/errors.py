@@ -12,6 +12,7 @@ Every error derives from :class:`SemcacheError`::
     │   ├── BackendConflict       a transaction lost to a concurrent one (retried, then replayed)
     │   └── BackendUnavailable    a tier is down or marked down after a failure
     │       └── BackendFailed     a tier's storage is damaged (a corrupt SQLite file)
+    ├── VerifierError             a pair verifier failed or returned unusable scores
     ├── SchemaVersionError        the SQL schema is older than this package expects
     └── MissingDependencyError    an optional extra is not installed (also an ImportError)
 """
@@ -31,6 +32,7 @@ __all__ = [
     "SemcacheError",
     "SerializationError",
     "UnknownEntryError",
+    "VerifierError",
 ]
 
 
@@ -74,6 +76,11 @@ class BackendUnavailable(BackendError):
 class BackendFailed(BackendUnavailable):
     """A storage tier's data is damaged (a corrupt SQLite file): it stays failed, and
     nothing is acknowledged to it, until an operator repairs or replaces it."""
+
+
+class VerifierError(SemcacheError):
+    """A pair verifier raised, or returned scores that are not one finite probability
+    in [0, 1] per pair; a lookup it was asked about is a miss, never an unverified hit."""
 
 
 class SchemaVersionError(SemcacheError):
