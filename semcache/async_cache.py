@@ -75,6 +75,11 @@ class AsyncSemanticCache:
         return self._cache.embedder
 
     @property
+    def verifier(self) -> Any:
+        """The pair verifier of semantic hits, or ``None``."""
+        return self._cache.verifier
+
+    @property
     def index(self) -> Any:
         """The vector index (:class:`~semcache.index.base.VectorIndex`), or ``None``."""
         return self._cache.index

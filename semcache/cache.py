@@ -156,6 +156,11 @@ class SemanticCache:
         return self._core.embedder
 
     @property
+    def verifier(self) -> Any:
+        """The pair verifier of semantic hits (:class:`~semcache.verify.PairVerifier`), or ``None``."""
+        return self._core.verifier
+
+    @property
     def index(self) -> Any:
         """The vector index (:class:`~semcache.index.base.VectorIndex`), or ``None``."""
         return self._core.index

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_SIMILARITY_THRESHOLD",
     "MAX_TTL_SECONDS",
     "UNSET",
     "CacheConfig",
@@ -37,6 +38,10 @@ class _Unset(enum.Enum):
 
 #: "Use the default": distinct from ``None`` (which, for a TTL, means never expire).
 UNSET = _Unset.UNSET
+
+
+#: The cosine threshold of a cache without a verifier (``Policy.similarity_threshold=None``).
+DEFAULT_SIMILARITY_THRESHOLD = 0.95
 
 
 #: The longest TTL accepted (100 years): anything longer is "never", say ``None``.
@@ -189,10 +194,33 @@ class Policy:
     """Decisions: TTLs, thresholds, guards, expiry and failure handling."""
 
     default_ttl_seconds: float | None = 7 * 24 * 3600
-    #: Cosine similarity a semantic candidate must reach (see README for how it was chosen).
-    similarity_threshold: float = 0.95
+    #: A cosine similarity every semantic candidate must reach. ``None`` (the default):
+    #: with the verifier on, ``similarity_floor`` decides which candidates it scores;
+    #: with it off, :data:`DEFAULT_SIMILARITY_THRESHOLD`. Set (here, per namespace or
+    #: per call), it applies on top of the floor and the verifier.
+    similarity_threshold: float | None = None
     #: Per-namespace thresholds, overriding ``similarity_threshold``.
     namespace_thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: The pair verifier that reads the query and a candidate's prompt together before
+    #: a semantic hit is served: ``"default"`` (the model shipped with semcache),
+    #: ``None``/``False`` (off: cosine similarity alone decides), a
+    #: :class:`~semcache.verify.PairVerifier`, a callable ``pairs -> scores`` or a
+    #: sentence-transformers cross-encoder name or path.
+    verifier: Any = "default"
+    #: The false-hit rate to stay under: the share of prompts that should miss which
+    #: are served a cached answer. The verifier's score threshold comes from its
+    #: calibration for this rate (per namespace where it has a table).
+    max_false_hit_rate: float = 0.01
+    #: A raw verifier score threshold in [0, 1], overriding the calibration.
+    verifier_threshold: float | None = None
+    #: A calibration (a JSON path or a :class:`~semcache.verify.Calibration`, see
+    #: ``semcache calibrate``) overriding the one the verifier ships with.
+    verifier_calibration: Any = None
+    #: The cosine similarity a candidate needs before the verifier scores it.
+    similarity_floor: float = 0.75
+    #: How many candidates (nearest first, past the floor and the guards) the verifier
+    #: scores per lookup, in one call.
+    verifier_top_k: int = 3
     #: Guard names (see :mod:`semcache.guards`); ``None`` means the measured defaults.
     guards: tuple[str, ...] | None = None
     semantic: bool = True
@@ -217,9 +245,32 @@ class Policy:
 
     def __post_init__(self) -> None:
         _check_ttl("Policy.default_ttl_seconds", self.default_ttl_seconds)
-        for name, t in [("similarity_threshold", self.similarity_threshold), *self.namespace_thresholds.items()]:
+        cosines = [*self.namespace_thresholds.items(), ("similarity_floor", self.similarity_floor)]
+        if self.similarity_threshold is not None:
+            cosines.append(("similarity_threshold", self.similarity_threshold))
+        for name, t in cosines:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (-1.0 <= t <= 1.0):
                 raise ConfigurationError(f"threshold for {name} must be a cosine similarity in [-1, 1], got {t!r}")
+        v = self.verifier
+        if not (v is None or v is False or (isinstance(v, str) and v.strip()) or callable(v) or hasattr(v, "score")):
+            raise ConfigurationError(
+                "Policy.verifier must be 'default', None/False, a cross-encoder name or path, "
+                f"a PairVerifier or a callable, got {v!r}"
+            )
+        r = self.max_false_hit_rate
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= 0.5:
+            raise ConfigurationError(f"Policy.max_false_hit_rate must be in (0, 0.5], got {r!r}")
+        vt = self.verifier_threshold
+        if vt is not None and (isinstance(vt, bool) or not isinstance(vt, (int, float)) or not 0.0 <= vt <= 1.0):
+            raise ConfigurationError(f"Policy.verifier_threshold must be a score in [0, 1] or None, got {vt!r}")
+        k = self.verifier_top_k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10:
+            raise ConfigurationError(f"Policy.verifier_top_k must be an integer in 1..10, got {k!r}")
+        c = self.verifier_calibration
+        if not (c is None or isinstance(c, (str, os.PathLike, Mapping)) or hasattr(c, "threshold_for")):
+            raise ConfigurationError(
+                f"Policy.verifier_calibration must be a JSON path or a Calibration, got {type(c).__name__}"
+            )
         if self.sweep_interval_seconds is not None and not (
             isinstance(self.sweep_interval_seconds, (int, float)) and 0 < self.sweep_interval_seconds < math.inf
         ):
@@ -301,7 +352,9 @@ class CacheConfig:
         ``{prefix}REDIS_URL``, ``{prefix}SQL_URL`` (``none`` to leave L3 out),
         ``{prefix}L1`` (``0`` to leave L1 out), ``{prefix}L1_MAX_ENTRIES``,
         ``{prefix}TTL_SECONDS``, ``{prefix}THRESHOLD``, ``{prefix}EMBEDDER``
-        (``default``, ``none`` or a model name).
+        (``default``, ``none`` or a model name), ``{prefix}VERIFIER`` (``default``,
+        ``none`` or a cross-encoder name or path), ``{prefix}MAX_FALSE_HIT_RATE``,
+        ``{prefix}VERIFIER_THRESHOLD`` and ``{prefix}VERIFIER_CALIBRATION`` (a JSON path).
         """
         env = os.environ if environ is None else environ
         sql_url = env.get(prefix + "SQL_URL", "sqlite:///semcache.db")
@@ -313,6 +366,16 @@ class CacheConfig:
         thr = _env_float(env, prefix + "THRESHOLD")
         if thr is not None:
             policy_kwargs["similarity_threshold"] = thr
+        verifier = env.get(prefix + "VERIFIER", "").strip()
+        if verifier:
+            policy_kwargs["verifier"] = None if verifier.lower() in ("none", "off", "false", "0") else verifier
+        for var, name in (("MAX_FALSE_HIT_RATE", "max_false_hit_rate"), ("VERIFIER_THRESHOLD", "verifier_threshold")):
+            value = _env_float(env, prefix + var)
+            if value is not None:
+                policy_kwargs[name] = value
+        calibration = env.get(prefix + "VERIFIER_CALIBRATION", "").strip()
+        if calibration:
+            policy_kwargs["verifier_calibration"] = calibration
         embedder: Any = env.get(prefix + "EMBEDDER", "default")
         if embedder.lower() == "none":
             embedder = None

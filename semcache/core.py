@@ -3,24 +3,34 @@ index and counters, with the pure helpers the read and write paths both use."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cachetools import LRUCache
 
 from .chain import TierChain
-from .config import MAX_TTL_SECONDS, UNSET, CacheConfig
-from .errors import ConfigurationError, InvalidInputError, SerializationError
+from .config import DEFAULT_SIMILARITY_THRESHOLD, MAX_TTL_SECONDS, UNSET, CacheConfig
+from .errors import ConfigurationError, InvalidInputError, SerializationError, VerifierError
 from .index.base import VectorIndex
 from .keys import Request
 from .stats import Counters
 from .types import Entry, Hit
 
+if TYPE_CHECKING:
+    from .verify.base import PairVerifier
+    from .verify.calibration import Calibration
+
 __all__ = ["Core", "validate_threshold", "validate_ttl"]
+
+log = logging.getLogger("semcache")
+
+#: A verifier failure is logged at most this often (each one is counted).
+_VERIFIER_LOG_SECONDS = 60.0
 
 
 def validate_ttl(ttl: Any) -> float | None:
@@ -59,11 +69,18 @@ class Core:
         self._recent_lock = threading.Lock()
         #: Called with keys whose stored value cannot be read: they are removed everywhere.
         self.on_corrupt: Callable[[list[str]], None] = lambda keys: None
+        #: Whether a (request key, entry key) pairing must not be served semantically
+        #: (feedback marked it wrong): such a candidate is skipped.
         self.blocked: Callable[[str, str], bool] = lambda request_key, entry_key: False
+        #: The pair verifier of the semantic path (``None``: off), and its calibration.
+        self.verifier: PairVerifier | None = None
+        self.calibration: Calibration | None = None
+        self._verifier_thresholds: dict[str | None, float] = {}
+        self._verifier_logged = -math.inf
 
     def load_semantic(self, choice: Any) -> None:
-        """Load the embedder, guards and index (nothing when ``choice`` is ``None`` or
-        semantic matching is off)."""
+        """Load the embedder, guards, index and verifier (nothing when ``choice`` is
+        ``None`` or semantic matching is off). The verifier loads its model on first use."""
         if choice is None or not self.config.policy.semantic:
             return
         from .embedders import resolve_embedder
@@ -71,12 +88,50 @@ class Core:
         from .index.faiss import FaissIndex
 
         self.guards = build_guards(self.config.policy.guards)
+        self.load_verifier()
         self.embedder = resolve_embedder(choice)
         self.index = FaissIndex(int(self.embedder.dim), self.config.index)
 
+    def load_verifier(self) -> None:
+        """Resolve ``Policy.verifier`` and the calibration its threshold comes from.
+
+        Raises:
+            ConfigurationError: an unusable choice, a calibration measured for another
+                verifier, or a verifier with neither a calibration nor
+                ``Policy.verifier_threshold``.
+        """
+        from .verify.calibration import Calibration
+        from .verify.resolve import resolve_verifier
+
+        policy = self.config.policy
+        verifier = resolve_verifier(policy.verifier)
+        if verifier is None:
+            return
+        given = policy.verifier_calibration
+        calibration: Calibration | None
+        if given is None:
+            calibration = getattr(verifier, "calibration", None)
+        elif isinstance(given, Calibration):
+            calibration = given
+        else:
+            calibration = Calibration.from_json(given)
+        if calibration is not None and calibration.verifier_id != verifier.verifier_id:
+            raise ConfigurationError(
+                f"the calibration was measured for {calibration.verifier_id!r}, not for the verifier "
+                f"{verifier.verifier_id!r}: run `semcache calibrate` with this verifier"
+            )
+        if calibration is None and policy.verifier_threshold is None:
+            raise ConfigurationError(
+                f"the verifier {verifier.verifier_id!r} has no calibration: measure one with "
+                "`semcache calibrate` (Policy.verifier_calibration) or set Policy.verifier_threshold"
+            )
+        self.verifier, self.calibration = verifier, calibration
+        self._verifier_thresholds = {}
+
     # -- thresholds ------------------------------------------------------------
-    def threshold_for(self, request: Request, threshold: Any = UNSET) -> float:
-        """The similarity threshold for a request: per call, else per scope/namespace, else per cache."""
+    def cosine_threshold(self, request: Request, threshold: Any = UNSET) -> float | None:
+        """The cosine similarity asked for: per call, else per scope/namespace, else
+        ``Policy.similarity_threshold`` (``None``: none was set)."""
         if threshold is not UNSET and threshold is not None:
             return validate_threshold(threshold)
         per = self.config.policy.namespace_thresholds
@@ -85,6 +140,75 @@ class Core:
         if request.namespace is not None and request.namespace in per:
             return float(per[request.namespace])
         return self.config.policy.similarity_threshold
+
+    def threshold_for(self, request: Request, threshold: Any = UNSET) -> float:
+        """The cosine similarity a candidate needs for a request: per call, else per
+        scope/namespace, else per cache; with the verifier on, at least
+        ``Policy.similarity_floor`` (the floor alone when none was set); with it off,
+        :data:`~semcache.config.DEFAULT_SIMILARITY_THRESHOLD` when none was set."""
+        asked = self.cosine_threshold(request, threshold)
+        if self.verifier is None:
+            return DEFAULT_SIMILARITY_THRESHOLD if asked is None else asked
+        floor = float(self.config.policy.similarity_floor)
+        return floor if asked is None else max(floor, asked)
+
+    def verifier_threshold(self, namespace: str | None) -> float | None:
+        """The verifier score a candidate needs: ``Policy.verifier_threshold``, else the
+        calibration's threshold for ``Policy.max_false_hit_rate`` (the namespace's own
+        table where it has one); ``None`` with the verifier off."""
+        if self.verifier is None:
+            return None
+        policy = self.config.policy
+        if policy.verifier_threshold is not None:
+            return float(policy.verifier_threshold)
+        cal = self.calibration
+        assert cal is not None  # load_verifier refuses a verifier with neither
+        key = namespace if namespace is not None and namespace in cal.namespaces else None
+        thr = self._verifier_thresholds.get(key)
+        if thr is None:
+            thr = self._verifier_thresholds[key] = float(cal.threshold_for(policy.max_false_hit_rate, key))
+        return thr
+
+    # -- the verifier ---------------------------------------------------------------
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray | None:
+        """The verifier's scores for (query, cached prompt) pairs, in one call; ``None``
+        when it failed (counted, logged at most once a minute): the lookups it was asked
+        about miss, never serving an unverified hit.
+
+        Raises:
+            VerifierError: it failed and ``Policy.on_backend_error="raise"``.
+        """
+        verifier = self.verifier
+        assert verifier is not None
+        t0 = time.perf_counter()
+        try:
+            return self.verify_raw(pairs)
+        except Exception as exc:  # noqa: BLE001 - any failure is a miss, never an unverified hit
+            self.stats.inc("verifier_errors")
+            now = time.monotonic()
+            if now - self._verifier_logged >= _VERIFIER_LOG_SECONDS:
+                self._verifier_logged = now
+                log.warning("verifier %s failed (%s: %s); its lookups miss", verifier.verifier_id, type(exc).__name__, exc)
+            if self.config.policy.on_backend_error == "raise":
+                if isinstance(exc, VerifierError):
+                    raise
+                raise VerifierError(f"the verifier {verifier.verifier_id} failed: {type(exc).__name__}: {exc}") from exc
+            return None
+        finally:
+            self.stats.inc("verifier_calls")
+            self.stats.inc("verifier_pairs", len(pairs))
+            self.stats.inc("verifier_us", int((time.perf_counter() - t0) * 1e6))
+
+    def verify_raw(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """The verifier's checked scores for pairs (texts cut to
+        :data:`~semcache.verify.base.MAX_PAIR_CHARS`); nothing counted, errors raised."""
+        from .verify.base import MAX_PAIR_CHARS, check_scores
+
+        verifier = self.verifier
+        if verifier is None:
+            raise ConfigurationError("this cache has no verifier")
+        clipped = [(a[:MAX_PAIR_CHARS], b[:MAX_PAIR_CHARS]) for a, b in pairs]
+        return check_scores(verifier.score(clipped), len(clipped), verifier.verifier_id)
 
     # -- embedding -----------------------------------------------------------------
     def embeddable(self, text: str) -> bool:
@@ -153,7 +277,7 @@ class Core:
         return v
 
     # -- hits and savings --------------------------------------------------------------
-    def hit(self, entry: Entry, tier: str, kind: str, sim: float, now: float) -> Hit | None:
+    def hit(self, entry: Entry, tier: str, kind: str, sim: float, now: float, verifier_score: float | None = None) -> Hit | None:
         """The :class:`Hit` for an entry, or ``None`` (and removal) when its value is unreadable."""
         try:
             value = entry.value
@@ -173,6 +297,7 @@ class Core:
             age_seconds=max(0.0, now - entry.created_at),
             ttl_seconds_left=entry.ttl_left(now),
             entry=entry,
+            verifier_score=verifier_score,
         )
 
     def count_saved(self, metadata: Mapping[str, Any] | None, model: str | None) -> None:

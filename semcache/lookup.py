@@ -1,4 +1,12 @@
-"""The read path: exact key L1 → L2 → L3, then the semantic index, then explain.
+"""The read path: exact key L1 → L2 → L3, then the semantic index (and the pair
+verifier), then explain.
+
+With a verifier (``Policy.verifier``), the nearest candidates past the similarity
+floor, live and passing every guard (a guard's veto skips one candidate), are scored
+together in one verifier call, and the first in cosine order whose score clears the
+calibrated threshold is the hit. A batch (:meth:`Reader.lookup_many`) scores the
+candidates of all its requests in one call, as it embeds them in one call. Without a
+verifier the nearest candidate decides alone, as before.
 
 Reads never resurrect. Before reading anything a lookup takes L1's read token
 (:meth:`~semcache.tiers.memory.MemoryBackend.mark`); a hit in a lower tier is copied
@@ -12,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,7 +32,17 @@ from .keys import Request
 from .tiers.base import Touchable
 from .types import Candidate, Entry, Hit, LookupOutcome
 
-__all__ = ["Reader"]
+__all__ = ["Reader", "Survivor"]
+
+
+class Survivor(NamedTuple):
+    """A semantic candidate waiting for the verifier: live, in scope, past every guard."""
+
+    entry: Entry
+    tier: int
+    similarity: float
+    token: int | None
+    started: float
 
 
 class Reader:
@@ -141,21 +159,40 @@ class Reader:
         core.stats.inc("misses")
         return None
 
+    def vector(self, request: Request, v: np.ndarray | None) -> np.ndarray | None:
+        """The request's vector: ``v`` checked like the embedder's own, else embedded
+        (``None``: the prompt is not embeddable)."""
+        if v is None:
+            return self.core.embed(request)
+        return self.core.check_vector(v)
+
     def semantic(self, request: Request, now: float, thr: float, v: np.ndarray | None) -> Hit | None:
-        """The nearest candidate in scope that clears the threshold and every guard."""
+        """Without a verifier: the nearest candidate in scope that clears the threshold
+        and every guard. With one: the first of the nearest candidates past the floor
+        (and the threshold) and the guards whose verifier score clears its threshold."""
+        core = self.core
+        v = self.vector(request, v)
+        if v is None:
+            return None
+        core.stats.inc("semantic_lookups")
+        if core.verifier is None:
+            return self.nearest(request, now, thr, v)
+        survivors = self.survivors(request, now, thr, v)
+        if not survivors:
+            return None  # nothing past the floor: the verifier is not asked
+        scores = core.score_pairs([(request.text, c.entry.prompt) for c in survivors])
+        return self.decide(request, now, survivors, scores)
+
+    def nearest(self, request: Request, now: float, thr: float, v: np.ndarray) -> Hit | None:
+        """The semantic path without a verifier: the nearest live candidate decides."""
         core = self.core
         index = core.index
         assert index is not None
-        if v is None:
-            v = core.embed(request)
-            if v is None:
-                return None
-        else:
-            v = core.check_vector(v)  # a precomputed vector is checked too
-        core.stats.inc("semantic_lookups")
         for key, sim in index.search(request.scope, v, core.config.index.top_k):
             if sim < thr:
                 break
+            if core.blocked(request.key, key):
+                continue
             token, started = self.token(), time.monotonic()
             found, skipped = self.find(key, now)
             if found is None:
@@ -177,10 +214,61 @@ class Reader:
             return core.hit(entry, slot.name, "semantic", min(1.0, sim), now)
         return None
 
+    def survivors(self, request: Request, now: float, thr: float, v: np.ndarray) -> list[Survivor]:
+        """The candidates the verifier scores: in cosine order, past ``thr`` (the floor,
+        or a higher cosine threshold), live in this scope, not blocked, passing every
+        guard (a guard's veto skips that candidate only); at most ``verifier_top_k``."""
+        core = self.core
+        index = core.index
+        assert index is not None
+        policy = core.config.policy
+        out: list[Survivor] = []
+        for key, sim in index.search(request.scope, v, max(core.config.index.top_k, policy.verifier_top_k)):
+            if sim < thr:
+                break
+            if core.blocked(request.key, key):
+                continue
+            token, started = self.token(), time.monotonic()
+            found, skipped = self.find(key, now)
+            if found is None:
+                if not skipped:
+                    index.remove([key])  # expired or deleted elsewhere
+                continue
+            entry, tier = found
+            if entry.scope != request.scope:
+                continue
+            failed = [r for r in (g(request.text, entry.prompt) for g in core.guards) if not r.passed]
+            if failed:
+                for r in failed:
+                    core.stats.inc(f"guard_rejections_{r.name}")
+                continue
+            out.append(Survivor(entry, tier, sim, token, started))
+            if len(out) >= policy.verifier_top_k:
+                break
+        return out
+
+    def decide(self, request: Request, now: float, survivors: Sequence[Survivor], scores: np.ndarray | None) -> Hit | None:
+        """The first survivor (in cosine order) whose verifier score clears the
+        threshold, promoted; ``None`` when none does or the verifier failed."""
+        core = self.core
+        if scores is None:
+            return None  # the verifier failed: never an unverified hit
+        vthr = core.verifier_threshold(request.namespace)
+        assert vthr is not None
+        for i, (c, score) in enumerate(zip(survivors, scores)):
+            if float(score) >= vthr:
+                if i:
+                    core.stats.inc("verifier_rejections", i)
+                entry, slot = self.promote(c.entry, c.tier, now, c.token, c.started)
+                return core.hit(entry, slot.name, "semantic", min(1.0, c.similarity), now, float(score))
+        core.stats.inc("verifier_rejections", len(survivors))
+        return None
+
     def lookup_many(self, requests: Sequence[Request], thresholds: Sequence[Any] | None) -> list[LookupOutcome]:
         """A batch: exact paths first (no embedding), then one embedding call for every
-        remaining embeddable text, then each semantic lookup. One request's error is
-        returned in its outcome; an embedder failure fails the batch."""
+        remaining embeddable text, then each semantic search, then one verifier call for
+        the candidates of every request. One request's error is returned in its outcome;
+        an embedder failure fails the batch."""
         core = self.core
         thr = list(thresholds) if thresholds is not None else [UNSET] * len(requests)
         if len(thr) != len(requests):
@@ -201,15 +289,52 @@ class Reader:
             matrix = core.embed_many([requests[i].text for i in todo])
             core.stats.inc("embeddings", len(todo))
             vectors = {i: matrix[j] for j, i in enumerate(todo)}
+        pending: list[tuple[int, float, list[Survivor]]] = []
         for i, req in enumerate(requests):
             if out[i] is not None:
                 continue
             v = vectors.get(i)
             try:
-                hit = self.lookup(req, threshold=thr[i], embedding=v, exact=False, semantic=v is not None)
-                out[i] = LookupOutcome(hit, v)
+                if core.verifier is None or v is None:
+                    hit = self.lookup(req, threshold=thr[i], embedding=v, exact=False, semantic=v is not None)
+                    out[i] = LookupOutcome(hit, v)
+                    continue
+                t = core.threshold_for(req, thr[i])
+                now = core.timer()
+                checked = core.check_vector(v)
+                core.stats.inc("semantic_lookups")
+                found = self.survivors(req, now, t, checked)
+                if found:
+                    pending.append((i, now, found))
+                else:
+                    core.stats.inc("misses")
+                    out[i] = LookupOutcome(None, v)
             except Exception as exc:  # noqa: BLE001 - one caller's bad request must not fail the others
                 out[i] = LookupOutcome(error=exc, embedding=v)
+        if pending:
+            # the candidates of every request of the batch, scored in one call
+            pairs = [(requests[i].text, c.entry.prompt) for i, _, found in pending for c in found]
+            scores: np.ndarray | None = None
+            failed: Exception | None = None
+            try:
+                scores = core.score_pairs(pairs)
+            except Exception as exc:  # noqa: BLE001 - on_backend_error="raise": each caller gets it
+                failed = exc
+            pos = 0
+            for i, now, found in pending:
+                part = None if scores is None else scores[pos : pos + len(found)]
+                pos += len(found)
+                v = vectors.get(i)
+                if failed is not None:
+                    out[i] = LookupOutcome(error=failed, embedding=v)
+                    continue
+                try:
+                    hit = self.decide(requests[i], now, found, part)
+                    if hit is None:
+                        core.stats.inc("misses")
+                    out[i] = LookupOutcome(hit, v)
+                except Exception as exc:  # noqa: BLE001 - one caller's error must not fail the others
+                    out[i] = LookupOutcome(error=exc, embedding=v)
         return [o if o is not None else LookupOutcome() for o in out]
 
     # -- explain (read-only) -------------------------------------------------------------
@@ -219,10 +344,23 @@ class Reader:
         return None if found is None else found[0]
 
     def explain(self, req: Request, thr: float, k: int) -> dict[str, Any]:
-        """The decision for a request: exact key, nearest candidates and checks. Read-only."""
+        """The decision for a request: exact key, nearest candidates, each check and the
+        verifier's score, as a lookup would decide. Read-only (nothing is promoted or counted)."""
         core = self.core
+        policy = core.config.policy
         now = core.timer()
-        out: dict[str, Any] = {"key": req.key, "scope": req.scope, "threshold": thr, "candidates": []}
+        verifier = core.verifier
+        vthr = core.verifier_threshold(req.namespace)
+        out: dict[str, Any] = {
+            "key": req.key,
+            "scope": req.scope,
+            "threshold": thr,
+            "verifier": None if verifier is None else verifier.verifier_id,
+            "max_false_hit_rate": None if verifier is None else policy.max_false_hit_rate,
+            "verifier_threshold": vthr,
+            "similarity_floor": None if verifier is None else policy.similarity_floor,
+            "candidates": [],
+        }
         if self.peek(req.key, now) is not None:
             out.update(decision="hit", kind="exact", entry_id=req.key)
             return out
@@ -233,29 +371,64 @@ class Reader:
         if v is None:
             out.update(decision="miss", reason="no exact entry; the prompt is too long for semantic matching")
             return out
+        # as many candidates as the lookup searches, to decide as it does; k are shown
+        searched = core.config.index.top_k if verifier is None else max(core.config.index.top_k, policy.verifier_top_k)
+        rows: list[dict[str, Any]] = []
         decided = False
-        cands: list[Candidate] = []
-        for key, sim in core.index.search(req.scope, v, max(k, 1)):
+        scored: list[int] = []  # rows the verifier scores, in cosine order
+        for rank, (key, sim) in enumerate(core.index.search(req.scope, v, max(k, searched, 1))):
+            row: dict[str, Any] = {"key": key, "similarity": sim, "prompt": None, "guards": (), "decision": "", "score": None}
+            rows.append(row)
             entry = self.peek(key, now)
             if entry is None:
-                cands.append(Candidate(key, sim, None, sim >= thr, (), "gone (expired or deleted)"))
+                row["decision"] = "gone (expired or deleted)"
                 continue
+            row["prompt"] = entry.prompt
             results = [g(req.text, entry.prompt) for g in core.guards]
-            gtuple = tuple((r.name, r.passed, r.detail) for r in results)
-            if decided:
-                decision = "not considered"
+            row["guards"] = tuple((r.name, r.passed, r.detail) for r in results)
+            if decided or rank >= searched or len(scored) >= policy.verifier_top_k:
+                row["decision"] = "not considered"
             elif sim < thr:
-                decision = "below threshold"
+                below_floor = verifier is not None and sim < policy.similarity_floor
+                row["decision"] = "below floor" if below_floor else "below threshold"
                 decided = True
-            elif all(r.passed for r in results):
-                decision = "hit"
+            elif core.blocked(req.key, key):
+                row["decision"] = "blocked by feedback"
+            elif not all(r.passed for r in results):
+                row["decision"] = "rejected by guard " + ", ".join(r.name for r in results if not r.passed)
+                decided = verifier is None  # without a verifier a veto is a miss
+            elif verifier is None:
+                row["decision"] = "hit"
                 decided = True
                 out.update(decision="hit", kind="semantic", entry_id=key, similarity=sim)
             else:
-                decision = "rejected by " + ", ".join(r.name for r in results if not r.passed)
-                decided = True
-            cands.append(Candidate(key, sim, entry.prompt, sim >= thr, gtuple, decision))
+                scored.append(len(rows) - 1)
+        if scored:
+            assert vthr is not None
+            try:
+                scores = core.verify_raw([(req.text, rows[i]["prompt"]) for i in scored])
+            except Exception as exc:  # noqa: BLE001 - explain reports a failure, a lookup would miss
+                for i in scored:
+                    rows[i]["decision"] = f"verifier failed ({type(exc).__name__})"
+                out["reason"] = f"the verifier failed: {type(exc).__name__}: {exc}"
+            else:
+                won = False  # scored together; the first in cosine order to clear wins
+                for i, score in zip(scored, scores):
+                    row = rows[i]
+                    row["score"] = float(score)
+                    if won:
+                        row["decision"] = "not considered"
+                    elif score >= vthr:
+                        row["decision"] = "hit"
+                        won = True
+                        out.update(decision="hit", kind="semantic", entry_id=row["key"], similarity=row["similarity"], verifier_score=round(float(score), 6))
+                    else:
+                        row["decision"] = f"rejected by verifier ({float(score):.3f} < {vthr:.3f})"
         out.setdefault("decision", "miss")
+        cands = [
+            Candidate(r["key"], r["similarity"], r["prompt"], r["similarity"] >= thr, r["guards"], r["decision"], r["score"])
+            for r in rows[: max(k, 1)]
+        ]
         out["candidates"] = [
             {
                 "entry_id": c.key,
@@ -263,6 +436,8 @@ class Reader:
                 "prompt": c.prompt,
                 "passed_threshold": c.passed_threshold,
                 "guards": [{"name": n, "passed": p, "detail": d} for n, p, d in c.guards],
+                "verifier_score": None if c.verifier_score is None else round(c.verifier_score, 6),
+                "verifier_threshold": vthr,
                 "decision": c.decision,
             }
             for c in cands

@@ -80,6 +80,15 @@ def report(c: dict[str, int], tiers: dict[str, dict[str, Any]]) -> dict[str, Any
         "corrupt_removed": c.get("corrupt_removed", 0),
         "guard_rejections": {k[17:]: v for k, v in c.items() if k.startswith("guard_rejections_")},
         "long_prompts_exact_only": c.get("long_prompts_exact_only", 0),
+        # the pair verifier: calls (each scores the candidates of a lookup or a batch),
+        # pairs scored, candidates it rejected, failures (those lookups missed), time
+        "verifier": {
+            "calls": c.get("verifier_calls", 0),
+            "pairs": c.get("verifier_pairs", 0),
+            "rejections": c.get("verifier_rejections", 0),
+            "errors": c.get("verifier_errors", 0),
+            "seconds": c.get("verifier_us", 0) / 1e6,
+        },
         "saved_tokens": c.get("saved_total_tokens", 0),
         "saved_cost_usd": c.get("saved_cost_microusd", 0) / 1e6,
         # a hit, or a call that waited for an identical one, is an LLM call not made
@@ -115,4 +124,5 @@ def collect(core: Core) -> dict[str, Any]:
     if core.index is not None:
         out["index"] = core.index.stats()
         out["embedder"] = core.embedder.model_id
+        out["verifier"]["id"] = None if core.verifier is None else core.verifier.verifier_id
     return out

@@ -88,6 +88,8 @@ class Hit:
     age_seconds: float
     ttl_seconds_left: float | None
     entry: Entry = field(repr=False)
+    #: The pair verifier's score for a semantic hit (``None``: exact, or no verifier).
+    verifier_score: float | None = None
 
     @property
     def entry_id(self) -> str:
@@ -105,6 +107,7 @@ class Hit:
             "age_seconds": round(self.age_seconds, 3),
             "ttl_seconds_left": None if self.ttl_seconds_left is None else round(self.ttl_seconds_left, 3),
             "tags": list(self.entry.tags),
+            "verifier_score": None if self.verifier_score is None else round(self.verifier_score, 6),
         }
 
 
@@ -128,6 +131,8 @@ class Candidate:
     passed_threshold: bool = False
     guards: tuple[tuple[str, bool, str], ...] = ()
     decision: str = ""
+    #: The verifier's score (``None``: not scored, e.g. below the floor or no verifier).
+    verifier_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

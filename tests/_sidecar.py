@@ -54,7 +54,7 @@ def server_config(
         redis=RedisConfig(url=redis_url, prefix=redis_prefix) if redis_url else None,
         sql=SQLConfig(url=f"sqlite:///{tmp_path}/sidecar.db"),
         embedder=embedder if embedder is not None else HashingEmbedder(64),
-        policy=Policy(similarity_threshold=threshold),
+        policy=Policy(similarity_threshold=threshold, verifier=None),
     )
     kwargs.setdefault("tokens", {TENANT_A: "tenant-a", TENANT_B: "tenant-b"})
     kwargs.setdefault("admin_token", ADMIN)

@@ -82,7 +82,9 @@ def make_cache(clock, sqlite_url, hashing_embedder) -> Iterator:
             memory=MemoryConfig(),
             sql=SQLConfig(url=sqlite_url),
             embedder=hashing_embedder,
-            policy=Policy(similarity_threshold=0.8),
+            # cosine semantics: these caches test plumbing with a toy embedder (the
+            # verifier has its own tests with fake verifiers)
+            policy=Policy(similarity_threshold=0.8, verifier=None),
         )
         kwargs.update(overrides)
         cache = SemanticCache(CacheConfig(**kwargs), timer=clock).open()

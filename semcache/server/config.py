@@ -154,6 +154,10 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "ttl_seconds": lambda n, v: v,
     "threshold": _to_float,
     "embedder": lambda n, v: v,
+    "verifier": lambda n, v: v,
+    "max_false_hit_rate": _to_float,
+    "verifier_threshold": _to_float,
+    "verifier_calibration": _to_optional_str,
 }
 _CACHE_KEYS = (
     "redis_url",
@@ -164,6 +168,10 @@ _CACHE_KEYS = (
     "ttl_seconds",
     "threshold",
     "embedder",
+    "verifier",
+    "max_false_hit_rate",
+    "verifier_threshold",
+    "verifier_calibration",
 )
 
 
@@ -236,7 +244,7 @@ def _cache_config(settings: Mapping[str, Any]) -> CacheConfig:
             continue
         value = settings[key]
         if value is None:
-            value = "none" if key in ("sql_url", "ttl_seconds") else ""
+            value = "none" if key in ("sql_url", "ttl_seconds", "verifier") else ""
         elif isinstance(value, bool):
             value = "1" if value else "0"
         env[ENV_PREFIX + key.upper()] = str(value)
@@ -380,6 +388,7 @@ class ServerConfig:
                 "l3": None if c.sql is None else redact_url(c.sql.url),
             },
             "embedder": _embedder_name(c.embedder),
+            "verifier": None if c.embedder is None or not c.policy.semantic else _verifier_name(c.policy.verifier),
             "auth": self.auth,
             "tenants": sorted(set(self.tokens.values())),
             "tokens": len(self.tokens),
@@ -398,6 +407,14 @@ class ServerConfig:
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
         return f"ServerConfig({shown})"
+
+
+def _verifier_name(choice: Any) -> str | None:
+    if choice is None or choice is False:
+        return None
+    if isinstance(choice, str):
+        return choice
+    return str(getattr(choice, "verifier_id", type(choice).__name__))
 
 
 def _embedder_name(choice: Any) -> str | None:

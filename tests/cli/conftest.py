@@ -8,7 +8,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from semcache import CacheConfig, MemoryConfig, SemanticCache, SQLConfig
+from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig
 from semcache.embedders import HashingEmbedder
 
 NOW = time.time()
@@ -20,6 +20,8 @@ def _no_semcache_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith("SEMCACHE_") and not name.startswith("SEMCACHE_TEST_"):
             monkeypatch.delenv(name)
+    # the toy embedder of these tests has cosine semantics; no verifier model is loaded
+    monkeypatch.setenv("SEMCACHE_VERIFIER", "none")
 
 
 @pytest.fixture
@@ -73,7 +75,12 @@ def sqlite_db(tmp_path) -> str:
     """A SQLite URL with the five entries of :func:`fill` (created ``NOW``)."""
     url = f"sqlite:///{tmp_path}/cli.db"
     with SemanticCache(
-        CacheConfig(memory=MemoryConfig(), sql=SQLConfig(url=url), embedder=HashingEmbedder(64)),
+        CacheConfig(
+            memory=MemoryConfig(),
+            sql=SQLConfig(url=url),
+            embedder=HashingEmbedder(64),
+            policy=Policy(verifier=None),
+        ),
         timer=lambda: NOW,
     ) as c:
         fill(c)

@@ -130,11 +130,13 @@ def test_lookup_and_explain(runner, sqlite_db):
         <= explained["candidates"][0].keys()
     )
 
-    from semcache import CacheConfig, SemanticCache, SQLConfig
+    from semcache import CacheConfig, Policy, SemanticCache, SQLConfig
     from semcache.embedders import HashingEmbedder
 
     with SemanticCache(
-        CacheConfig(sql=SQLConfig(url=sqlite_db), embedder=HashingEmbedder(64))
+        CacheConfig(
+            sql=SQLConfig(url=sqlite_db), embedder=HashingEmbedder(64), policy=Policy(verifier=None)
+        )
     ) as c:
         c.set("Flights from Paris to Rome", "AF123", ttl_seconds=None)
     table = run(
@@ -146,7 +148,7 @@ def test_lookup_and_explain(runner, sqlite_db):
     # similar enough, but the swapped cities are caught: the table names the failed check
     assert (
         "order:FAIL" in lines[2]
-        and "rejected by order" in lines[2]
+        and "rejected by guard order" in lines[2]
         and "Flights from Paris to Rome" in lines[2]
     )
     assert lines[-1] == "decision: miss"

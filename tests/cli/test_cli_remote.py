@@ -112,7 +112,7 @@ def test_environment_names_the_sidecar(runner, seeded):
 @pytest.mark.redis
 def test_local_store_with_redis(runner, tmp_path, redis_url, key_prefix):
     """--redis-url adds L2: invalidation reaches Redis too, under this test's own key prefix."""
-    from semcache import CacheConfig, MemoryConfig, RedisConfig, SemanticCache, SQLConfig
+    from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SemanticCache, SQLConfig
     from semcache.embedders import HashingEmbedder
 
     sql = f"sqlite:///{tmp_path}/r.db"
@@ -121,6 +121,7 @@ def test_local_store_with_redis(runner, tmp_path, redis_url, key_prefix):
         redis=RedisConfig(url=redis_url, prefix=key_prefix),
         sql=SQLConfig(url=sql),
         embedder=HashingEmbedder(64),
+        policy=Policy(verifier=None),
     )
     with SemanticCache(cfg) as c:
         c.set("cached in redis too", "v", tags=["r"], ttl_seconds=600)

@@ -9,7 +9,7 @@ import logging
 import pytest
 from sqlalchemy import create_engine, text
 
-from semcache import CacheConfig, InvalidInputError, MemoryConfig, SemanticCache, SerializationError, SQLConfig
+from semcache import CacheConfig, InvalidInputError, MemoryConfig, Policy, SemanticCache, SerializationError, SQLConfig
 from semcache.embedders import HashingEmbedder
 
 pytestmark = pytest.mark.postgres
@@ -19,7 +19,7 @@ PROMPT = "How do I reverse a list in Python?"
 
 @pytest.fixture
 def pg_cache(pg_schema_url, clock):
-    cfg = CacheConfig(memory=MemoryConfig(), sql=SQLConfig(url=pg_schema_url), embedder=HashingEmbedder(dim=64))
+    cfg = CacheConfig(memory=MemoryConfig(), sql=SQLConfig(url=pg_schema_url), embedder=HashingEmbedder(dim=64), policy=Policy(verifier=None))
     with SemanticCache(cfg, timer=clock) as cache:
         yield cache
 

@@ -72,7 +72,7 @@ def config(tmp_path, hashing_embedder):
         memory=MemoryConfig(),
         sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"),
         embedder=hashing_embedder,
-        policy=Policy(similarity_threshold=0.95),
+        policy=Policy(similarity_threshold=0.95, verifier=None),
     )
 
 
@@ -93,7 +93,7 @@ def timed(fn, *args, **kwargs):
 
 @pytest.mark.model
 def test_paraphrase_hit_through_the_decorator(up, client, tmp_path, minilm) -> None:
-    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm)
+    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm, policy=Policy(verifier=None))
     with SemanticCache(config) as cache:
         create = cache.wrap(client.chat.completions.create)
         first, cold = timed(create, model=MODEL, messages=user("What is the capital city of France?"))
@@ -109,7 +109,7 @@ def test_paraphrase_hit_through_the_decorator(up, client, tmp_path, minilm) -> N
 
 @pytest.mark.model
 async def test_paraphrase_hit_async_client(up, tmp_path, minilm) -> None:
-    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm)
+    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm, policy=Policy(verifier=None))
     async with AsyncSemanticCache(config) as cache, openai.AsyncOpenAI(
         base_url=up.base_url, api_key="test", max_retries=0
     ) as aclient:
@@ -342,6 +342,7 @@ def test_redis_lock_collapses_calls_across_processes(up, client, tmp_path, hashi
                 redis=RedisConfig(url=redis_server.url, prefix="lock-test:"),
                 sql=SQLConfig(url=f"sqlite:///{tmp_path}/shared.db"),
                 embedder=hashing_embedder,
+                policy=Policy(verifier=None),
             )
         ).open()
 
@@ -373,6 +374,7 @@ def test_crashed_lock_holder_blocks_only_until_the_lock_expires(up, client, tmp_
         redis=RedisConfig(url=redis_server.url, prefix="crash-test:"),
         sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"),
         embedder=hashing_embedder,
+        policy=Policy(verifier=None),
     )
     with SemanticCache(config) as cache:
         create = cache.wrap(client.chat.completions.create, lock=True, lock_timeout_seconds=1.0)
@@ -393,6 +395,7 @@ def test_redis_down_never_fails_a_working_call(up, client, tmp_path, hashing_emb
         redis=RedisConfig(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout_seconds=0.2),
         sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"),
         embedder=hashing_embedder,
+        policy=Policy(verifier=None),
     )
     with SemanticCache(config) as cache:
         create = cache.wrap(client.chat.completions.create, lock=True)
@@ -407,6 +410,7 @@ def test_redis_dying_mid_run_never_fails_a_working_call(up, client, tmp_path, ha
         redis=RedisConfig(url=redis_server.url, socket_timeout_seconds=0.3, pubsub=False),
         sql=None,
         embedder=hashing_embedder,
+        policy=Policy(verifier=None),
     )
     with SemanticCache(config) as cache:
         create = cache.wrap(client.chat.completions.create)
@@ -428,6 +432,7 @@ def test_tokens_calls_and_money_saved(up, client, tmp_path, hashing_embedder) ->
     config = CacheConfig(
         sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"),
         embedder=hashing_embedder,
+        policy=Policy(verifier=None),
         prices={MODEL: {"input": 3.0, "output": 15.0}},
     )
     with SemanticCache(config) as cache:

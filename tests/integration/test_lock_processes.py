@@ -16,7 +16,7 @@ WORKER = textwrap.dedent(
     """
     import sys, time
     import redis
-    from semcache import CacheConfig, MemoryConfig, RedisConfig, SemanticCache, SQLConfig
+    from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SemanticCache, SQLConfig
     from semcache.embedders import HashingEmbedder
 
     redis_url, sql_url, prefix, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -26,6 +26,7 @@ WORKER = textwrap.dedent(
         redis=RedisConfig(url=redis_url, prefix=prefix),
         sql=SQLConfig(url=sql_url),
         embedder=HashingEmbedder(dim=64),
+        policy=Policy(verifier=None),
     )
     with SemanticCache(config) as cache:
         @cache.cached(lock=True, lock_timeout_seconds=20)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from semcache import AsyncSemanticCache, CacheConfig, RedisConfig, SemanticCache, SQLConfig
+from semcache import AsyncSemanticCache, CacheConfig, Policy, RedisConfig, SemanticCache, SQLConfig
 from semcache.singleflight import AsyncRedisLock
 
 pytestmark = pytest.mark.redis
@@ -32,7 +32,7 @@ async def test_a_native_async_lock_is_released_after_a_sync_stream_of_an_async_f
 ) -> None:
     lock = AsyncRedisLock(aredis, prefix=f"{key_prefix}lock:", timeout_seconds=30)
     assert lock.native
-    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(verifier=None))
     async with AsyncSemanticCache(config, timer=clock) as acache:
         loop_thread = threading.get_ident()
         store_threads: list[int] = []
@@ -62,7 +62,7 @@ async def test_a_dropped_sync_stream_releases_a_native_async_lock(
     aredis, key_prefix, sqlite_url, hashing_embedder, clock
 ) -> None:
     lock = AsyncRedisLock(aredis, prefix=f"{key_prefix}lock:", timeout_seconds=30)
-    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(verifier=None))
     async with AsyncSemanticCache(config, timer=clock) as acache:
 
         @acache.cached(lock=lock)
@@ -92,6 +92,7 @@ def test_the_redis_tier_is_found_in_one_place(redis_url, key_prefix, sqlite_url,
         redis=RedisConfig(url=redis_url, prefix=key_prefix),
         sql=SQLConfig(url=sqlite_url),
         embedder=hashing_embedder,
+        policy=Policy(verifier=None),
     )
     with SemanticCache(config) as cache:
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -25,12 +27,14 @@ PARA = "How can I reverse a Python list?"
 
 
 def cfg(sql_url, minilm, **kw):
+    # these tests state cosine-similarity semantics (thresholds, guards, the nearest
+    # candidate deciding), so they run without the pair verifier
     return CacheConfig(
         memory=kw.pop("memory", MemoryConfig()),
         redis=kw.pop("redis", None),
         sql=SQLConfig(url=sql_url),
         embedder=minilm,
-        policy=kw.pop("policy", Policy()),
+        policy=replace(kw.pop("policy", Policy()), verifier=None),
         **kw,
     )
 

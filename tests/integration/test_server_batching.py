@@ -42,7 +42,7 @@ async def cache(tmp_path):
             memory=MemoryConfig(),
             sql=SQLConfig(url=f"sqlite:///{tmp_path}/b.db"),
             embedder=emb,
-            policy=Policy(similarity_threshold=0.8),
+            policy=Policy(similarity_threshold=0.8, verifier=None),
         )
     )
     await c.open()

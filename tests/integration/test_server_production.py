@@ -22,6 +22,7 @@ def _config(redis_url: str, pg_url: str, prefix: str) -> ServerConfig:
         redis_prefix=prefix,
         sql_url=pg_url,
         threshold=0.8,
+        verifier="none",
         tokens={TENANT_A: "tenant-a", TENANT_B: "tenant-b"},
         admin_token=ADMIN,
     )

@@ -71,6 +71,7 @@ def upstream() -> Iterator[StandInUpstream]:
 def served(tmp_path, upstream) -> Iterator[ServeProcess]:
     env = {
         "SEMCACHE_EMBEDDER": "hashing",
+        "SEMCACHE_VERIFIER": "none",
         "SEMCACHE_THRESHOLD": "0.8",
         "SEMCACHE_TOKENS": "tok-a=tenant-a,tok-b=tenant-b",
         "SEMCACHE_ADMIN_TOKEN": "tok-admin",
@@ -145,7 +146,7 @@ def test_json_api_metrics_and_auth_over_http(served):
 
 def test_default_serve_generates_an_admin_token(tmp_path):
     """No tokens configured: auth stays on with a printed one-off admin token (the README's first command)."""
-    sp = ServeProcess(tmp_path, [], {"SEMCACHE_EMBEDDER": "hashing"})
+    sp = ServeProcess(tmp_path, [], {"SEMCACHE_EMBEDDER": "hashing", "SEMCACHE_VERIFIER": "none"})
     try:
         out = "".join(sp.lines)
         token = re.search(r"SEMCACHE_TOKEN=(\S+)", out)
@@ -164,7 +165,7 @@ def test_default_serve_generates_an_admin_token(tmp_path):
 
 
 def test_no_auth_must_be_explicit_and_warns(tmp_path):
-    sp = ServeProcess(tmp_path, ["--no-auth"], {"SEMCACHE_EMBEDDER": "hashing"})
+    sp = ServeProcess(tmp_path, ["--no-auth"], {"SEMCACHE_EMBEDDER": "hashing", "SEMCACHE_VERIFIER": "none"})
     try:
         assert any("auth is OFF" in line for line in sp.lines)
         with httpx.Client(base_url=sp.url) as c:

@@ -250,7 +250,7 @@ def test_a_vector_stored_while_pub_sub_was_down_reaches_the_other_replicas_index
     the new entry, and b's index learns its vector from L3 without a rebuild."""
     from semcache.embedders import HashingEmbedder
 
-    pol = Policy(log_poll_seconds=None, sweep_interval_seconds=None, similarity_threshold=0.5, guards=())
+    pol = Policy(log_poll_seconds=None, sweep_interval_seconds=None, similarity_threshold=0.5, guards=(), verifier=None)
     cfg = CacheConfig(sql=SQLConfig(url=sqlite_url), policy=pol)
     with SemanticCache(cfg, embedder=HashingEmbedder(dim=64), monotonic=mono) as a, SemanticCache(
         cfg, embedder=HashingEmbedder(dim=64), monotonic=mono

@@ -93,7 +93,7 @@ def _embedded(timer: Callable[[], float], sqlite_url: str, embedder: Any) -> tup
     """The embedded default, L1 + SQLite + an index, with both tiers wrapped."""
     l1 = FaultyBackend(MemoryBackend())
     l3 = FaultyBackend(SQLBackend(sqlite_url))
-    cfg = CacheConfig(embedder=embedder, sql=SQLConfig(url=sqlite_url), policy=Policy(similarity_threshold=0.8))
+    cfg = CacheConfig(embedder=embedder, sql=SQLConfig(url=sqlite_url), policy=Policy(similarity_threshold=0.8, verifier=None))
     return SemanticCache(cfg, timer=timer, tiers=[l1, l3]).open(), l1, l3
 
 
@@ -160,7 +160,7 @@ def test_a_invalidation_racing_gets_free_running_never_resurrects(clock, sqlite_
     """The same race with free-running threads, many rounds: no round may resurrect."""
     rounds = 200
     l1 = MemoryBackend()
-    cfg = CacheConfig(embedder=hashing_embedder, sql=SQLConfig(url=sqlite_url), policy=Policy(similarity_threshold=0.8))
+    cfg = CacheConfig(embedder=hashing_embedder, sql=SQLConfig(url=sqlite_url), policy=Policy(similarity_threshold=0.8, verifier=None))
     resurrected = 0
     errors: list[BaseException] = []
     with SemanticCache(cfg, timer=clock, tiers=[l1, SQLBackend(sqlite_url)]) as cache:

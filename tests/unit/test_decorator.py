@@ -32,7 +32,7 @@ def cache(make_cache) -> SemanticCache:
 
 @pytest.fixture
 async def acache(clock, sqlite_url, hashing_embedder):
-    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(similarity_threshold=0.8))
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(similarity_threshold=0.8, verifier=None))
     async with AsyncSemanticCache(config, timer=clock) as c:
         yield c
 
@@ -739,7 +739,7 @@ class _DownTier:
 
 
 def test_tier_outage_never_fails_a_working_call(clock, hashing_embedder) -> None:
-    with SemanticCache(CacheConfig(embedder=hashing_embedder), timer=clock, tiers=[_DownTier("l1"), _DownTier("l3")]) as cache:
+    with SemanticCache(CacheConfig(embedder=hashing_embedder, policy=Policy(verifier=None)), timer=clock, tiers=[_DownTier("l1"), _DownTier("l3")]) as cache:
         calls = Counter()
 
         @cache.cached
@@ -755,7 +755,7 @@ def test_partial_outage_still_caches_in_the_tiers_that_work(clock, sqlite_url, h
     from semcache.tiers.memory import MemoryBackend
 
     with SemanticCache(
-        CacheConfig(embedder=hashing_embedder), timer=clock, tiers=[MemoryBackend(), _DownTier("l2")]
+        CacheConfig(embedder=hashing_embedder, policy=Policy(verifier=None)), timer=clock, tiers=[MemoryBackend(), _DownTier("l2")]
     ) as cache:
         calls = Counter()
 
@@ -771,6 +771,7 @@ def test_savings_and_prices(clock, sqlite_url, hashing_embedder) -> None:
         memory=MemoryConfig(),
         sql=SQLConfig(url=sqlite_url),
         embedder=hashing_embedder,
+        policy=Policy(verifier=None),
         prices={"gpt-test": (1.0, 2.0)},
     )
     with SemanticCache(config, timer=clock) as cache:

@@ -122,7 +122,7 @@ class TestAsyncCacheOnSyncSemcache(AsyncCacheTestSuite):
 class TestAsyncCache(AsyncCacheTestSuite):
     @pytest.fixture
     async def cache(self, sqlite_url, hashing_embedder, clock):
-        config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(similarity_threshold=0.8))
+        config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(similarity_threshold=0.8, verifier=None))
         async with AsyncSemanticCache(config, timer=clock) as c:
             yield SemcacheLangChainCache(c)
 
@@ -161,7 +161,7 @@ def test_chat_model_uses_the_cache(make_cache) -> None:
 
 
 async def test_chat_model_async_with_usage(sqlite_url, hashing_embedder) -> None:
-    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(verifier=None))
     async with AsyncSemanticCache(config) as cache:
         lc = SemcacheLangChainCache(cache)
         lc_gen = ChatGeneration(
@@ -207,7 +207,7 @@ async def test_async_cache_is_used_only_through_its_awaitable_api(sqlite_url, ha
     def reach_in(self):
         raise AssertionError("the adapter reached into AsyncSemanticCache.sync")
 
-    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(verifier=None))
     async with AsyncSemanticCache(config) as cache:
         monkeypatch.setattr(AsyncSemanticCache, "sync", property(reach_in))
         lc = SemcacheLangChainCache(cache)
@@ -220,7 +220,7 @@ async def test_async_cache_is_used_only_through_its_awaitable_api(sqlite_url, ha
 def test_sync_api_on_an_async_cache_outside_an_event_loop(sqlite_url, hashing_embedder) -> None:
     import asyncio
 
-    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder)
+    config = CacheConfig(sql=SQLConfig(url=sqlite_url), embedder=hashing_embedder, policy=Policy(verifier=None))
     cache = AsyncSemanticCache(config)
     asyncio.run(cache.open())
     try:
