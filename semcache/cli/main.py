@@ -26,6 +26,7 @@ import click
 from .bench import bench
 from .db import db
 from .entries import lookup, ls, show
+from .feedback import feedback
 from .index import index
 from .invalidate import flush, invalidate
 from .options import target_options
@@ -67,7 +68,7 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(CliContext)
 
 
-for _command in (serve, stats, ls, show, lookup, invalidate, flush, db, index, bench):
+for _command in (serve, stats, ls, show, lookup, invalidate, flush, feedback, db, index, bench):
     cli.add_command(_command)
 
 

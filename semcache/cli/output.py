@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import BackendUnavailable, SemcacheError
+from ..errors import BackendUnavailable, SemcacheError, UnknownEntryError
 
 __all__ = [
     "CliError",
@@ -59,6 +59,8 @@ def translate(exc: BaseException) -> click.ClickException | None:
         return exc
     if isinstance(exc, BackendUnavailable):
         return UnreachableError(one_line(exc))
+    if isinstance(exc, UnknownEntryError):
+        return NotFoundError(one_line(exc))
     if isinstance(exc, SemcacheError):
         return CliError(one_line(exc))
     try:

@@ -165,6 +165,10 @@ class Target(abc.ABC):
         """Remove every entry (a sidecar tenant: that tenant's); how many went."""
 
     @abc.abstractmethod
+    def feedback(self, entry_id: str, query: Query, correct: bool, source: str) -> dict[str, Any]:
+        """Report the hit of ``entry_id`` on ``query`` wrong or correct; what the report did."""
+
+    @abc.abstractmethod
     def index_rebuild(self, reembed: bool, progress: bool) -> int:
         """Rebuild the semantic index; how many vectors it holds."""
 
@@ -383,6 +387,14 @@ class LocalTarget(Target):
     def flush(self) -> int:
         return self._reach_every_tier("flush", self.cache.flush)
 
+    def feedback(self, entry_id: str, query: Query, correct: bool, source: str) -> dict[str, Any]:
+        q = query
+        done = self.cache.feedback(
+            None, correct, entry_id=entry_id, prompt=q.prompt, source=source,
+            model=q.model, params=q.params, namespace=q.namespace,
+        )  # fmt: skip
+        return done.as_dict()
+
     def index_rebuild(self, reembed: bool, progress: bool) -> int:
         return self.cache.rebuild_index(reembed=reembed, progress=progress)
 
@@ -466,6 +478,10 @@ class RemoteTarget(Target):
 
     def flush(self) -> int:
         return int(self._call("POST", "/v1/flush")["removed"])
+
+    def feedback(self, entry_id: str, query: Query, correct: bool, source: str) -> dict[str, Any]:
+        body = {**query.body(), "entry_id": entry_id, "correct": correct, "source": source}
+        return dict(self._call("POST", "/v1/feedback", json=body))
 
     def index_rebuild(self, reembed: bool, progress: bool) -> int:
         return int(self._call("POST", "/v1/index/rebuild", params={"reembed": reembed})["vectors"])

@@ -112,6 +112,26 @@ class CacheStatsCollector(Collector):
             "Money not spent thanks to hits (USD).",
             value=s.get("saved_cost_usd", 0.0),
         )
+        fb = s.get("feedback")
+        if isinstance(fb, dict):
+            reports = CounterMetricFamily(
+                "semcache_feedback", "Feedback reports on hits, by verdict.", labels=["verdict"]
+            )
+            for verdict in ("wrong", "correct"):
+                reports.add_metric([verdict], fb.get(verdict, 0))
+            yield reports
+            yield GaugeMetricFamily(
+                "semcache_feedback_blocked_pairs",
+                "(request, entry) pairings reported wrong that this replica never serves.",
+                value=fb.get("blocked_pairs", 0),
+            )
+            rate = fb.get("estimated_false_hit_rate")
+            if isinstance(rate, (int, float)):
+                yield GaugeMetricFamily(
+                    "semcache_feedback_false_hit_rate",
+                    "Wrong reports among the semantic hits that received feedback (since start).",
+                    value=rate,
+                )
         index = s.get("index")
         if isinstance(index, dict) and "entries" in index:
             yield GaugeMetricFamily(

@@ -10,7 +10,7 @@ Routes (the OpenAPI document at ``/openapi.json`` has the details)::
     GET  /healthz  /readyz  /metrics
     POST /v1/lookup    POST /v1/explain    POST /v1/entries    GET /v1/entries
     GET  /v1/entries/{id}    DELETE /v1/entries/{id}
-    POST /v1/invalidate    POST /v1/flush    GET /v1/stats
+    POST /v1/invalidate    POST /v1/flush    POST /v1/feedback    GET /v1/stats
     POST /v1/index/rebuild    GET /v1/index/check
     POST /v1/chat/completions          (OpenAI-compatible proxy)
 """
@@ -32,6 +32,7 @@ from ..errors import (
     MissingDependencyError,
     SchemaVersionError,
     SemcacheError,
+    UnknownEntryError,
 )
 from ..keys import Request as CacheRequest
 from ..keys import build_request
@@ -43,6 +44,8 @@ from .models import (
     EntryView,
     ErrorBody,
     ExplainRequest,
+    FeedbackRequest,
+    FeedbackResponse,
     FlushResponse,
     HealthResponse,
     InvalidateRequest,
@@ -152,7 +155,8 @@ def _hit_fields(hit: Any, include_value: bool) -> dict[str, Any]:
 
 
 def _cache_request(
-    body: LookupRequest | StoreRequest | InvalidateRequest, namespace: str | None
+    body: LookupRequest | StoreRequest | InvalidateRequest | FeedbackRequest,
+    namespace: str | None,
 ) -> CacheRequest:
     """The cache request for the prompt or messages and scope fields of ``body``."""
     return build_request(
@@ -453,6 +457,35 @@ def _api_router() -> APIRouter:
         else:
             removed = await sc.cache.invalidate_selector(Selector(namespace=principal.tenant))
         return JSONResponse({"removed": removed})
+
+    @router.post(
+        "/v1/feedback", response_model=FeedbackResponse, tags=["cache"], responses=_NO_SUCH_ENTRY
+    )
+    async def feedback(body: FeedbackRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
+        """Report whether a hit answered its request correctly (the label is kept).
+
+        A wrong semantic hit: this request is never answered by this entry again, in any
+        replica. A wrong exact hit: the entry itself is wrong and is invalidated. A
+        tenant reports only on its own entries (another tenant's is a 404).
+        """
+        ns = principal.namespace(body.namespace)
+        entry = await sc.cache.get_entry(body.entry_id)
+        if entry is None or (principal.tenant is not None and entry.namespace != principal.tenant):
+            return error_response(404, "no such entry", "not_found")
+        try:
+            result = await sc.cache.feedback(
+                entry_id=body.entry_id,
+                correct=body.correct,
+                prompt=body.prompt,
+                messages=body.message_dicts(),
+                model=body.model,
+                params=body.params,
+                namespace=ns,
+                source=body.source,
+            )
+        except UnknownEntryError:  # removed meanwhile
+            return error_response(404, "no such entry", "not_found")
+        return JSONResponse(result.as_dict())
 
     @router.get("/v1/stats", tags=["admin"])
     async def stats(sc: SidecarDep, principal: PrincipalDep) -> Any:

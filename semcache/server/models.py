@@ -13,6 +13,8 @@ __all__ = [
     "EntryView",
     "ErrorBody",
     "ExplainRequest",
+    "FeedbackRequest",
+    "FeedbackResponse",
     "FlushResponse",
     "HealthResponse",
     "InvalidateRequest",
@@ -183,6 +185,39 @@ class InvalidateRequest(_Body):
             if self.messages is None
             else [m.model_dump(exclude_unset=True) for m in self.messages]
         )
+
+
+class FeedbackRequest(_Scoped):
+    """A report on a hit: the entry that answered and the request it answered (the
+    prompt or messages and the scope fields of the lookup)."""
+
+    entry_id: str = Field(
+        ..., min_length=1, max_length=256, description="The id of the entry that answered."
+    )
+    correct: bool = Field(
+        ...,
+        description=(
+            "false: a wrong answer. On a semantic hit the request is never answered by this "
+            "entry again (every replica); on an exact hit the entry is invalidated."
+        ),
+    )
+    source: Literal["user", "llm"] = Field("user", description="Who judged the hit.")
+
+
+class FeedbackResponse(BaseModel):
+    """What the report did."""
+
+    label_id: str
+    verdict: Literal["wrong", "correct"]
+    kind: Literal["exact", "semantic"]
+    entry_id: str
+    request_key: str = Field(..., description="The exact key of the request that was answered.")
+    similarity: float | None = None
+    verifier_score: float | None = None
+    blocked: bool = Field(..., description="The pairing is never served again.")
+    invalidated: int = Field(..., description="Entries removed (a wrong exact hit).")
+    stored_in: Literal["l3", "l2", "handoff", "memory", "process"]
+    durable: bool
 
 
 class LookupResponse(BaseModel):
