@@ -52,7 +52,7 @@ class RedisLabelsPart:
                 if lb.blocks:
                     pipe.sadd(self._lk("blocks"), lb.pair_id)
                     fields = {"k": lb.pair_id, "v": str(next_version()), "o": "b"}
-                    pipe.xadd(self._lk("log"), fields, maxlen=self.log_max_entries, approximate=True)  # type: ignore[arg-type]
+                    pipe.xadd(self._lk("log"), fields, maxlen=self.log_max_entries, approximate=True)
             pipe.ltrim(self._lk("labels"), -REDIS_MAX_LABELS, -1)
             pipe.execute()
         except self._errors as exc:
