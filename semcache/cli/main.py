@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from .bench import bench
+from .calibrate import calibrate
 from .db import db
 from .entries import lookup, ls, show
 from .feedback import feedback
@@ -68,7 +69,7 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(CliContext)
 
 
-for _command in (serve, stats, ls, show, lookup, invalidate, flush, feedback, db, index, bench):
+for _command in (serve, stats, ls, show, lookup, invalidate, flush, feedback, calibrate, db, index, bench):
     cli.add_command(_command)
 
 
