@@ -165,15 +165,26 @@ def _print_lookup(data: dict[str, Any]) -> None:
 
 
 def _checks(candidate: dict[str, Any]) -> str:
-    """``numbers:ok order:FAIL``: each guard's verdict on a candidate."""
+    """``numbers:ok order:FAIL verifier:0.93``: each guard's verdict on a candidate, and
+    the verifier's score when it was scored."""
     guards = candidate.get("guards") or []
-    return " ".join(f"{g['name']}:{'ok' if g['passed'] else 'FAIL'}" for g in guards) or "-"
+    checks = [f"{g['name']}:{'ok' if g['passed'] else 'FAIL'}" for g in guards]
+    if candidate.get("verifier_score") is not None:
+        checks.append(f"verifier:{candidate['verifier_score']:.2f}")
+    return " ".join(checks) or "-"
 
 
 def _print_explain(data: dict[str, Any]) -> None:
     click.echo(
         f"key {data.get('key')}  scope {data.get('scope')}  threshold {data.get('threshold')}"
     )
+    if data.get("verifier"):
+        vthr = data.get("verifier_threshold")
+        shown = f"{vthr:.4f}" if isinstance(vthr, (int, float)) else vthr
+        click.echo(
+            f"verifier {data['verifier']}  score threshold {shown}"
+            f"  (max false-hit rate {data.get('max_false_hit_rate')}, similarity floor {data.get('similarity_floor')})"
+        )
     cands = data.get("candidates") or []
     if cands:
         table(

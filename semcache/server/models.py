@@ -228,6 +228,9 @@ class LookupResponse(BaseModel):
     kind: Literal["exact", "semantic"] | None = None
     tier: Literal["l1", "l2", "l3"] | None = None
     similarity: float | None = None
+    verifier_score: float | None = Field(
+        None, description="The pair verifier's score of a semantic hit (null: exact, or no verifier)."
+    )
     entry_id: str | None = None
     matched_prompt: str | None = None
     age_seconds: float | None = None
