@@ -102,6 +102,17 @@ class CacheStatsCollector(Collector):
         for guard, n in sorted(s.get("guard_rejections", {}).items()):
             guards.add_metric([guard], n)
         yield guards
+        verifier = s.get("verifier") or {}
+        for name, what in (
+            ("calls", "Pair-verifier calls (each scores the candidates of a lookup or a batch)."),
+            ("pairs", "Candidate pairs the verifier scored."),
+            ("rejections", "Semantic candidates rejected by the verifier."),
+            ("errors", "Verifier failures (their lookups missed)."),
+        ):
+            yield CounterMetricFamily(f"semcache_verifier_{name}", what, value=verifier.get(name, 0))
+        yield CounterMetricFamily(
+            "semcache_verifier_seconds", "Time spent in the verifier.", value=verifier.get("seconds", 0.0)
+        )
         yield CounterMetricFamily(
             "semcache_saved_tokens",
             "LLM tokens not spent thanks to hits.",

@@ -723,3 +723,16 @@ def test_env_settings_reach_the_policy(tmp_path):
     assert ServerConfig.load(environ={}).describe()["verifier"] == "default"
     with pytest.raises(ConfigurationError):
         CacheConfig.from_env(environ={"SEMCACHE_MAX_FALSE_HIT_RATE": "0.9"})
+
+
+def test_verifier_counters_reach_the_metrics(make, space):
+    pytest.importorskip("prometheus_client")
+    from semcache.contrib.prometheus import CacheMetrics
+
+    v = FakeVerifier({"fern watering schedule": 0.9})
+    cache = make(v)
+    q, *_ = three(space, cache)
+    assert cache.get(q) is not None
+    text = CacheMetrics(cache).render().decode()
+    assert "semcache_verifier_calls_total 1.0" in text and "semcache_verifier_pairs_total 3.0" in text
+    assert "semcache_verifier_rejections_total 1.0" in text and "semcache_verifier_errors_total 0.0" in text
