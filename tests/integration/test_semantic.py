@@ -47,7 +47,7 @@ def test_paraphrase_hits_and_reports_how(sqlite_url, minilm, clock):
         assert hit is not None
         assert hit.kind == "semantic" and hit.tier == "l1"
         assert hit.key == e.key and hit.prompt == Q
-        assert hit.similarity >= cache.config.policy.similarity_threshold
+        assert hit.similarity >= cache.threshold_for(cache.request(PARA, model="m"))
         assert hit.age_seconds == pytest.approx(5)
         assert cache.get("What is the capital of Mongolia?", model="m") is None
 
