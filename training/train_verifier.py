@@ -1,0 +1,268 @@
+"""Train the default pair verifier and write it to ``semcache/verify/data/``.
+
+    python training/train_verifier.py [--data ../shared/data/paws-wiki-train] [--out semcache/verify/data]
+
+Runs once, on CPU, in a few minutes (not in CI). Seeded and deterministic:
+
+1. Export all-MiniLM-L6-v2 (the packaged embedding model) to ONNX with every token's
+   last hidden state as output, and quantise it to int8 (``encoder.onnx``). Its pooled
+   vectors are checked against the float model's.
+2. Split PAWS-Wiki training pairs into families (pairs that share a sentence) and keep
+   ``--holdout`` of the families out of training, for calibration only.
+3. Encode every sentence with the int8 encoder, compute
+   :func:`semcache.verify.features.pair_features` for both orders of each pair, and fit
+   scikit-learn's ``HistGradientBoostingClassifier`` (``head.onnx``, through skl2onnx; its
+   outputs are checked against scikit-learn's).
+4. Score the held-out pairs as the cache will (head x cosine prior) and write the
+   calibration table (``calibration.json``) and a record of the run (``verifier.json``).
+
+Optionally ``--synthetic N`` adds N generated pairs (``training/synthetic.py``) to the
+training split. Needs the ``train`` extra (scikit-learn, skl2onnx) besides torch and
+transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "training"))
+
+from semcache.verify.calibration import derive  # noqa: E402
+from semcache.verify.features import FEATURE_NAMES, pair_features  # noqa: E402
+from semcache.verify.model import TokenEncoder, mean_cosine  # noqa: E402
+
+VERIFIER_ID = "semcache-pair-verifier-1"
+
+
+def log(msg: str) -> None:
+    print(f"[train] {msg}", flush=True)
+
+
+def export_encoder(model_dir: Path, out: Path, quantize: bool) -> dict[str, float]:
+    """Write the token-state encoder; return the int8-vs-float check."""
+    import torch
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+    class States(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]])
+    mask = (ids != 0).long()
+    tmp = Path(tempfile.mkdtemp()) / "encoder-f32.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            States(model), (ids, mask, torch.zeros_like(ids)), str(tmp), dynamo=False,
+            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
+            opset_version=17, do_constant_folding=True,
+        )
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # per-channel weights: pooled vectors agree with the float model's to a cosine of
+        # about 0.994 (0.968 per tensor)
+        quantize_dynamic(str(tmp), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    else:
+        os.replace(tmp, out)
+    # the int8 graph against the float one, on sentences of the training data
+    f32 = TokenEncoder(tmp if quantize else out)
+    q = TokenEncoder(out)
+    return {"file_mb": round(out.stat().st_size / 1e6, 2), "_f32": f32, "_q": q}  # type: ignore[dict-item]
+
+
+def families(pairs: list[dict]) -> list[str]:
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for p in pairs:
+        parent[find(p["a"])] = find(p["b"])
+    return [find(p["a"]) for p in pairs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "paws-wiki-train")
+    ap.add_argument("--out", type=Path, default=ROOT / "semcache" / "verify" / "data")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--holdout", type=float, default=0.2)
+    ap.add_argument("--prior-low", type=float, default=0.7)
+    ap.add_argument("--prior-power", type=float, default=4.0)
+    ap.add_argument("--synthetic", type=int, default=3000, help="generated pairs to add to training (0: none)")
+    ap.add_argument("--no-quantize", action="store_true")
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--learning-rate", type=float, default=0.05)
+    ap.add_argument("--leaves", type=int, default=15)
+    ap.add_argument("--l2", type=float, default=0.0)
+    args = ap.parse_args()
+    t_start = time.time()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    from semcache.embedders._models import resolve_model_dir
+
+    model_dir = Path(resolve_model_dir(None))
+    args.out.mkdir(parents=True, exist_ok=True)
+    pairs_path = args.data / "pairs.jsonl"
+    raw = pairs_path.read_bytes()
+    pairs = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    log(f"{len(pairs)} pairs from {pairs_path.name} (sha256 {hashlib.sha256(raw).hexdigest()[:16]})")
+
+    t0 = time.time()
+    check = export_encoder(model_dir, args.out / "encoder.onnx", not args.no_quantize)
+    f32, enc = check.pop("_f32"), check.pop("_q")  # type: ignore[misc]
+    log(f"encoder written: {check['file_mb']} MB in {time.time() - t0:.0f} s")
+
+    fam = families(pairs)
+    ids = sorted(set(fam))
+    random.Random(args.seed).shuffle(ids)
+    held = set(ids[: int(len(ids) * args.holdout)])
+    train = [p for p, f in zip(pairs, fam) if f not in held]
+    hold = [p for p, f in zip(pairs, fam) if f in held]
+    synthetic: list[dict] = []
+    if args.synthetic:
+        from synthetic import generate
+
+        synthetic = [{"a": p.a, "b": p.b, "label": p.label} for p in generate(args.synthetic, args.seed)]
+    log(f"train {len(train)} pairs (+{len(synthetic)} generated), held out {len(hold)} pairs in {len(held)} families")
+
+    t0 = time.time()
+    texts = sorted({t for p in pairs + synthetic for t in (p["a"], p["b"])})
+    states = dict(zip(texts, enc.encode(texts)))
+    sample = texts[:: max(1, len(texts) // 300)]
+    agree = [mean_cosine(a[1], b[1]) for a, b in zip(f32.encode(sample), enc.encode(sample))]
+    check["int8_vs_float_pooled_cosine_min"] = round(float(np.min(agree)), 5)
+    check["int8_vs_float_pooled_cosine_mean"] = round(float(np.mean(agree)), 5)
+    log(f"encoded {len(texts)} texts in {time.time() - t0:.0f} s; int8 vs float pooled cosine: mean {check['int8_vs_float_pooled_cosine_mean']}, min {check['int8_vs_float_pooled_cosine_min']}")
+    nums = enc.number_ids
+
+    def feats(rows: list[dict], both: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y, c = [], [], []
+        for p in rows:
+            for a, b in ((p["a"], p["b"]), (p["b"], p["a"])) if both else ((p["a"], p["b"]),):
+                (ia, ha), (ib, hb) = states[a], states[b]
+                x.append(pair_features(ia, ha, ib, hb, nums))
+                y.append(int(p["label"]))
+                c.append(mean_cosine(ha, hb))
+        return np.array(x, np.float32), np.array(y), np.array(c)
+
+    x_tr, y_tr, _ = feats(train + synthetic, both=True)
+    x_ho, y_ho, c_ho = feats(hold, both=False)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    t0 = time.time()
+    head = HistGradientBoostingClassifier(
+        max_iter=args.iterations, learning_rate=args.learning_rate, max_leaf_nodes=args.leaves,
+        l2_regularization=args.l2, random_state=args.seed,
+    )
+    head.fit(x_tr, y_tr)
+    log(f"head fitted on {len(x_tr)} ordered pairs in {time.time() - t0:.1f} s")
+
+    from skl2onnx import to_onnx
+    import skl2onnx.common._container as container
+
+    # skl2onnx 1.20 passes numpy bools in one list attribute of the tree ensemble, which
+    # onnx's attribute builder rejects; hand it ints instead.
+    make_node = container.make_node
+
+    def int_bools(op, inputs, outputs, name=None, **attrs):  # type: ignore[no-untyped-def]
+        for k, v in attrs.items():
+            if isinstance(v, (list, tuple)) and any(isinstance(x, (bool, np.bool_)) for x in v):
+                attrs[k] = [int(x) for x in v]
+        return make_node(op, inputs, outputs, name=name, **attrs)
+
+    container.make_node = int_bools
+
+    onx = to_onnx(head, x_tr[:1], options={id(head): {"zipmap": False}}, target_opset=17)
+    head_path = args.out / "head.onnx"
+    head_path.write_bytes(onx.SerializeToString())
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x_ho})[-1][:, 1]
+    want = head.predict_proba(x_ho)[:, 1]
+    diff = float(np.abs(got - want).max())
+    if diff > 1e-4:
+        sys.exit(f"head.onnx disagrees with scikit-learn by {diff}")
+    log(f"head.onnx written ({head_path.stat().st_size / 1e3:.0f} kB), max |onnx - sklearn| = {diff:.2e}")
+
+    prior = np.clip((c_ho - args.prior_low) / (1 - args.prior_low), 0, 1) ** args.prior_power
+    scores = np.clip(got * prior, 0, 1)
+    cal = derive(scores, y_ho.astype(bool), verifier_id=VERIFIER_ID, source=f"paws-wiki-train held-out families ({len(hold)} pairs)")
+    cal.to_json(args.out / "calibration.json")
+
+    def recall_at(s: np.ndarray, rate: float) -> float:
+        neg = np.sort(s[y_ho == 0])[::-1]
+        t = neg[int(len(neg) * rate)]
+        return float((s[y_ho == 1] > t).mean())
+
+    metrics = {
+        f"heldout_recall_at_{int(r * 100)}pct_false": {"verifier": round(recall_at(scores, r), 4), "cosine": round(recall_at(c_ho, r), 4)}
+        for r in (0.05, 0.01)
+    }
+    for target in (0.05, 0.02, 0.01):
+        p = cal.point_for(target)
+        log(f"target {target:.0%}: threshold {p.threshold:.4f}, recall {p.recall:.3f}, false hits {p.false_hit_rate:.2%} (95% upper {p.false_hit_upper:.2%})")
+    log(f"held-out recall at <=5% / <=1% false: {metrics}")
+    meta = {
+        "verifier_id": VERIFIER_ID,
+        "features": list(FEATURE_NAMES),
+        "prior_low": args.prior_low,
+        "prior_power": args.prior_power,
+        "max_tokens": 128,
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0)",
+        "training_data": "PAWS-Wiki Labeled (Final), Google LLC (Zhang, Baldridge and He, NAACL 2019), families not in paws-wiki-dev",
+        "run": {
+            "seed": args.seed,
+            "holdout": args.holdout,
+            "synthetic": args.synthetic,
+            "head": {"iterations": args.iterations, "learning_rate": args.learning_rate, "leaves": args.leaves, "l2": args.l2},
+            "train_pairs": len(train),
+            "heldout_pairs": len(hold),
+            "data_sha256": hashlib.sha256(raw).hexdigest(),
+            "encoder": check,
+            "metrics": metrics,
+            "seconds": round(time.time() - t_start, 1),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sklearn": __import__("sklearn").__version__,
+        },
+    }
+    (args.out / "verifier.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log(f"done in {time.time() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
