@@ -36,7 +36,7 @@ def main() -> None:
             for question in (
                 "What is the capital city of France?",  # miss: calls the API
                 "What is the capital city of France?",  # exact repeat: from the cache
-                "Which city is the capital of France?",  # paraphrase: from the cache
+                "What's the capital city of France?",  # paraphrase: from the cache
             ):
                 t0 = time.perf_counter()
                 reply = ask(question)
