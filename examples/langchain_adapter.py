@@ -53,9 +53,9 @@ def main() -> None:
                 model = SlowEchoModel()
                 system = SystemMessage("You answer questions about astronomy.")
                 for question in (
-                    "How far away is the Moon from the Earth?",  # miss
-                    "How far away is the Moon from the Earth?",  # exact repeat
-                    "How far away is the Moon from Earth?",  # paraphrase
+                    "What is the distance from the Earth to the Moon?",  # miss
+                    "What is the distance from the Earth to the Moon?",  # exact repeat
+                    "What's the distance from the Earth to the Moon?",  # paraphrase
                 ):
                     t0 = time.perf_counter()
                     reply = model.invoke([system, HumanMessage(question)])
@@ -63,7 +63,7 @@ def main() -> None:
                 # a different model configuration is a different scope
                 warm = SlowEchoModel(temperature=0.9)
                 t0 = time.perf_counter()
-                reply = warm.invoke([system, HumanMessage("How far away is the Moon from the Earth?")])
+                reply = warm.invoke([system, HumanMessage("What is the distance from the Earth to the Moon?")])
                 print(f"{(time.perf_counter() - t0) * 1000:7.1f} ms  (temperature=0.9) -> {reply.content}")
                 stats = cache.stats()
                 print(f"\nmodel calls: {model.calls + warm.calls}; saved calls: {stats['saved_calls']}, tokens: {stats['saved_tokens']}")
