@@ -80,6 +80,12 @@ class AsyncSemanticCache:
         return self._cache.verifier
 
     @property
+    def audits(self) -> Any:
+        """The LLM audits of semantic hits (:class:`~semcache.audit.Auditor`):
+        ``await audits.ajoin(timeout)`` waits for those running."""
+        return self._cache.audits
+
+    @property
     def index(self) -> Any:
         """The vector index (:class:`~semcache.index.base.VectorIndex`), or ``None``."""
         return self._cache.index

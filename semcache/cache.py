@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .audit import Auditor
 from .chain import TierChain
 from .config import UNSET, CacheConfig
 from .core import Core
@@ -74,6 +75,7 @@ class SemanticCache:
         self._feedback = Feedback(self._core)
         # the read path skips a candidate whose pairing with the request was reported wrong
         self._core.blocked = self._feedback.blocked
+        self._audits = Auditor(self._core, self._feedback)
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> SemanticCache:
@@ -126,6 +128,7 @@ class SemanticCache:
         """Stop background work and close every tier."""
         if self._state is State.CLOSED:
             return
+        self._audits.close()
         if self._replicas is not None:
             self._replicas.stop()
         self._closing.set()
@@ -159,6 +162,12 @@ class SemanticCache:
     def verifier(self) -> Any:
         """The pair verifier of semantic hits (:class:`~semcache.verify.PairVerifier`), or ``None``."""
         return self._core.verifier
+
+    @property
+    def audits(self) -> Auditor:
+        """The LLM audits of semantic hits (``Policy.audit_rate``, :mod:`semcache.audit`):
+        ``audits.join(timeout)`` waits for those running, ``audits.sampler`` decides."""
+        return self._audits
 
     @property
     def index(self) -> Any:
@@ -360,9 +369,11 @@ class SemanticCache:
     def stats(self) -> dict[str, Any]:
         """Hits per tier and kind, misses, sets, evictions, tier errors, L1 bytes, index
         size, and ``feedback``: the reports received since open, with the estimated
-        false-hit rate among the semantic hits that received feedback."""
+        false-hit rate among the semantic hits that received feedback, and ``audits``:
+        the semantic hits asked of the LLM again (:func:`semcache.stats.audit_report`)."""
         out = collect(self._core)
         out["feedback"]["blocked_pairs"] = self._feedback.blocked_pairs
+        out["audits"]["running"] = self._audits.running
         return out
 
     def health(self) -> dict[str, Any]:

@@ -242,6 +242,21 @@ class Policy:
     #: other replicas, including those pub/sub could not carry) and applies it to its
     #: L1 and index; also how often it checks for a hand-off to drain. ``None``: never.
     log_poll_seconds: float | None = 1.0
+    #: The share of semantic hits whose request is also sent to the LLM in the
+    #: background (the caller is answered from the cache at once), the fresh answer
+    #: compared with the cached one by the verifier and kept as a ``source="llm"``
+    #: feedback label (see :mod:`semcache.audit`). 0 (the default): off. Each audit is
+    #: one more LLM call.
+    audit_rate: float = 0.0
+    #: The verifier score (fresh answer vs cached answer) at or above which an audit
+    #: counts the hit as correct. A heuristic: two good answers may be worded apart.
+    audit_agreement: float = 0.5
+    #: Whether an audit that disagrees blocks the pairing, as a user's wrong report
+    #: does. Off by default: a disagreement is only kept as a label.
+    audit_block: bool = False
+    #: Audits running at once; a hit sampled while this many run is not audited
+    #: (counted as dropped).
+    audit_concurrency: int = 4
 
     def __post_init__(self) -> None:
         _check_ttl("Policy.default_ttl_seconds", self.default_ttl_seconds)
@@ -275,6 +290,13 @@ class Policy:
             isinstance(self.sweep_interval_seconds, (int, float)) and 0 < self.sweep_interval_seconds < math.inf
         ):
             raise ConfigurationError("Policy.sweep_interval_seconds must be a positive number of seconds or None")
+        for name in ("audit_rate", "audit_agreement"):
+            a = getattr(self, name)
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+                raise ConfigurationError(f"Policy.{name} must be a number in [0, 1], got {a!r}")
+        if not isinstance(self.audit_block, bool):
+            raise ConfigurationError(f"Policy.audit_block must be True or False, got {self.audit_block!r}")
+        _check_positive_int("Policy.audit_concurrency", self.audit_concurrency)
         if self.long_prompt not in ("exact_only", "truncate", "error"):
             raise ConfigurationError("Policy.long_prompt must be 'exact_only', 'truncate' or 'error'")
         if self.on_backend_error not in ("miss", "raise"):
@@ -354,7 +376,8 @@ class CacheConfig:
         ``{prefix}TTL_SECONDS``, ``{prefix}THRESHOLD``, ``{prefix}EMBEDDER``
         (``default``, ``none`` or a model name), ``{prefix}VERIFIER`` (``default``,
         ``none`` or a cross-encoder name or path), ``{prefix}MAX_FALSE_HIT_RATE``,
-        ``{prefix}VERIFIER_THRESHOLD`` and ``{prefix}VERIFIER_CALIBRATION`` (a JSON path).
+        ``{prefix}VERIFIER_THRESHOLD``, ``{prefix}VERIFIER_CALIBRATION`` (a JSON path),
+        ``{prefix}AUDIT_RATE``, ``{prefix}AUDIT_AGREEMENT`` and ``{prefix}AUDIT_BLOCK`` (``1``/``0``).
         """
         env = os.environ if environ is None else environ
         sql_url = env.get(prefix + "SQL_URL", "sqlite:///semcache.db")
@@ -369,10 +392,20 @@ class CacheConfig:
         verifier = env.get(prefix + "VERIFIER", "").strip()
         if verifier:
             policy_kwargs["verifier"] = None if verifier.lower() in ("none", "off", "false", "0") else verifier
-        for var, name in (("MAX_FALSE_HIT_RATE", "max_false_hit_rate"), ("VERIFIER_THRESHOLD", "verifier_threshold")):
+        for var, name in (
+            ("MAX_FALSE_HIT_RATE", "max_false_hit_rate"),
+            ("VERIFIER_THRESHOLD", "verifier_threshold"),
+            ("AUDIT_RATE", "audit_rate"),
+            ("AUDIT_AGREEMENT", "audit_agreement"),
+        ):
             value = _env_float(env, prefix + var)
             if value is not None:
                 policy_kwargs[name] = value
+        block = env.get(prefix + "AUDIT_BLOCK", "").strip().lower()
+        if block:
+            if block not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigurationError(f"{prefix}AUDIT_BLOCK must be 1 or 0, got {block!r}")
+            policy_kwargs["audit_block"] = block in ("1", "true", "yes", "on")
         calibration = env.get(prefix + "VERIFIER_CALIBRATION", "").strip()
         if calibration:
             policy_kwargs["verifier_calibration"] = calibration

@@ -294,8 +294,13 @@ class Feedback:
         params: Mapping[str, Any] | None,
         namespace: str | None,
         source: str,
+        block: bool = True,
     ) -> FeedbackResult:
         """Record one report; see :meth:`semcache.SemanticCache.feedback`.
+
+        ``block=False`` keeps a wrong report on a semantic hit as a label only: the
+        pairing is not blocked (an LLM audit that disagreed, unless
+        ``Policy.audit_block``; see :mod:`semcache.audit`).
 
         The label goes to L3; with L3 down, to L2's durable hand-off (any replica drains
         it into L3 once L3 is back); with L2 down as well, it is held in this process
@@ -314,14 +319,14 @@ class Feedback:
                 was kept, like a write).
         """
         core = self.core
-        label = self._label(hit, correct, prompt=prompt, messages=messages, entry_id=entry_id, model=model, params=params, namespace=namespace, source=source)
+        label = self._label(hit, correct, prompt=prompt, messages=messages, entry_id=entry_id, model=model, params=params, namespace=namespace, source=source, block=block)
         skips: list[Skip] = []
         stored_in, durable = self._persist([label], skips)
         invalidated = 0
         if label.blocks:
             self.apply_blocks([label.pair_id])
             self._publish([label])
-        elif not label.correct:
+        elif not label.correct and label.kind == "exact":
             invalidated = self.invalidate([label.entry_key])  # the stored answer itself is wrong
         verdict = "correct" if label.correct else "wrong"
         core.stats.inc(f"feedback_{verdict}")
@@ -354,6 +359,7 @@ class Feedback:
         params: Mapping[str, Any] | None,
         namespace: str | None,
         source: str,
+        block: bool = True,
     ) -> Label:
         """Validate a report and build its label (nothing is written yet)."""
         if not isinstance(correct, bool):
@@ -421,7 +427,7 @@ class Feedback:
             prompt=text,
             cached_prompt=entry.prompt,
             correct=correct,
-            blocks=kind == "semantic" and not correct,
+            blocks=kind == "semantic" and not correct and block,
             similarity=similarity,
             verifier_score=verifier,
             source=source,

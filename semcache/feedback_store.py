@@ -59,7 +59,8 @@ class Label:
     prompt: str
     cached_prompt: str
     correct: bool
-    #: A wrong report on a semantic hit: the pairing is never served again.
+    #: A wrong report on a semantic hit: the pairing is never served again (not for
+    #: an LLM audit's disagreement unless ``Policy.audit_block``).
     blocks: bool
     similarity: float | None
     verifier_score: float | None

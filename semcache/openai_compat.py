@@ -10,6 +10,7 @@ API::
     format_of(value) -> str                        # "json" or one of FORMATS
     item_to_storable(item) / items_to_storable(items) -> (list, format)   # stream chunks
     uncacheable_reason(value, *, stream=False) -> str | None   # "empty", "content_filter", "error"
+    answer_text(value, *, stream=False) -> str     # the text two answers are compared on
     usage_of(value) -> dict | None                 # {"prompt_tokens", "completion_tokens", "total_tokens"}
     model_of(value) -> str | None                  # the "model" a response names
     chunks_to_completion(chunks) -> dict           # a recorded stream as one chat.completion
@@ -40,6 +41,7 @@ __all__ = [
     "FORMAT_JSON",
     "FORMAT_KEY",
     "STREAM_KEY",
+    "answer_text",
     "chunks_to_completion",
     "completion_to_chunks",
     "format_of",
@@ -352,6 +354,51 @@ def _completion_reason(wire: Mapping[str, Any]) -> str | None:
         elif (c.get("text") or "").strip():  # a legacy text completion
             return None
     return "empty"
+
+
+def answer_text(value: Any, *, stream: bool = False) -> str:
+    """The text of an answer, to compare it with another answer to the same request.
+
+    A chat completion (dict or SDK object): its first choice's message content, or,
+    when it has none, its tool calls, function call or refusal as JSON; a completion:
+    its first choice's text; a recorded stream (``stream=True``: the list of items) of
+    chat chunks: the assembled completion's; a stream of strings: joined; text: as is;
+    bytes: decoded (UTF-8, bad bytes replaced); anything else: its canonical JSON (or
+    ``str``).
+    """
+    if stream:
+        items = [_as_wire(v) for v in value]
+        if items and all(_wire_format(i) == FORMAT_CHAT_CHUNK for i in items):
+            return answer_text(chunks_to_completion(items))
+        if all(isinstance(i, (str, bytes)) for i in items):
+            return "".join(i if isinstance(i, str) else i.decode("utf-8", "replace") for i in items)
+        value = items
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    wire = _as_wire(value)
+    choices = wire.get("choices") if isinstance(wire, Mapping) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        first = choices[0]
+        message = first.get("message")
+        if isinstance(message, Mapping):
+            content = message.get("content")
+            if isinstance(content, str) and content.strip():
+                return content
+            rest = {k: message[k] for k in ("tool_calls", "function_call", "refusal") if message.get(k)}
+            if rest:
+                return _json_text(rest)
+        elif isinstance(first.get("text"), str):
+            return str(first["text"])
+    return _json_text(wire)
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def uncacheable_reason(value: Any, *, stream: bool = False) -> str | None:

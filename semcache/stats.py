@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .core import Core
 
-__all__ = ["Counters", "collect", "feedback_report", "report", "wilson_upper"]
+__all__ = ["Counters", "audit_report", "collect", "feedback_report", "report", "wilson_upper"]
 
 
 class Counters:
@@ -65,6 +65,30 @@ def feedback_report(c: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def audit_report(c: dict[str, int]) -> dict[str, Any]:
+    """The audits since open: ``started``, ``agreed``, ``disagreed``, ``unjudged`` (no
+    verifier), ``failed``, ``dropped`` (not started: too many running, or the cache
+    closed first), and ``disagreement_rate`` = disagreed / (agreed + disagreed) with
+    ``disagreement_rate_upper_95`` (the upper end of its 95% Wilson interval).
+
+    The sampled hits are a random sample of the semantic hits, so the rate is an
+    unbiased estimate of how often a fresh answer disagrees with the cached one;
+    as an estimate of the false-hit rate it errs high (good answers worded apart).
+    """
+    agreed, disagreed = c.get("audits_agreed", 0), c.get("audits_disagreed", 0)
+    judged = agreed + disagreed
+    return {
+        "started": c.get("audits_started", 0),
+        "agreed": agreed,
+        "disagreed": disagreed,
+        "unjudged": c.get("audits_unjudged", 0),
+        "failed": c.get("audits_failed", 0),
+        "dropped": c.get("audits_dropped", 0),
+        "disagreement_rate": disagreed / judged if judged else None,
+        "disagreement_rate_upper_95": wilson_upper(disagreed, judged),
+    }
+
+
 def report(c: dict[str, int], tiers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The stats document from counters and per-tier stats."""
     hits = {k[5:]: v for k, v in c.items() if k.startswith("hits_")}
@@ -98,6 +122,8 @@ def report(c: dict[str, int], tiers: dict[str, dict[str, Any]]) -> dict[str, Any
         "l3_handed_off": c.get("l3_handed_off", 0),
         "l3_handoff_drained": c.get("l3_handoff_drained", 0),
         "feedback": feedback_report(c),
+        # semantic hits asked of the LLM again (Policy.audit_rate; semcache.audit)
+        "audits": audit_report(c),
         "tiers": tiers,
     }
     for tier in ("l1", "l2", "l3"):

@@ -143,6 +143,24 @@ class CacheStatsCollector(Collector):
                     "Wrong reports among the semantic hits that received feedback (since start).",
                     value=rate,
                 )
+        audits = s.get("audits")
+        if isinstance(audits, dict):
+            for name, what in (
+                ("started", "Semantic hits asked of the LLM again in the background (audits)."),
+                ("agreed", "Audits whose fresh answer agreed with the cached one (a correct label)."),
+                ("disagreed", "Audits whose fresh answer disagreed with the cached one (a wrong label)."),
+                ("unjudged", "Audits with no verifier to compare the answers (no label)."),
+                ("failed", "Audits that failed: the LLM call, its answer, the verifier or the label store."),
+                ("dropped", "Sampled hits not audited: too many audits running, or the cache closing."),
+            ):
+                yield CounterMetricFamily(f"semcache_audits_{name}", what, value=audits.get(name, 0))
+            rate = audits.get("disagreement_rate")
+            if isinstance(rate, (int, float)):
+                yield GaugeMetricFamily(
+                    "semcache_audit_disagreement_rate",
+                    "Disagreeing audits among those judged (since start): errs high as a false-hit rate.",
+                    value=rate,
+                )
         index = s.get("index")
         if isinstance(index, dict) and "entries" in index:
             yield GaugeMetricFamily(

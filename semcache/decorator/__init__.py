@@ -51,6 +51,15 @@ uses what another process stored meanwhile. Waiters are counted in ``stats()["co
 A call made by the thread (or task) that leads an identical call still in flight, e.g.
 one holding the leader's stream unread, never waits on it: it calls on its own.
 
+Audits (``Policy.audit_rate > 0``, :mod:`semcache.audit`): a sampled semantic hit is
+returned at once, and the wrapped function is called again in the background with a
+copy of the same arguments (lists and dicts copied, so a caller appending to its
+``messages`` does not change the audit); its answer is compared with the cached one
+and kept as a ``source="llm"`` label. A call that streams is re-run the same way and
+its stream read to the end in the background (a sync one in the audit's thread), then
+assembled; the fresh answer is never stored. ``cache.audits.join()`` (``await
+cache.audits.ajoin()``) waits for the audits running.
+
 A cache tier that fails never turns a working call into an error: lookups follow
 ``Policy.on_backend_error`` and a failed store is logged, never raised.
 

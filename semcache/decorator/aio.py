@@ -10,6 +10,7 @@ waits for them).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from typing import Any
@@ -19,7 +20,7 @@ from ..keys import Request
 from ..readthrough import AsyncCache, AsyncLead, AsyncReadThrough, OwnCall, async_redis_lock
 from ..singleflight import AsyncRedisLock, RedisLock
 from ..streaming import AsyncRecordingStream, RecordingStream, is_stream
-from .base import OTHER_FORM, CachedFunction, Shared
+from .base import OTHER_FORM, CachedFunction, Shared, snapshot
 from .options import CallOptions
 
 __all__ = ["AsyncCachedFunction"]
@@ -74,7 +75,10 @@ class AsyncCachedFunction(CachedFunction[AsyncCache]):
             if hit is not None:
                 out = self.decode(hit.value, hit.entry.metadata, want_stream)
                 # the other, unconvertible form is a miss that is not stored
-                return await self._invoke(args, kwargs) if out is OTHER_FORM else out
+                if out is OTHER_FORM:
+                    return await self._invoke(args, kwargs)
+                self._audit(hit, req, args, kwargs)
+                return out
 
         async def follow(shared: Shared) -> Any | OwnCall:
             out = self.from_shared(shared, want_stream)
@@ -94,6 +98,36 @@ class AsyncCachedFunction(CachedFunction[AsyncCache]):
             single_flight=self.single_flight,
             use_lock=bool(self.lock_spec),
         )
+
+    def _audit(self, hit: Any, req: Request, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Maybe ask the LLM again in a background task (``Policy.audit_rate``); never raises."""
+        audits = self.auditor(hit)
+        if audits is None:
+            return
+        try:
+            cached = self.cached_text(hit)
+            a, k = snapshot(args), snapshot(kwargs)
+            audits.submit_async(hit, req, lambda: self._fresh(a, k), cached)
+        except Exception as exc:  # noqa: BLE001 - the caller's answer comes first
+            log.warning("%s: could not start an audit (%s)", self.name, exc)
+
+    async def _fresh(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Call the function again (an audit's task): the text of its answer. A stream
+        is read to its end here (a sync one in a worker thread), and assembled."""
+        result = await self._invoke(args, kwargs)
+        kind = is_stream(result)
+        if kind is None:
+            return self.fresh_text(result, stream=False)
+        if kind == "async":
+            try:
+                items = [item async for item in result]
+            finally:
+                closer = getattr(result, "aclose", None)
+                if closer is not None:
+                    await closer()
+        else:
+            items = await asyncio.to_thread(_drain, result)
+        return self.fresh_text(items, stream=True)
 
     async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = self.fn(*args, **kwargs)
@@ -136,3 +170,13 @@ class AsyncCachedFunction(CachedFunction[AsyncCache]):
             except Exception as exc:  # noqa: BLE001 - a tier outage must never fail a working call
                 log.warning("%s: could not store the response (%s)", self.name, exc)
         return shared
+
+
+def _drain(stream: Any) -> list[Any]:
+    """Every item of a sync stream, closed after (in an audit's worker thread)."""
+    try:
+        return list(stream)
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()

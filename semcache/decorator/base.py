@@ -25,7 +25,7 @@ from ..singleflight import AsyncRedisLock, RedisLock, SingleFlight
 from ..streaming import AsyncReplayStream, ReplayStream
 from .options import CallOptions, options_for, options_owner
 
-__all__ = ["OTHER_FORM", "CachedFunction", "Shared"]
+__all__ = ["OTHER_FORM", "CachedFunction", "Shared", "snapshot"]
 
 log = logging.getLogger("semcache")
 
@@ -49,6 +49,20 @@ def fn_kind(fn: Callable[..., Any]) -> str:
         if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
             return "async"
     return "sync"
+
+
+def snapshot(value: Any) -> Any:
+    """``value`` with its lists, tuples and dicts copied (all the way down), other
+    objects shared: the arguments of a call an audit makes again later, safe from a
+    caller that appends the answer to its ``messages`` meanwhile."""
+    kind = type(value)  # exact types only: a subclass (a named tuple, say) is shared
+    if kind is list:
+        return [snapshot(v) for v in value]
+    if kind is tuple:
+        return tuple(snapshot(v) for v in value)
+    if kind is dict:
+        return {k: snapshot(v) for k, v in value.items()}
+    return value
 
 
 def _is_not_given(v: Any) -> bool:
@@ -342,6 +356,38 @@ class CachedFunction(Generic[C]):
         if out is not OTHER_FORM:
             self.cache.count_saved_call(meta)
         return out
+
+    # -- audits (Policy.audit_rate, see semcache.audit) ----------------------
+    def auditor(self, hit: Any) -> Any | None:
+        """The cache's auditor when this hit is sampled for an audit, else ``None``
+        (a cache without audits, an exact hit, not sampled)."""
+        audits = getattr(self.cache, "audits", None)
+        if audits is None:
+            return None
+        try:
+            return audits if audits.wants(hit) else None
+        except Exception:  # noqa: BLE001 - an audit must never touch the caller's answer
+            return None
+
+    @staticmethod
+    def cached_text(hit: Any) -> str:
+        """The text of a hit's stored answer, as an audit compares it."""
+        return oc.answer_text(hit.value, stream=bool(hit.entry.metadata.get(oc.STREAM_KEY)))
+
+    def fresh_text(self, value: Any, *, stream: bool) -> str:
+        """The text of the LLM's fresh answer (the items, for a stream), as an audit compares it.
+
+        Raises:
+            ValueError: the answer is one that would not be stored (empty, filtered,
+                an error; or refused by ``should_cache``): nothing to compare.
+        """
+        if not self.cacheable(value, stream=stream):
+            raise ValueError("the LLM's answer is not one that would be cached (empty, filtered or an error)")
+        try:
+            stored, _ = self.encode(value, stream=stream)
+        except Exception:  # noqa: BLE001 - an odd value is compared as it is
+            stored = value
+        return oc.answer_text(stored, stream=stream)
 
     @staticmethod
     def entry_shared(entry: Any, req: Request) -> Shared | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from ..keys import Request
 from ..readthrough import Lead, ReadThrough, SyncCache, redis_lock
 from ..singleflight import AsyncRedisLock, RedisLock
 from ..streaming import AsyncRecordingStream, RecordingStream, is_stream
-from .base import OTHER_FORM, CachedFunction, Shared
+from .base import OTHER_FORM, CachedFunction, Shared, snapshot
 from .options import CallOptions
 
 __all__ = ["SyncCachedFunction"]
@@ -54,7 +55,10 @@ class SyncCachedFunction(CachedFunction[SyncCache]):
                 out = self.decode(hit.value, hit.entry.metadata, want_stream)
                 # stored in the other form (stream or not) and not convertible: a miss
                 # that is not stored, so the stored form stays
-                return self.fn(*args, **kwargs) if out is OTHER_FORM else out
+                if out is OTHER_FORM:
+                    return self.fn(*args, **kwargs)
+                self._audit(hit, req, args, kwargs)
+                return out
 
         def follow(shared: Shared) -> Any:
             out = self.from_shared(shared, want_stream)
@@ -68,6 +72,36 @@ class SyncCachedFunction(CachedFunction[SyncCache]):
             single_flight=self.single_flight,
             use_lock=bool(self.lock_spec),
         )
+
+    def _audit(self, hit: Any, req: Request, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Maybe ask the LLM again in the background (``Policy.audit_rate``); never raises."""
+        audits = self.auditor(hit)
+        if audits is None:
+            return
+        try:
+            cached = self.cached_text(hit)
+            a, k = snapshot(args), snapshot(kwargs)
+            audits.submit(hit, req, lambda: self._fresh(a, k), cached)
+        except Exception as exc:  # noqa: BLE001 - the caller's answer comes first
+            log.warning("%s: could not start an audit (%s)", self.name, exc)
+
+    def _fresh(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Call the function again (an audit's worker thread): the text of its answer.
+        A stream is read to its end here, and assembled."""
+        result = self.fn(*args, **kwargs)
+        kind = is_stream(result)
+        if kind is None:
+            return self.fresh_text(result, stream=False)
+        if kind == "sync":
+            try:
+                items = list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if callable(close):
+                    close()
+        else:
+            items = asyncio.run(_collect(result))
+        return self.fresh_text(items, stream=True)
 
     def _lead(
         self, duty: Lead[Shared], req: Request, opts: CallOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -97,3 +131,13 @@ class SyncCachedFunction(CachedFunction[SyncCache]):
             except Exception as exc:  # noqa: BLE001 - a tier outage must never fail a working call
                 log.warning("%s: could not store the response (%s)", self.name, exc)
         return shared
+
+
+async def _collect(stream: Any) -> list[Any]:
+    """Every item of an async stream a sync function returned (read in an audit's thread)."""
+    try:
+        return [item async for item in stream]
+    finally:
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            await closer()

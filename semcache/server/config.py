@@ -158,6 +158,9 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "max_false_hit_rate": _to_float,
     "verifier_threshold": _to_float,
     "verifier_calibration": _to_optional_str,
+    "audit_rate": _to_float,
+    "audit_agreement": _to_float,
+    "audit_block": _to_bool,
 }
 _CACHE_KEYS = (
     "redis_url",
@@ -172,6 +175,9 @@ _CACHE_KEYS = (
     "max_false_hit_rate",
     "verifier_threshold",
     "verifier_calibration",
+    "audit_rate",
+    "audit_agreement",
+    "audit_block",
 )
 
 
@@ -389,6 +395,7 @@ class ServerConfig:
             },
             "embedder": _embedder_name(c.embedder),
             "verifier": None if c.embedder is None or not c.policy.semantic else _verifier_name(c.policy.verifier),
+            "audit_rate": c.policy.audit_rate,
             "auth": self.auth,
             "tenants": sorted(set(self.tokens.values())),
             "tokens": len(self.tokens),
