@@ -1,4 +1,8 @@
-"""Semantic behaviour end to end with the real all-MiniLM-L6-v2 model, through every tier."""
+"""Semantic behaviour end to end with the real all-MiniLM-L6-v2 model, through every tier.
+
+The caches run the default Policy, so the shipped pair verifier decides semantic hits;
+the tests of cosine thresholds and guards turn it off (``Policy(verifier=None)``).
+"""
 
 from __future__ import annotations
 
@@ -23,20 +27,26 @@ from semcache.embedders import CallableEmbedder
 pytestmark = pytest.mark.model
 
 Q = "How do I reverse a list in Python?"
-PARA = "How can I reverse a Python list?"
+# a paraphrase the verifier accepts with a wide margin ("How can I reverse a Python list?"
+# is one it does not: it scores under the threshold)
+PARA = "How can I reverse a list in Python?"
 
 
 def cfg(sql_url, minilm, **kw):
-    # these tests state cosine-similarity semantics (thresholds, guards, the nearest
-    # candidate deciding), so they run without the pair verifier
     return CacheConfig(
         memory=kw.pop("memory", MemoryConfig()),
         redis=kw.pop("redis", None),
         sql=SQLConfig(url=sql_url),
         embedder=minilm,
-        policy=replace(kw.pop("policy", Policy()), verifier=None),
+        policy=kw.pop("policy", Policy()),
         **kw,
     )
+
+
+def cosine(policy: Policy = Policy()) -> Policy:
+    """``policy`` without the verifier: for the tests that state cosine-similarity
+    semantics (thresholds, guards, the nearest candidate deciding)."""
+    return replace(policy, verifier=None)
 
 
 def test_paraphrase_hits_and_reports_how(sqlite_url, minilm, clock):
@@ -48,6 +58,7 @@ def test_paraphrase_hits_and_reports_how(sqlite_url, minilm, clock):
         assert hit.kind == "semantic" and hit.tier == "l1"
         assert hit.key == e.key and hit.prompt == Q
         assert hit.similarity >= cache.threshold_for(cache.request(PARA, model="m"))
+        assert hit.verifier_score is not None and hit.verifier_score >= cache.explain(PARA, model="m")["verifier_threshold"]
         assert hit.age_seconds == pytest.approx(5)
         assert cache.get("What is the capital of Mongolia?", model="m") is None
 
@@ -65,13 +76,13 @@ def test_scope_is_a_hard_filter_not_a_post_filter(sqlite_url, minilm):
     with SemanticCache(cfg(sqlite_url, minilm)) as cache:
         # another tenant holds the closest entry; ours is further away but above threshold
         cache.set(PARA, "tenant b's answer", namespace="b")
-        cache.set("How do you reverse a list in Python?", "tenant a's answer", namespace="a")
+        cache.set(Q, "tenant a's answer", namespace="a")
         hit = cache.get(PARA, namespace="a")
         assert hit is not None and hit.value == "tenant a's answer"
 
 
 def test_guards_reject_a_number_change(sqlite_url, minilm):
-    with SemanticCache(cfg(sqlite_url, minilm, policy=Policy(similarity_threshold=0.8))) as cache:
+    with SemanticCache(cfg(sqlite_url, minilm, policy=cosine(Policy(similarity_threshold=0.8)))) as cache:
         cache.set("What is 15% of 200?", "30")
         ex = cache.explain("What is 15% of 300?")
         top = ex["candidates"][0]
@@ -80,12 +91,12 @@ def test_guards_reject_a_number_change(sqlite_url, minilm):
         assert any(g["name"] == "numbers" and not g["passed"] for g in top["guards"])
         assert cache.stats()["guard_rejections"].get("numbers") == 1
     # the same pair is a (wrong) hit with guards switched off: the guard is what stops it
-    with SemanticCache(cfg(sqlite_url, minilm, policy=Policy(similarity_threshold=0.8, guards=()))) as cache:
+    with SemanticCache(cfg(sqlite_url, minilm, policy=cosine(Policy(similarity_threshold=0.8, guards=())))) as cache:
         assert cache.get("What is 15% of 300?") is not None
 
 
 def test_guards_reject_negation_and_swapped_direction(sqlite_url, minilm):
-    pol = Policy(similarity_threshold=0.75, guards=("numbers", "negation", "order"))
+    pol = cosine(Policy(similarity_threshold=0.75, guards=("numbers", "negation", "order")))
     with SemanticCache(cfg(sqlite_url, minilm, policy=pol)) as cache:
         cache.set("Is it safe to eat raw eggs?", "mostly, with caveats")
         cache.set("cheap flights from Paris to Rome", "paris->rome")
@@ -96,7 +107,7 @@ def test_guards_reject_negation_and_swapped_direction(sqlite_url, minilm):
 
 
 def test_threshold_per_call_per_namespace_per_cache(sqlite_url, minilm):
-    pol = Policy(similarity_threshold=0.5, namespace_thresholds={"strict": 0.999})
+    pol = cosine(Policy(similarity_threshold=0.5, namespace_thresholds={"strict": 0.999}))
     with SemanticCache(cfg(sqlite_url, minilm, policy=pol)) as cache:
         cache.set(Q, "lenient", namespace="lenient")
         cache.set(Q, "strict", namespace="strict")
@@ -108,14 +119,14 @@ def test_threshold_per_call_per_namespace_per_cache(sqlite_url, minilm):
 
 
 def test_restart_rebuilds_index_from_l3_and_answers_the_same(sqlite_url, minilm):
-    prompts = [f"{Q} (variant {i})" if i else Q for i in range(3)] + ["What is the tallest mountain on Earth?"]
+    prompts = [f"{Q} (variant {i})" if i else Q for i in range(3)] + ["What is the tallest mountain in the world?"]
     with SemanticCache(cfg(sqlite_url, minilm)) as cache:
         cache.set_many([{"prompt": p, "value": f"v{i}"} for i, p in enumerate(prompts)])
-        before = cache.get("Which mountain on Earth is the tallest?")
+        before = cache.get("What's the tallest mountain in the world?")
         assert before is not None
     with SemanticCache(cfg(sqlite_url, minilm)) as cache:
         assert len(cache.index) == 4
-        after = cache.get("Which mountain on Earth is the tallest?")
+        after = cache.get("What's the tallest mountain in the world?")
         assert after is not None and after.key == before.key and after.value == before.value
         assert after.tier == "l3"  # nothing in memory after a restart: served from L3, promoted
         assert cache.check_index()["consistent"] is True
@@ -145,8 +156,9 @@ def test_invalidation_and_expiry_remove_from_index(sqlite_url, minilm, clock):
         assert len(cache.index) == 2
         cache.invalidate(tag="py")
         assert len(cache.index) == 1 and cache.get(PARA) is None
+        assert cache.get("What's the tallest mountain?") is not None
         clock.advance(11)
-        assert cache.get("Which mountain is the tallest?") is None
+        assert cache.get("What's the tallest mountain?") is None
         assert cache.sweep() == 1
         assert len(cache.index) == 0
 
@@ -318,7 +330,8 @@ def test_a_miss_then_store_embeds_once(sqlite_url, minilm):
 
 
 def test_precomputed_lookup_vectors_are_checked(sqlite_url, minilm):
-    with SemanticCache(cfg(sqlite_url, minilm)) as cache:
+    # cosine: a similarity above 1 would be served without a verifier to catch it
+    with SemanticCache(cfg(sqlite_url, minilm, policy=cosine())) as cache:
         cache.set(Q, "v")
         unrelated = minilm.embed(["The weather in Lisbon is mild in winter."])[0]
         # an unnormalised vector must not turn a low cosine into a "similarity" above 1
