@@ -22,8 +22,9 @@ response is told apart from a fresh one. Markers in the last user message:
 * ``[[cut]]``: a stream that breaks off after two chunks (connection dropped).
 
 Attributes: ``calls`` (requests to chat/completions), ``requests`` (their JSON
-bodies), ``delay_seconds`` (before the first byte), ``chunk_delay_seconds``
-(between stream chunks); all may be changed while it runs. ``reset()`` zeroes them.
+bodies), ``headers`` (their headers, names lower-case), ``delay_seconds`` (before
+the first byte), ``chunk_delay_seconds`` (between stream chunks); all may be changed
+while it runs. ``reset()`` zeroes them.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class StandInUpstream:
         self.port = port or _free_port()
         self.calls = 0
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -92,6 +94,7 @@ class StandInUpstream:
         with self._lock:
             self.calls = 0
             self.requests.clear()
+            self.headers.clear()
 
     # -- the app -------------------------------------------------------------
     def _app(self) -> Any:
@@ -109,6 +112,7 @@ class StandInUpstream:
                 self.calls += 1
                 n = self.calls
                 self.requests.append(body)
+                self.headers.append({k.lower(): v for k, v in request.headers.items()})
             await asyncio.sleep(self.delay_seconds)
             messages = body.get("messages") or []
             user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")

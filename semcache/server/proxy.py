@@ -31,6 +31,13 @@ error status sends each follower upstream on its own, and a leader whose stream
 broke off, or whose client went away, releases its followers to start over (one of
 them leads the next call).
 
+Audits (``Policy.audit_rate > 0``, :mod:`semcache.audit`): a sampled semantic hit is
+answered from the cache at once, and the same request is sent upstream in the
+background, unstreamed (a streamed request too), with the very headers a miss of this
+caller would carry (its own key, or the sidecar's: never another caller's). The fresh
+``choices[0].message.content`` is compared with the cached one and kept as a
+``source="llm"`` label; the fresh answer is never stored.
+
 This module is the route and the per-request flow (look up, lead or follow, store);
 the rest of the proxy lives beside it: :mod:`.proxy_upstream` (upstream calls,
 forwarded and passed-back headers, credentials), :mod:`.proxy_stream` (relaying,
@@ -52,7 +59,7 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import InvalidInputError, SemcacheError
 from ..keys import Request as CacheRequest
 from ..keys import build_request
-from ..openai_compat import chunks_to_completion
+from ..openai_compat import answer_text, chunks_to_completion
 from ..readthrough import (
     OWN_CALL,
     AsyncLead,
@@ -191,6 +198,7 @@ class Proxy:
                     hit.value, hit.entry.metadata, body.model, hit.key, hit.entry.created_at
                 )
                 if completion is not None:
+                    self._audit(request, principal, payload, req, hit, completion)
                     if stream:
                         return replay(completion, hit_headers(hit), wants_usage(payload))
                     return JSONResponse(completion, headers=hit_headers(hit))
@@ -228,6 +236,43 @@ class Proxy:
             single_flight=opts.lookup,
             use_lock=opts.lookup,
         )
+
+    # -- audits ----------------------------------------------------------------
+    def _audit(
+        self,
+        request: Request,
+        principal: Principal,
+        payload: dict[str, Any],
+        req: CacheRequest,
+        hit: Any,
+        completion: dict[str, Any],
+    ) -> None:
+        """Maybe ask upstream again in the background (``Policy.audit_rate``); never raises."""
+        sc = self.sc
+        audits = getattr(sc.cache, "audits", None)
+        if sc.upstream is None or audits is None:
+            return
+        try:
+            if not audits.wants(hit):
+                return
+            # the caller's own credentials, exactly as its miss would send them
+            headers = upstream_headers(request, principal, sc.config.upstream_api_key)
+            headers["accept"] = "application/json"
+            body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+            cached = answer_text(completion)
+            audits.submit_async(hit, req, lambda: self._fresh(body, headers), cached)
+        except Exception as exc:  # noqa: BLE001 - the caller's answer comes first
+            log.warning("could not start an audit: %s", exc)
+
+    async def _fresh(self, body: dict[str, Any], headers: dict[str, str]) -> str:
+        """One unstreamed upstream call for an audit: the text of its answer (never stored)."""
+        up = await call_upstream(self.sc, body, headers)
+        if up.status != 200:
+            raise RuntimeError(f"the upstream answered {up.status}")
+        completion = json.loads(up.body)
+        if not isinstance(completion, dict) or not cacheable(completion, stream=False, name="proxy audit"):
+            raise ValueError("the upstream's answer is not one that would be cached")
+        return answer_text(completion)
 
     def _follow(
         self,
