@@ -93,11 +93,13 @@ def timed(fn, *args, **kwargs):
 
 @pytest.mark.model
 def test_paraphrase_hit_through_the_decorator(up, client, tmp_path, minilm) -> None:
-    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm, policy=Policy(verifier=None))
+    # the default Policy: the shipped verifier decides the semantic hit
+    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm)
     with SemanticCache(config) as cache:
+        cache.verifier.load()  # load the model before timing
         create = cache.wrap(client.chat.completions.create)
         first, cold = timed(create, model=MODEL, messages=user("What is the capital city of France?"))
-        again, warm = timed(create, model=MODEL, messages=user("Which city is the capital of France?"))
+        again, warm = timed(create, model=MODEL, messages=user("What's the capital city of France?"))
         other, _ = timed(create, model=MODEL, messages=user("How do I bake sourdough bread?"))
     assert up.calls == 2  # the paraphrase made no call; the unrelated question did
     assert type(again) is ChatCompletion and again == first
@@ -105,17 +107,20 @@ def test_paraphrase_hit_through_the_decorator(up, client, tmp_path, minilm) -> N
     assert other.choices[0].message.content.startswith("answer 2:")
     assert cold >= DELAY and warm < DELAY / 3
     assert cache.stats()["hits_by"] == {"l1_semantic": 1}
+    assert cache.stats()["verifier"]["calls"] == 1  # the unrelated question is below the floor
 
 
 @pytest.mark.model
 async def test_paraphrase_hit_async_client(up, tmp_path, minilm) -> None:
-    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm, policy=Policy(verifier=None))
+    # the default Policy: the shipped verifier decides the semantic hit
+    config = CacheConfig(sql=SQLConfig(url=f"sqlite:///{tmp_path}/c.db"), embedder=minilm)
     async with AsyncSemanticCache(config) as cache, openai.AsyncOpenAI(
         base_url=up.base_url, api_key="test", max_retries=0
     ) as aclient:
         create = cache.wrap(aclient.chat.completions.create)
         first = await create(model=MODEL, messages=user("What is the capital city of France?"))
         again = await create(model=MODEL, messages=user("What's the capital city of France?"))
+        assert cache.stats()["hits_by"] == {"l1_semantic": 1} and cache.stats()["verifier"]["rejections"] == 0
     assert up.calls == 1 and type(again) is ChatCompletion and again == first
 
 
