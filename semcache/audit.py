@@ -20,8 +20,8 @@ blocks the pairing exactly as a user's wrong report does.
 A cache without a verifier cannot compare answers: its audits are counted as
 ``unjudged`` and keep no label.
 
-Bounds: at most ``Policy.audit_concurrency`` (4) audits run at once, in this cache's
-own worker threads (sync) or as tasks on the caller's event loop (async); a hit
+Bounds: at most ``Policy.audit_concurrency`` (4) audits run at once, each in a daemon
+thread of its own (sync) or as a task on the caller's event loop (async); a hit
 sampled while that many run is not audited and is counted as ``dropped``. An audit
 never raises into the caller: a failing LLM call, an unusable answer (one that would
 not be cached), a failing verifier or label store is counted as ``failed`` and logged
@@ -40,7 +40,6 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .keys import Request
@@ -93,7 +92,6 @@ class Auditor:
         self._cond = threading.Condition()
         self._running = 0
         self._closed = False
-        self._pool: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._logged = -float("inf")
 
@@ -143,9 +141,13 @@ class Auditor:
         if not self._reserve():
             return False
         try:
+            # a daemon thread per audit (at most max_running of them): a slow LLM call
+            # never holds up the process's exit
             ctx = contextvars.copy_context()
-            self._executor().submit(ctx.run, self._run, hit, request, fresh, cached_text)
-        except Exception as exc:  # noqa: BLE001 - the pool shut down meanwhile
+            threading.Thread(
+                target=ctx.run, args=(self._run, hit, request, fresh, cached_text), name="semcache-audit", daemon=True
+            ).start()
+        except Exception as exc:  # noqa: BLE001 - no thread could be started
             self._release()
             self._failed("starting the audit", exc)
             return False
@@ -170,13 +172,6 @@ class Auditor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._cond:
-            if self._pool is None:
-                # as many threads as audits may run: an audit never waits in a queue
-                self._pool = ThreadPoolExecutor(max_workers=self.max_running, thread_name_prefix="semcache-audit")
-            return self._pool
 
     def _run(self, hit: Hit, request: Request, fresh: FreshSync, cached_text: str) -> None:
         try:
@@ -273,6 +268,3 @@ class Auditor:
         """Start no more audits; those still running finish without recording (dropped)."""
         with self._cond:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)

@@ -552,7 +552,7 @@ def test_with_the_default_verifier(make) -> None:
     assert cache.audits.join(WAIT)
     ask(Q2)
     assert cache.audits.join(WAIT)
-    assert [r["correct"] for r in llm_labels(cache)] == [True, False]
+    assert {r["prompt"]: r["correct"] for r in llm_labels(cache)} == {Q: True, Q2: False}
 
 
 # -- configuration ---------------------------------------------------------------------
