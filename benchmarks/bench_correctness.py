@@ -1,18 +1,27 @@
 """Hit correctness on labeled paraphrase data, through the public cache API.
 
-    python benchmarks/bench_correctness.py ../shared/data/qqp-dev [../shared/data/paws-wiki-dev ...]
+    python benchmarks/bench_correctness.py ../shared/data/qqp-dev ../shared/data/paws-wiki-dev
 
 For each dataset folder (``corpus.jsonl`` + ``probes.jsonl``): warm a fresh cache
 (L1 + SQLite in a temporary folder + the default embedder) with the corpus through
-``set_many``, then look every probe up read-only (``explain``: nothing is stored or
-promoted) and score, for a sweep of thresholds, bare cosine (no guards) against the
-default guards: correct hits, wrong-entry hits, false hits on must-miss probes,
-precision, recall, F1, and the recall reached at <= 5% and <= 1% false hits.
+``set_many``, then look every probe up read-only with ``explain`` (nothing is stored or
+promoted) and score four decision rules, for a sweep of thresholds and at the default:
 
-The cache's decision rule makes a sweep exact from one pass: a lookup takes the
-nearest candidate in scope; it is a hit when its similarity clears the threshold
-and every guard passes, else a miss (a candidate that fails a guard is not replaced
-by a further one).
+* **bare cosine**: the nearest candidate in scope is a hit when its cosine clears the
+  threshold (``Policy(verifier=None, guards=())``);
+* **guards**: the same, and every default guard passes (the old default);
+* **verifier**: the default verifier scores up to ``verifier_top_k`` candidates past the
+  similarity floor; the first, in cosine order, whose score clears the threshold wins
+  (the new default, swept over the score threshold);
+* **verifier + guards**: the same with the guards as vetoes (a vetoed candidate is
+  skipped).
+
+Reported per rule: correct hits, wrong-entry hits, false hits on must-miss probes,
+precision, recall, F1, the recall at <= 5% and <= 1% false hits, and the false-hit rate
+and recall at the default operating point (``Policy()``: ``max_false_hit_rate=0.01``
+through the verifier's shipped calibration; cosine 0.95 for the rules without it), plus
+the time per probe of each read-only lookup. One pass per probe gives an exact sweep,
+since every rule only thresholds numbers the pass records.
 """
 
 from __future__ import annotations
@@ -23,22 +32,30 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig
-from semcache.guards import DEFAULT_GUARDS, GUARD_NAMES
+from semcache.config import DEFAULT_SIMILARITY_THRESHOLD
+from semcache.guards import DEFAULT_GUARDS, build_guards
+
+
+@dataclass
+class Cand:
+    entry_id: str | None  # corpus id
+    sim: float
+    score: float | None  # verifier score (None: not scored, e.g. below the floor)
+    guards_ok: bool
 
 
 @dataclass
 class Probe:
-    prompt: str
     match: str | None
-    top_id: str | None  # corpus id of the nearest candidate (None: nothing in scope)
-    sim: float
-    verdicts: dict[str, bool]  # every guard's verdict on the nearest candidate
+    exact: str | None = None  # corpus id of an exact hit
+    cands: list[Cand] = field(default_factory=list)
 
 
 def load(path: Path) -> list[dict]:
@@ -46,73 +63,92 @@ def load(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_probes(folder: Path, embedder: object) -> tuple[list[Probe], float, float]:
-    """Warm a cache with the corpus, then record each probe's nearest candidate and
-    every guard's verdict on it (guards are scored later, alone or together)."""
+def run_probes(folder: Path, embedder: object, verifier: bool) -> tuple[list[Probe], float, dict[str, float]]:
+    """Warm a cache with the corpus, then record each probe's candidates: cosine, the
+    verifier's score (when ``verifier``) and the default guards' verdict."""
     corpus = load(folder / "corpus.jsonl")
     probes = load(folder / "probes.jsonl")
+    guards = build_guards(DEFAULT_GUARDS)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = CacheConfig(
             memory=MemoryConfig(max_entries=50_000),
             sql=SQLConfig(url=f"sqlite:///{tmp}/bench.db"),
             embedder=embedder,
-            policy=Policy(guards=tuple(GUARD_NAMES), default_ttl_seconds=None),
+            policy=Policy(guards=(), default_ttl_seconds=None, verifier="default" if verifier else None),
         )
         with SemanticCache(cfg) as cache:
-            t0 = time.perf_counter()
             entries = cache.set_many(
                 {"prompt": c["prompt"], "value": c["response"], "metadata": {"id": c["id"]}} for c in corpus
             )
-            warm_s = time.perf_counter() - t0
             key_to_id = {e.key: e.metadata["id"] for e in entries}
             out: list[Probe] = []
-            t0 = time.perf_counter()
+            times: list[float] = []
             for p in probes:
-                ex = cache.explain(p["prompt"], k=1, threshold=-1.0)
+                t0 = time.perf_counter()
+                if verifier:
+                    ex = cache.explain(p["prompt"], k=3)
+                else:
+                    ex = cache.explain(p["prompt"], k=1, threshold=-1.0)
+                times.append(time.perf_counter() - t0)
+                probe = Probe(p["match"])
                 if ex.get("kind") == "exact":
-                    out.append(Probe(p["prompt"], p["match"], key_to_id.get(ex["entry_id"]), 1.0, {}))
-                    continue
-                cands = ex["candidates"]
-                if not cands:
-                    out.append(Probe(p["prompt"], p["match"], None, -1.0, {}))
-                    continue
-                c = cands[0]
-                verdicts = {g["name"]: g["passed"] for g in c["guards"]}
-                out.append(Probe(p["prompt"], p["match"], key_to_id.get(c["entry_id"]), c["similarity"], verdicts))
-            look_s = time.perf_counter() - t0
-    return out, len(corpus) / warm_s, look_s / len(probes) * 1000
+                    probe.exact = key_to_id.get(ex["entry_id"])
+                for c in ex.get("candidates", []):
+                    if c["prompt"] is None:
+                        continue
+                    ok = all(g(p["prompt"], c["prompt"]).passed for g in guards)
+                    probe.cands.append(Cand(key_to_id.get(c["entry_id"]), c["similarity"], c.get("verifier_score"), ok))
+                out.append(probe)
+            vthr = ex.get("verifier_threshold") if verifier else None
+    t = np.array(times) * 1000
+    return out, (vthr if vthr is not None else float("nan")), {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
 
 
-def score(probes: list[Probe], thr: float, guards: tuple[str, ...] = ()) -> dict[str, float]:
-    """Score the probes at one threshold with the named guards switched on."""
+Rule = Callable[[Probe, float], str | None]
+
+
+def cosine_rule(with_guards: bool) -> Rule:
+    def decide(p: Probe, thr: float) -> str | None:
+        if p.exact is not None:
+            return p.exact
+        if not p.cands or p.cands[0].sim < thr:
+            return None
+        c = p.cands[0]
+        return c.entry_id if (c.guards_ok or not with_guards) else None
+
+    return decide
+
+
+def verifier_rule(with_guards: bool) -> Rule:
+    def decide(p: Probe, thr: float) -> str | None:
+        if p.exact is not None:
+            return p.exact
+        for c in p.cands:
+            if c.score is None or (with_guards and not c.guards_ok):
+                continue
+            if c.score >= thr:
+                return c.entry_id
+        return None
+
+    return decide
+
+
+def score(probes: list[Probe], decide: Rule, thr: float) -> dict[str, float]:
     must_hit = [p for p in probes if p.match is not None]
     must_miss = [p for p in probes if p.match is None]
-    def hit(p: Probe) -> bool:
-        return p.top_id is not None and p.sim >= thr and all(p.verdicts.get(g, True) for g in guards)
-
-    correct = sum(1 for p in must_hit if hit(p) and p.top_id == p.match)
-    wrong = sum(1 for p in must_hit if hit(p) and p.top_id != p.match)
-    false = sum(1 for p in must_miss if hit(p))
+    got = [(p, decide(p, thr)) for p in probes]
+    correct = sum(1 for p, h in got if p.match is not None and h == p.match)
+    wrong = sum(1 for p, h in got if p.match is not None and h is not None and h != p.match)
+    false = sum(1 for p, h in got if p.match is None and h is not None)
     hits = correct + wrong + false
     precision = correct / hits if hits else 1.0
     recall = correct / len(must_hit) if must_hit else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "thr": thr,
-        "correct": correct,
-        "wrong": wrong,
-        "false": false,
-        "fhr": false / len(must_miss) if must_miss else 0.0,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-    }
+    return {"thr": thr, "correct": correct, "wrong": wrong, "false": false, "fhr": false / max(1, len(must_miss)), "precision": precision, "recall": recall, "f1": f1}
 
 
-def summarise(probes: list[Probe], thresholds: np.ndarray, guards: tuple[str, ...]) -> dict[str, object]:
-    """Score a sweep; best F1 and the recall reachable under 5% and 1% false hits."""
-    rows = [score(probes, float(t), guards) for t in thresholds]
-    best = max(rows, key=lambda r: r["f1"])
+def summarise(probes: list[Probe], decide: Rule, thresholds: np.ndarray, default: float) -> dict[str, object]:
+    rows = [score(probes, decide, float(t)) for t in thresholds]
 
     def recall_at(limit: float) -> tuple[float, float | None]:
         ok = [r for r in rows if r["fhr"] <= limit]
@@ -121,69 +157,52 @@ def summarise(probes: list[Probe], thresholds: np.ndarray, guards: tuple[str, ..
         r = max(ok, key=lambda r: r["recall"])
         return r["recall"], r["thr"]
 
-    return {"rows": rows, "best": best, "r5": recall_at(0.05), "r1": recall_at(0.01)}
-
-
-def fmt_row(r: dict[str, float]) -> str:
-    return (
-        f"{r['thr']:7.4f} {r['correct']:7d} {r['wrong']:6d} {r['false']:6d} {r['fhr']:6.1%} "
-        f"{r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f}"
-    )
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Hit correctness of semcache on labeled data.")
-    ap.add_argument("datasets", nargs="+", type=Path)
-    ap.add_argument("--step", type=float, default=0.01)
-    ap.add_argument("--lo", type=float, default=0.70)
-    ap.add_argument("--hi", type=float, default=0.999)
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from semcache.embedders import default_embedder
-
-    emb = default_embedder()
-    emb.embed(["warm-up"])
-    default_thr = Policy().similarity_threshold
-    thresholds = np.round(np.arange(args.lo, args.hi + 1e-9, args.step), 4)
-    # a finer grid at the top, where the strict operating points are
-    fine = np.round(np.arange(0.95, args.hi + 1e-9, 0.0025), 4)
-    thresholds = np.unique(np.concatenate([thresholds, fine, [default_thr, args.hi]]))
-    header = f"{'thr':>7} {'correct':>7} {'wrong':>6} {'false':>6} {'FHR':>6} {'precision':>9} {'recall':>7} {'F1':>6}"
-    for folder in args.datasets:
-        print(f"\n=== {folder.name} ===")
-        summaries = {}
-        probes, warm_rate, ms = run_probes(folder, emb)
-        print(f"warm-up {warm_rate:.0f} inserts/s (set_many, embedding included); explain {ms:.2f} ms/probe")
-        variants = [("bare cosine", ())] + [(f"guard {g} alone", (g,)) for g in GUARD_NAMES]
-        variants.append((f"default: {'+'.join(DEFAULT_GUARDS)}", tuple(DEFAULT_GUARDS)))
-        for label, guards in variants:
-            s = summarise(probes, thresholds, guards)
-            summaries[label] = s
-            if guards and label != variants[-1][0]:
-                continue  # single guards: summary line only
-            print(f"\n-- {label}")
-            print(header)
-            for r in s["rows"]:
-                mark = "  <- default" if abs(r["thr"] - default_thr) < 1e-9 else ""
-                print(fmt_row(r) + mark)
-        print(f"\nsummary {folder.name}:")
-        print(f"{'':<34}{'best F1':>8} {'@thr':>6} {'R@FHR<=5% @thr':>14} {'R@FHR<=1% @thr':>14} {'P@default':>10} {'R@default':>10} {'FHR@default':>12}")
-        for label, s in summaries.items():
-            d = score_at(s, default_thr)
-            print(
-                f"{label:<34}{s['best']['f1']:8.3f} {s['best']['thr']:6.4f} {_at(s['r5']):>14} {_at(s['r1']):>14} "
-                f"{d['precision']:10.3f} {d['recall']:10.3f} {d['fhr']:12.1%}"
-            )
-    sys.stdout.flush()
+    return {"rows": rows, "best": max(rows, key=lambda r: r["f1"]), "r5": recall_at(0.05), "r1": recall_at(0.01), "default": score(probes, decide, default)}
 
 
 def _at(r: tuple[float, float | None]) -> str:
     return "0.000 (none)" if r[1] is None else f"{r[0]:.3f} @{r[1]:.4f}"
 
 
-def score_at(summary: dict[str, object], thr: float) -> dict[str, float]:
-    rows = summary["rows"]
-    return min(rows, key=lambda r: abs(r["thr"] - thr))  # type: ignore[arg-type, return-value]
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Hit correctness of semcache on labeled data.")
+    ap.add_argument("datasets", nargs="+", type=Path)
+    ap.add_argument("--json", type=Path, help="also write the summaries here")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from semcache.embedders import default_embedder
+
+    emb = default_embedder()
+    emb.embed(["warm-up"])
+    cos_grid = np.unique(np.concatenate([np.arange(0.70, 0.95, 0.01), np.arange(0.95, 1.0001, 0.0025), [DEFAULT_SIMILARITY_THRESHOLD]]))
+    report: dict[str, object] = {}
+    for folder in args.datasets:
+        print(f"\n=== {folder.name} ===", flush=True)
+        bare, _, t_bare = run_probes(folder, emb, verifier=False)
+        ver, vthr, t_ver = run_probes(folder, emb, verifier=True)
+        scores = sorted({c.score for p in ver for c in p.cands if c.score is not None})
+        score_grid = np.unique(np.concatenate([[0.0], np.quantile(scores, np.linspace(0, 1, 600)) if scores else [], [vthr, 1.0]]))
+        rules = {
+            "bare cosine": summarise(bare, cosine_rule(False), cos_grid, DEFAULT_SIMILARITY_THRESHOLD),
+            f"guards ({'+'.join(DEFAULT_GUARDS)})": summarise(bare, cosine_rule(True), cos_grid, DEFAULT_SIMILARITY_THRESHOLD),
+            "verifier": summarise(ver, verifier_rule(False), score_grid, vthr),
+            "verifier + guards": summarise(ver, verifier_rule(True), score_grid, vthr),
+        }
+        print(f"explain per probe: cosine p50 {t_bare['p50_ms']:.2f} ms, p99 {t_bare['p99_ms']:.2f} ms; "
+              f"with the verifier p50 {t_ver['p50_ms']:.2f} ms, p99 {t_ver['p99_ms']:.2f} ms; default verifier threshold {vthr:.4f}")
+        print(f"{'rule':<26}{'best F1':>8} {'R@FHR<=5%':>16} {'R@FHR<=1%':>16} {'FHR@default':>12} {'R@default':>10} {'P@default':>10}")
+        for label, s in rules.items():
+            d = s["default"]
+            print(f"{label:<26}{s['best']['f1']:8.3f} {_at(s['r5']):>16} {_at(s['r1']):>16} {d['fhr']:12.1%} {d['recall']:10.3f} {d['precision']:10.3f}")
+        # bare cosine's recall at the verifier's default false-hit rate
+        d = rules["verifier"]["default"]
+        ok = [r for r in rules["bare cosine"]["rows"] if r["fhr"] <= d["fhr"]]
+        same = max((r["recall"] for r in ok), default=0.0)
+        print(f"bare cosine at the verifier's default false-hit rate ({d['fhr']:.1%}): recall {same:.3f} (verifier {d['recall']:.3f})")
+        report[folder.name] = {k: {kk: v for kk, v in s.items() if kk != "rows"} for k, s in rules.items()} | {"latency": {"cosine": t_bare, "verifier": t_ver}, "cosine_recall_at_verifier_default_fhr": same}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

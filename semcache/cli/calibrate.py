@@ -134,6 +134,7 @@ def _print_rows(rows: list[dict[str, Any]], chosen: float) -> None:
 @click.option("--target", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.01, show_default=True, help="The false-hit rate the cache will aim for (Policy.max_false_hit_rate).")
 @click.option("--namespace-min", type=click.IntRange(min=1), default=200, show_default=True, help="Labels a namespace needs for a table of its own.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the calibration JSON here (for Policy.verifier_calibration).")
+@click.option("--save-labels", type=click.Path(dir_okay=False, writable=True), default=None, help="Also write the labelled pairs used as JSONL (input for training/train_verifier.py --labels).")
 @json_option
 @pass_ctx
 def calibrate(
@@ -144,6 +145,7 @@ def calibrate(
     target: float,
     namespace_min: int,
     out: str | None,
+    save_labels: str | None,
     as_json: bool,
 ) -> None:
     """Measure the verifier threshold for a target false-hit rate on labelled pairs.
@@ -154,6 +156,13 @@ def calibrate(
     from ..verify.calibration import derive
 
     pairs, source = _labels(ctx, labels_path, from_feedback)
+    if save_labels is not None:
+        import json
+
+        with open(save_labels, "w", encoding="utf-8") as f:
+            for p in pairs:
+                row = {"prompt": p.prompt, "cached_prompt": p.cached_prompt, "correct": p.correct, "namespace": p.namespace}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     n_pos = sum(1 for p in pairs if p.correct)
     if n_pos == 0 or n_pos == len(pairs):
         raise CliError(f"{source}: the labels need both correct and incorrect pairs to measure a false-hit rate")

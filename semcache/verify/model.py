@@ -8,10 +8,11 @@ Two ONNX graphs live in ``semcache/verify/data/``:
 * ``head.onnx``: a gradient-boosted classifier over :func:`~semcache.verify.features.pair_features`
   of the two texts' token states.
 
-A pair's score is ``head(features) * prior(cosine)``: the head says whether the two
-texts put the same words in the same roles, the prior (``((cos - lo) / (1 - lo)) ** p``,
-``lo`` and ``p`` in ``verifier.json``) keeps the embedding's own judgement of how close
-the two meanings are. ``calibration.json`` maps a target false-hit rate to a score
+A pair's score is ``head(features) ** h * prior(cosine)``: the head says whether the two
+texts put the same words in the same roles, the prior (``((cos - lo) / (1 - lo)) ** p``)
+keeps the embedding's own judgement of how close the two meanings are; ``h``, ``lo`` and
+``p`` are in ``verifier.json`` (the training script picks ``h`` and ``p`` on held-out
+training data). ``calibration.json`` maps a target false-hit rate to a score
 threshold, measured on labelled pairs the model never trained on.
 """
 
@@ -82,23 +83,18 @@ class TokenEncoder:
                 got = self._cache.get(t)
                 if got is not None:
                     out[t] = got
-        todo = sorted({t for t in texts if t not in out}, key=len)
-        for start in range(0, len(todo), 32):
-            batch = todo[start : start + 32]
-            encs = self._tokenizer.encode_batch(batch)
-            width = max(len(e.ids) for e in encs)
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for i, e in enumerate(encs):
-                ids[i, : len(e.ids)] = e.ids
-                mask[i, : len(e.ids)] = 1
-            feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+        # One text per run: the int8 graph quantises activations with a scale taken over
+        # the whole input, so a text batched with longer ones (padding) would come out
+        # slightly different. Alone, a text's states depend on nothing else.
+        todo = sorted({t for t in texts if t not in out})
+        for t in todo:
+            e = self._tokenizer.encode(t)
+            ids = np.asarray([e.ids], dtype=np.int64)
+            feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             if "token_type_ids" in self._inputs:
                 feeds["token_type_ids"] = np.zeros_like(ids)
             states = self._session.run(None, feeds)[0]
-            for i, t in enumerate(batch):
-                n = int(mask[i].sum())
-                out[t] = (ids[i, :n].copy(), np.asarray(states[i, :n], dtype=np.float32))
+            out[t] = (ids[0].copy(), np.asarray(states[0], dtype=np.float32))
         with self._lock:
             for t in todo:
                 self._cache[t] = out[t]
@@ -131,6 +127,7 @@ class DefaultVerifier:
         self.verifier_id: str = str(self.meta["verifier_id"])
         self.prior_low = float(self.meta["prior_low"])
         self.prior_power = float(self.meta["prior_power"])
+        self.head_power = float(self.meta.get("head_power", 1.0))
         cal = self.data_dir / "calibration.json"
         self.calibration: Calibration | None = Calibration.from_json(cal) if cal.is_file() else None
         self.num_threads = num_threads
@@ -188,7 +185,7 @@ class DefaultVerifier:
         outs = self._head.run(None, {self._head_input: feats})
         proba = np.asarray(outs[-1], dtype=np.float64)
         head = proba[:, 1] if proba.ndim == 2 else proba
-        scores = np.clip(head * self.prior(cos), 0.0, 1.0)
+        scores = np.clip(np.clip(head, 0.0, 1.0) ** self.head_power * self.prior(cos), 0.0, 1.0)
         return check_scores(scores, len(checked), self.verifier_id), head, cos
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
