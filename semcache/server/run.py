@@ -64,19 +64,25 @@ def run_server(
 
     from ..async_cache import AsyncSemanticCache
     from .app import create_app
+    from .sidecar import warm_up
 
     _describe_startup(config, generated_token, echo)
     # open (and migrate a new database, load the model) before binding, so that a bad
     # URL or an old schema is one clear error instead of a failed lifespan traceback
     cache = AsyncSemanticCache(config.cache)
 
-    async def open_and_warm_up() -> None:
+    async def open_and_warm_up() -> str | None:
         await cache.open()
-        if cache.embedder is not None:
-            await cache.embed_many(["semcache warm-up"])
+        try:
+            return await warm_up(cache)
+        except BaseException:
+            await cache.aclose()
+            raise
 
     t0 = time.perf_counter()
-    anyio.run(open_and_warm_up)
+    verifier = anyio.run(open_and_warm_up)
+    if verifier is not None:
+        echo(f"semcache: pair verifier {verifier} loaded")
     echo(f"semcache: cache ready in {time.perf_counter() - t0:.1f}s")
     app = create_app(config, cache=cache)
 

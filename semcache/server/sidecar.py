@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
@@ -13,13 +14,13 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..async_cache import AsyncSemanticCache
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, VerifierError
 from .auth import TokenAuth
 from .batching import MicroBatcher
 from .config import ServerConfig
 from .proxy_support import PrincipalDep
 
-__all__ = ["PrincipalDep", "Sidecar", "SidecarDep", "error_response"]
+__all__ = ["PrincipalDep", "Sidecar", "SidecarDep", "error_response", "warm_up"]
 
 log = logging.getLogger("semcache.server")
 T = TypeVar("T")
@@ -38,6 +39,57 @@ def error_response(
     if details is not None:
         err["details"] = details
     return JSONResponse({"error": err}, status_code=status, headers=headers)
+
+
+#: The pair the verifier scores at start.
+_WARM_UP_PAIR = ("semcache warm-up", "semcache warm-up")
+
+
+def _warm_verifier(verifier: Any) -> bool:
+    """Load ``verifier`` (its ``load()`` when it has one) and score one pair; ``False``
+    when it was loaded already."""
+    from ..verify.base import check_scores
+
+    if getattr(verifier, "loaded", False) is True:
+        return False
+    load = getattr(verifier, "load", None)
+    if callable(load):
+        load()
+    check_scores(verifier.score([_WARM_UP_PAIR]), 1, verifier.verifier_id)
+    return True
+
+
+async def warm_up(cache: AsyncSemanticCache) -> str | None:
+    """Load the embedder and the pair verifier of an open cache now, off the event loop,
+    so that the first semantic lookup does not pay for it.
+
+    Returns:
+        ``"<verifier id> (<seconds>s)"`` when the verifier was loaded by this call, else
+        ``None`` (no verifier, or loaded before).
+
+    Raises:
+        VerifierError: the verifier could not load or score (a missing or corrupt model
+            file, say).
+    """
+    if cache.embedder is not None:
+        await cache.embed_many(["semcache warm-up"])
+    verifier = cache.verifier
+    if verifier is None:
+        return None
+    t0 = time.perf_counter()
+    try:
+        loaded = await anyio.to_thread.run_sync(_warm_verifier, verifier)
+    except VerifierError:
+        raise
+    except Exception as exc:
+        raise VerifierError(
+            f"the verifier {verifier.verifier_id} could not load: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not loaded:
+        return None
+    took = f"{verifier.verifier_id} ({time.perf_counter() - t0:.2f}s)"
+    log.info("pair verifier %s loaded", took)
+    return took
 
 
 class Sidecar:
@@ -78,13 +130,15 @@ class Sidecar:
         )
 
     async def open(self) -> None:
-        """Open the cache (tiers, schema, index) and warm the embedder, off the event loop.
+        """Open the cache (tiers, schema, index) and warm the embedder and the verifier,
+        off the event loop (see :func:`warm_up`); ``/readyz`` answers ready after that.
 
         A lifespan may run again after a shutdown (test clients do this); a cache this
         sidecar built is then built afresh, since a closed cache cannot reopen.
 
         Raises:
             ConfigurationError: a cache passed to :func:`create_app` was closed.
+            VerifierError: the verifier could not load.
         """
         if self.cache.state == "closed":
             if self._given_cache is not None:
@@ -94,9 +148,8 @@ class Sidecar:
             self.cache = AsyncSemanticCache(self.config.cache)
             self.batcher = self._batcher()
         await self.cache.open()
-        if self.cache.embedder is not None:
-            # load the model now, not inside the first caller's request
-            await self.cache.embed_many(["semcache warm-up"])
+        # load the models now, not inside the first caller's request
+        await warm_up(self.cache)
         if self.config.upstream_url is not None:
             self.upstream = httpx.AsyncClient(
                 base_url=self.config.upstream_url.rstrip("/") + "/",
