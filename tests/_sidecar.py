@@ -3,6 +3,7 @@
 from tests._sidecar import ADMIN, TENANT_A, TENANT_B, server_config, in_process, SidecarThread
 
 cfg = server_config(tmp_path)                 # L1 + SQLite + hashing embedder, tokens below
+cfg = server_config(tmp_path, embedder=minilm, threshold=None, verifier="default")  # the real default
 async with in_process(create_app(cfg)) as client:   # lifespan run, httpx over ASGITransport
     await client.post("/v1/lookup", json=..., headers=auth(TENANT_A))
 
@@ -43,18 +44,23 @@ def server_config(
     tmp_path: Path,
     *,
     embedder: Any = None,
-    threshold: float = 0.8,
+    threshold: float | None = 0.8,
+    verifier: Any = None,
     redis_url: str | None = None,
     redis_prefix: str = "semcache:",
     **kwargs: Any,
 ) -> ServerConfig:
-    """A sidecar config: L1 + SQLite in ``tmp_path`` (+ Redis), two tenants and an admin token."""
+    """A sidecar config: L1 + SQLite in ``tmp_path`` (+ Redis), two tenants and an admin token.
+
+    Without a verifier by default: most sidecar tests run the hashing embedder, whose
+    cosine similarity is all there is to match on (``verifier="default"`` for the shipped one).
+    """
     cache = CacheConfig(
         memory=MemoryConfig(),
         redis=RedisConfig(url=redis_url, prefix=redis_prefix) if redis_url else None,
         sql=SQLConfig(url=f"sqlite:///{tmp_path}/sidecar.db"),
         embedder=embedder if embedder is not None else HashingEmbedder(64),
-        policy=Policy(similarity_threshold=threshold, verifier=None),
+        policy=Policy(similarity_threshold=threshold, verifier=verifier),
     )
     kwargs.setdefault("tokens", {TENANT_A: "tenant-a", TENANT_B: "tenant-b"})
     kwargs.setdefault("admin_token", ADMIN)
