@@ -34,9 +34,9 @@ def main() -> None:
                 return create(model="gpt-4o-mini", messages=[system, {"role": "user", "content": question}], **kwargs)
 
             for question in (
-                "What is the capital city of France?",  # miss: calls the API
-                "What is the capital city of France?",  # exact repeat: from the cache
-                "What's the capital city of France?",  # paraphrase: from the cache
+                "What is the tallest mountain in the world?",  # miss: calls the API
+                "What is the tallest mountain in the world?",  # exact repeat: from the cache
+                "What's the tallest mountain in the world?",  # paraphrase: from the cache
             ):
                 t0 = time.perf_counter()
                 reply = ask(question)
@@ -62,7 +62,7 @@ def main() -> None:
 
             # per-call controls: skip the cache for this block
             with cache.options(bypass=True):
-                ask("What is the capital city of France?")
+                ask("What is the tallest mountain in the world?")
 
             stats = cache.stats()
             print(

@@ -98,12 +98,12 @@ def test_paraphrase_hit_through_the_decorator(up, client, tmp_path, minilm) -> N
     with SemanticCache(config) as cache:
         cache.verifier.load()  # load the model before timing
         create = cache.wrap(client.chat.completions.create)
-        first, cold = timed(create, model=MODEL, messages=user("What is the capital city of France?"))
-        again, warm = timed(create, model=MODEL, messages=user("What's the capital city of France?"))
+        first, cold = timed(create, model=MODEL, messages=user("What is the tallest mountain in the world?"))
+        again, warm = timed(create, model=MODEL, messages=user("What's the tallest mountain in the world?"))
         other, _ = timed(create, model=MODEL, messages=user("How do I bake sourdough bread?"))
     assert up.calls == 2  # the paraphrase made no call; the unrelated question did
     assert type(again) is ChatCompletion and again == first
-    assert again.choices[0].message.content == "answer 1: What is the capital city of France?"
+    assert again.choices[0].message.content == "answer 1: What is the tallest mountain in the world?"
     assert other.choices[0].message.content.startswith("answer 2:")
     assert cold >= DELAY and warm < DELAY / 3
     assert cache.stats()["hits_by"] == {"l1_semantic": 1}
@@ -118,8 +118,8 @@ async def test_paraphrase_hit_async_client(up, tmp_path, minilm) -> None:
         base_url=up.base_url, api_key="test", max_retries=0
     ) as aclient:
         create = cache.wrap(aclient.chat.completions.create)
-        first = await create(model=MODEL, messages=user("What is the capital city of France?"))
-        again = await create(model=MODEL, messages=user("What's the capital city of France?"))
+        first = await create(model=MODEL, messages=user("What is the tallest mountain in the world?"))
+        again = await create(model=MODEL, messages=user("What's the tallest mountain in the world?"))
         assert cache.stats()["hits_by"] == {"l1_semantic": 1} and cache.stats()["verifier"]["rejections"] == 0
     assert up.calls == 1 and type(again) is ChatCompletion and again == first
 
