@@ -74,7 +74,10 @@ def run_probes(folder: Path, embedder: object, verifier: bool) -> tuple[list[Pro
             memory=MemoryConfig(max_entries=50_000),
             sql=SQLConfig(url=f"sqlite:///{tmp}/bench.db"),
             embedder=embedder,
-            policy=Policy(guards=(), default_ttl_seconds=None, verifier="default" if verifier else None),
+            # verifier_threshold=0: every candidate past Policy.similarity_floor is scored
+            # (the cache would skip those the default threshold cannot pass), so that the
+            # sweep below sees every score; the default threshold is the calibration's.
+            policy=Policy(guards=(), default_ttl_seconds=None, verifier="default" if verifier else None, verifier_threshold=0.0 if verifier else None),
         )
         with SemanticCache(cfg) as cache:
             entries = cache.set_many(
@@ -99,7 +102,7 @@ def run_probes(folder: Path, embedder: object, verifier: bool) -> tuple[list[Pro
                     ok = all(g(p["prompt"], c["prompt"]).passed for g in guards)
                     probe.cands.append(Cand(key_to_id.get(c["entry_id"]), c["similarity"], c.get("verifier_score"), ok))
                 out.append(probe)
-            vthr = ex.get("verifier_threshold") if verifier else None
+            vthr = cache.verifier.calibration.threshold_for(Policy().max_false_hit_rate) if verifier else None
     t = np.array(times) * 1000
     return out, (vthr if vthr is not None else float("nan")), {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
 

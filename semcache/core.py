@@ -150,6 +150,12 @@ class Core:
         if self.verifier is None:
             return DEFAULT_SIMILARITY_THRESHOLD if asked is None else asked
         floor = float(self.config.policy.similarity_floor)
+        # A verifier whose score is capped by the cosine (the default: head x prior) says
+        # below which cosine no score can reach its threshold: those are not scored.
+        bound = getattr(self.verifier, "min_similarity", None)
+        vthr = self.verifier_threshold(request.namespace)
+        if callable(bound) and vthr is not None:
+            floor = max(floor, float(bound(vthr)))
         return floor if asked is None else max(floor, asked)
 
     def verifier_threshold(self, namespace: str | None) -> float | None:

@@ -358,7 +358,9 @@ class Reader:
             "verifier": None if verifier is None else verifier.verifier_id,
             "max_false_hit_rate": None if verifier is None else policy.max_false_hit_rate,
             "verifier_threshold": vthr,
-            "similarity_floor": None if verifier is None else policy.similarity_floor,
+            # the floor in force: Policy.similarity_floor, or higher where the verifier
+            # says no lower cosine can reach its threshold
+            "similarity_floor": None if verifier is None else core.threshold_for(req),
             "candidates": [],
         }
         if self.peek(req.key, now) is not None:
@@ -389,7 +391,7 @@ class Reader:
             if decided or rank >= searched or len(scored) >= policy.verifier_top_k:
                 row["decision"] = "not considered"
             elif sim < thr:
-                below_floor = verifier is not None and sim < policy.similarity_floor
+                below_floor = verifier is not None and sim < out["similarity_floor"]
                 row["decision"] = "below floor" if below_floor else "below threshold"
                 decided = True
             elif core.blocked(req.key, key):
