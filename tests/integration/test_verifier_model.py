@@ -2,13 +2,12 @@
 what it rejects that cosine similarity serves, what it still serves, its input checks,
 broken model files, determinism and the shipped calibration.
 
-The pairs were chosen by measuring their scores with a fresh verifier per pair (as a
-cache asks it, one lookup at a time) against two trainings of the model, whose
-thresholds for ``max_false_hit_rate=0.01`` were 0.73 and 0.87: the swapped pairs scored
-0.04-0.29 (at least 0.45 under the threshold), another language under 0.01, the
-paraphrases 0.83-0.98 (at least 0.04 over it), so a small numeric difference between
-platforms cannot flip an outcome. A new training should be measured again
-(``DefaultVerifier().details(pairs)``).
+The pairs were chosen by measuring their scores (``DefaultVerifier().details(pairs)``;
+the shipped threshold for ``max_false_hit_rate=0.01`` is 0.873): the swapped pairs score
+0.06-0.20, another language 0.004, the paraphrases 0.92-0.97, so none is near the
+threshold and a small numeric difference between platforms cannot flip an outcome. They
+kept their side of the threshold through three trainings of the model (thresholds 0.73,
+0.87, 0.87); a new training should be measured again.
 """
 
 from __future__ import annotations
@@ -82,7 +81,8 @@ def assert_explained(ex: dict, threshold: float | None) -> None:
     assert ex["verifier"] == (VERIFIER_ID if threshold is not None else None)
     if threshold is not None:
         assert ex["verifier_threshold"] == pytest.approx(threshold)
-        assert ex["max_false_hit_rate"] == 0.01 and ex["similarity_floor"] == 0.75
+        # Policy.similarity_floor, or higher where the verifier says no lower cosine can pass
+        assert ex["max_false_hit_rate"] == 0.01 and ex["similarity_floor"] >= 0.75
     assert len(ex["candidates"]) == 2  # the pair's entry and the unrelated one
     for c in ex["candidates"]:
         assert {"similarity", "verifier_score", "verifier_threshold", "decision"} <= set(c)
@@ -132,8 +132,11 @@ def test_another_language_misses(minilm, threshold) -> None:
     assert hit is None
     assert_explained(ex, threshold)
     top = ex["candidates"][0]
-    assert top["similarity"] >= 0.75  # past the floor (0.787): the verifier is what says no
-    assert top["verifier_score"] < 0.05 and top["decision"].startswith("rejected by verifier")
+    assert 0.75 <= top["similarity"] < 0.95  # 0.787: the old default's threshold alone refuses it
+    if top["similarity"] >= ex["similarity_floor"]:
+        assert top["verifier_score"] < 0.05 and top["decision"].startswith("rejected by verifier")
+    else:  # under the floor the verifier's threshold needs: not scored
+        assert top["verifier_score"] is None and top["decision"] == "below floor"
 
 
 @pytest.mark.parametrize(("stored", "query"), PARAPHRASES, ids=["capital", "capital-reversed", "reverse-list"])
@@ -325,16 +328,14 @@ def test_the_same_pairs_score_the_same_twice() -> None:
     assert np.allclose([DefaultVerifier().score([p])[0] for p in PAIRS[:3]], [DefaultVerifier().score([p])[0] for p in PAIRS[:3]], rtol=0, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the int8 encoder quantises activations per batch (DynamicQuantizeLinear), so a text's "
-    "token states depend on the texts encoded with it: scores differ by up to ~0.1 between a "
-    "pair scored alone and the same pair in a batch",
-)
 def test_a_pair_scores_the_same_alone_or_in_a_batch() -> None:
+    # fresh verifiers, so no text's states come from the encoder's cache: the int8 graph
+    # scales activations over its whole input, so a text must be encoded on its own
     batch = DefaultVerifier().score(PAIRS)
     alone = np.array([DefaultVerifier().score([p])[0] for p in PAIRS])
     assert np.allclose(alone, batch, rtol=0, atol=1e-6)
+    reordered = DefaultVerifier().score(PAIRS[::-1])[::-1]
+    assert np.allclose(reordered, batch, rtol=0, atol=1e-6)
 
 
 # -- calibration ----------------------------------------------------------------------------------
