@@ -122,12 +122,17 @@ class DefaultVerifier:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise VerifierError(f"cannot read the verifier description {meta_path}: {exc}") from exc
-        if tuple(self.meta.get("features", ())) != FEATURE_NAMES:
+        if not isinstance(self.meta, dict) or tuple(self.meta.get("features", ())) != FEATURE_NAMES:
             raise VerifierError(f"{meta_path} was trained on other features than this version computes")
-        self.verifier_id: str = str(self.meta["verifier_id"])
-        self.prior_low = float(self.meta["prior_low"])
-        self.prior_power = float(self.meta["prior_power"])
-        self.head_power = float(self.meta.get("head_power", 1.0))
+        try:
+            self.verifier_id: str = str(self.meta["verifier_id"])
+            self.prior_low = float(self.meta["prior_low"])
+            self.prior_power = float(self.meta["prior_power"])
+            self.head_power = float(self.meta.get("head_power", 1.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerifierError(f"{meta_path} lacks a usable {exc} field") from exc
+        if not (0.0 <= self.prior_low < 1.0 and self.prior_power > 0):
+            raise VerifierError(f"{meta_path}: prior_low must be in [0, 1) and prior_power positive")
         cal = self.data_dir / "calibration.json"
         self.calibration: Calibration | None = Calibration.from_json(cal) if cal.is_file() else None
         self.num_threads = num_threads
@@ -150,12 +155,18 @@ class DefaultVerifier:
                 return
             import onnxruntime as ort
 
-            self._encoder = TokenEncoder(
-                self.data_dir / "encoder.onnx", max_tokens=int(self.meta.get("max_tokens", 128)), num_threads=self.num_threads
-            )
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            head = ort.InferenceSession(str(self.data_dir / "head.onnx"), opts, providers=["CPUExecutionProvider"])
+            try:
+                encoder = TokenEncoder(
+                    self.data_dir / "encoder.onnx", max_tokens=int(self.meta.get("max_tokens", 128)), num_threads=self.num_threads
+                )
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = 1
+                head = ort.InferenceSession(str(self.data_dir / "head.onnx"), opts, providers=["CPUExecutionProvider"])
+            except VerifierError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a missing or corrupt file
+                raise VerifierError(f"{self.verifier_id}: cannot load the model from {self.data_dir}: {type(exc).__name__}: {exc}") from exc
+            self._encoder = encoder
             self._head_input = head.get_inputs()[0].name
             self._head = head
 

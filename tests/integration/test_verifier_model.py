@@ -251,7 +251,6 @@ def test_an_unreadable_description_is_a_verifier_error(data_copy, breakage) -> N
         DefaultVerifier(data_dir=data_copy)
 
 
-@pytest.mark.xfail(strict=True, reason="a verifier.json missing a field raises a bare KeyError, not VerifierError")
 def test_a_description_missing_a_field_is_a_verifier_error(data_copy) -> None:
     _rewrite_meta(data_copy, prior_low=None)
     with pytest.raises(VerifierError):
@@ -284,7 +283,6 @@ BROKEN_ONNX = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a missing or corrupt ONNX file raises onnxruntime's own exception, not VerifierError")
 @pytest.mark.parametrize("breakage", list(BROKEN_ONNX))
 def test_a_broken_onnx_file_is_a_verifier_error(data_copy, breakage) -> None:
     BROKEN_ONNX[breakage](data_copy)
