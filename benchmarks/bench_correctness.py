@@ -40,7 +40,7 @@ import numpy as np
 
 from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig
 from semcache.config import DEFAULT_SIMILARITY_THRESHOLD
-from semcache.guards import DEFAULT_GUARDS, build_guards
+from semcache.guards import DEFAULT_GUARDS, GUARD_NAMES, build_guards
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Cand:
     entry_id: str | None  # corpus id
     sim: float
     score: float | None  # verifier score (None: not scored, e.g. below the floor)
-    guards_ok: bool
+    verdicts: dict[str, bool]  # every guard's verdict on this candidate
 
 
 @dataclass
@@ -68,7 +68,7 @@ def run_probes(folder: Path, embedder: object, verifier: bool) -> tuple[list[Pro
     verifier's score (when ``verifier``) and the default guards' verdict."""
     corpus = load(folder / "corpus.jsonl")
     probes = load(folder / "probes.jsonl")
-    guards = build_guards(DEFAULT_GUARDS)
+    guards = build_guards(GUARD_NAMES)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = CacheConfig(
             memory=MemoryConfig(max_entries=50_000),
@@ -99,8 +99,8 @@ def run_probes(folder: Path, embedder: object, verifier: bool) -> tuple[list[Pro
                 for c in ex.get("candidates", []):
                     if c["prompt"] is None:
                         continue
-                    ok = all(g(p["prompt"], c["prompt"]).passed for g in guards)
-                    probe.cands.append(Cand(key_to_id.get(c["entry_id"]), c["similarity"], c.get("verifier_score"), ok))
+                    verdicts = {r.name: r.passed for r in (g(p["prompt"], c["prompt"]) for g in guards)}
+                    probe.cands.append(Cand(key_to_id.get(c["entry_id"]), c["similarity"], c.get("verifier_score"), verdicts))
                 out.append(probe)
             vthr = cache.verifier.calibration.threshold_for(Policy().max_false_hit_rate) if verifier else None
     t = np.array(times) * 1000
@@ -110,24 +110,24 @@ def run_probes(folder: Path, embedder: object, verifier: bool) -> tuple[list[Pro
 Rule = Callable[[Probe, float], str | None]
 
 
-def cosine_rule(with_guards: bool) -> Rule:
+def cosine_rule(guards: tuple[str, ...]) -> Rule:
     def decide(p: Probe, thr: float) -> str | None:
         if p.exact is not None:
             return p.exact
         if not p.cands or p.cands[0].sim < thr:
             return None
         c = p.cands[0]
-        return c.entry_id if (c.guards_ok or not with_guards) else None
+        return c.entry_id if all(c.verdicts[g] for g in guards) else None
 
     return decide
 
 
-def verifier_rule(with_guards: bool) -> Rule:
+def verifier_rule(guards: tuple[str, ...]) -> Rule:
     def decide(p: Probe, thr: float) -> str | None:
         if p.exact is not None:
             return p.exact
         for c in p.cands:
-            if c.score is None or (with_guards and not c.guards_ok):
+            if c.score is None or not all(c.verdicts[g] for g in guards):
                 continue
             if c.score >= thr:
                 return c.entry_id
@@ -185,12 +185,15 @@ def main() -> None:
         ver, vthr, t_ver = run_probes(folder, emb, verifier=True)
         scores = sorted({c.score for p in ver for c in p.cands if c.score is not None})
         score_grid = np.unique(np.concatenate([[0.0], np.quantile(scores, np.linspace(0, 1, 600)) if scores else [], [vthr, 1.0]]))
+        default = tuple(DEFAULT_GUARDS)
         rules = {
-            "bare cosine": summarise(bare, cosine_rule(False), cos_grid, DEFAULT_SIMILARITY_THRESHOLD),
-            f"guards ({'+'.join(DEFAULT_GUARDS)})": summarise(bare, cosine_rule(True), cos_grid, DEFAULT_SIMILARITY_THRESHOLD),
-            "verifier": summarise(ver, verifier_rule(False), score_grid, vthr),
-            "verifier + guards": summarise(ver, verifier_rule(True), score_grid, vthr),
+            "bare cosine": summarise(bare, cosine_rule(()), cos_grid, DEFAULT_SIMILARITY_THRESHOLD),
+            f"guards ({'+'.join(default)})": summarise(bare, cosine_rule(default), cos_grid, DEFAULT_SIMILARITY_THRESHOLD),
+            "verifier": summarise(ver, verifier_rule(()), score_grid, vthr),
+            f"verifier + {'+'.join(default)}": summarise(ver, verifier_rule(default), score_grid, vthr),
         }
+        for g in GUARD_NAMES:
+            rules[f"verifier + {g}"] = summarise(ver, verifier_rule((g,)), score_grid, vthr)
         print(f"explain per probe: cosine p50 {t_bare['p50_ms']:.2f} ms, p99 {t_bare['p99_ms']:.2f} ms; "
               f"with the verifier p50 {t_ver['p50_ms']:.2f} ms, p99 {t_ver['p99_ms']:.2f} ms; default verifier threshold {vthr:.4f}")
         print(f"{'rule':<26}{'best F1':>8} {'R@FHR<=5%':>16} {'R@FHR<=1%':>16} {'FHR@default':>12} {'R@default':>10} {'P@default':>10}")

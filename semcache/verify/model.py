@@ -30,7 +30,7 @@ from cachetools import LRUCache
 from ..errors import MissingDependencyError, VerifierError
 from .base import check_scores, validate_pairs
 from .calibration import Calibration
-from .features import FEATURE_NAMES, pair_features
+from .features import feature_names, verifier_features
 
 __all__ = ["DATA_DIR", "DefaultVerifier", "TokenEncoder"]
 
@@ -51,10 +51,12 @@ class TokenEncoder:
     """Token ids and last hidden states of texts, from an ONNX encoder graph.
 
     Thread-safe; keeps the states of recently seen texts (cached prompts come back
-    often), so a hot entry is encoded once.
+    often), so a hot entry is encoded once: at most ``cache_bytes`` of them (a 20-token
+    prompt's two layers take about 60 kB).
     """
 
-    def __init__(self, onnx_path: str | Path, *, max_tokens: int = 128, num_threads: int = 1, cache_size: int = 4096) -> None:
+
+    def __init__(self, onnx_path: str | Path, *, max_tokens: int = 128, num_threads: int = 1, cache_bytes: int = 64 << 20) -> None:
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -72,11 +74,14 @@ class TokenEncoder:
         vocab = tok.get_vocab()
         #: vocabulary ids whose piece holds a digit
         self.number_ids = frozenset(i for piece, i in vocab.items() if any(ch.isdigit() for ch in piece))
-        self._cache: LRUCache[str, tuple[np.ndarray, np.ndarray]] = LRUCache(maxsize=cache_size)
+        self._cache: LRUCache[str, tuple[np.ndarray, np.ndarray]] = LRUCache(
+            maxsize=cache_bytes, getsizeof=lambda v: int(v[0].nbytes + v[1].nbytes)
+        )
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(ids, states)`` per text: ids with [CLS]/[SEP], states ``(len(ids), dim)``."""
+        """``(ids, states)`` per text: ids with [CLS]/[SEP], states ``(outputs, len(ids),
+        dim)``, one row per output of the graph (the last layer first)."""
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with self._lock:
             for t in texts:
@@ -93,11 +98,12 @@ class TokenEncoder:
             feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             if "token_type_ids" in self._inputs:
                 feeds["token_type_ids"] = np.zeros_like(ids)
-            states = self._session.run(None, feeds)[0]
-            out[t] = (ids[0].copy(), np.asarray(states[0], dtype=np.float32))
+            outputs = self._session.run(None, feeds)
+            out[t] = (ids[0].copy(), np.stack([np.asarray(o[0], dtype=np.float32) for o in outputs]))
         with self._lock:
             for t in todo:
-                self._cache[t] = out[t]
+                if out[t][0].nbytes + out[t][1].nbytes <= self._cache.maxsize:
+                    self._cache[t] = out[t]
         return [out[t] for t in texts]
 
 
@@ -122,7 +128,8 @@ class DefaultVerifier:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise VerifierError(f"cannot read the verifier description {meta_path}: {exc}") from exc
-        if not isinstance(self.meta, dict) or tuple(self.meta.get("features", ())) != FEATURE_NAMES:
+        layers = self.meta.get("layers", [6]) if isinstance(self.meta, dict) else None
+        if not isinstance(layers, list) or tuple(self.meta.get("features", ())) != feature_names(layers):
             raise VerifierError(f"{meta_path} was trained on other features than this version computes")
         try:
             self.verifier_id: str = str(self.meta["verifier_id"])
@@ -197,13 +204,13 @@ class DefaultVerifier:
         assert self._encoder is not None
         texts = [t for pair in checked for t in pair]
         enc = self._encoder.encode(texts)
-        feats = np.empty((len(checked), len(FEATURE_NAMES)), dtype=np.float32)
+        feats = np.empty((len(checked), len(self.meta["features"])), dtype=np.float32)
         cos = np.empty(len(checked))
         nums = self._encoder.number_ids
         for i in range(len(checked)):
             (ia, ha), (ib, hb) = enc[2 * i], enc[2 * i + 1]
-            feats[i] = pair_features(ia, ha, ib, hb, nums)
-            cos[i] = mean_cosine(ha, hb)
+            feats[i] = verifier_features(ia, ha, ib, hb, nums)
+            cos[i] = mean_cosine(ha[0], hb[0])
         outs = self._head.run(None, {self._head_input: feats})
         proba = np.asarray(outs[-1], dtype=np.float64)
         head = proba[:, 1] if proba.ndim == 2 else proba
