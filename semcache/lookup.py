@@ -180,8 +180,15 @@ class Reader:
         survivors = self.survivors(request, now, thr, v)
         if not survivors:
             return None  # nothing past the floor: the verifier is not asked
-        scores = core.score_pairs([(request.text, c.entry.prompt) for c in survivors])
-        return self.decide(request, now, survivors, scores)
+        # The nearest survivor first, alone: it is the hit far more often than not, and
+        # scoring the others would cost their encoding. The rest only when it is rejected.
+        pairs = [(request.text, c.entry.prompt) for c in survivors]
+        first = core.score_pairs(pairs[:1])
+        vthr = core.verifier_threshold(request.namespace)
+        if first is None or len(survivors) == 1 or (vthr is not None and float(first[0]) >= vthr):
+            return self.decide(request, now, survivors[:1], first)
+        rest = core.score_pairs(pairs[1:])
+        return self.decide(request, now, survivors, None if rest is None else np.concatenate([first, rest]))
 
     def nearest(self, request: Request, now: float, thr: float, v: np.ndarray) -> Hit | None:
         """The semantic path without a verifier: the nearest live candidate decides."""

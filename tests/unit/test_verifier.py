@@ -157,7 +157,8 @@ def test_the_nearest_candidate_that_clears_wins(make, space):
     hit = cache.get(q)
     assert hit is not None and hit.prompt == a and hit.kind == "semantic"
     assert hit.verifier_score == pytest.approx(0.9) and hit.as_dict()["verifier_score"] == 0.9
-    assert v.calls == [[(q, a), (q, b), (q, c)]]  # one call, every survivor, cosine order
+    # the nearest survivor is asked about first, alone; it cleared, so no other is scored
+    assert v.calls == [[(q, a)]]
 
 
 def test_the_second_candidate_wins_when_the_first_is_rejected(make, space):
@@ -167,9 +168,9 @@ def test_the_second_candidate_wins_when_the_first_is_rejected(make, space):
     hit = cache.get(q)
     assert hit is not None and hit.prompt == b and hit.verifier_score == pytest.approx(0.8)
     assert hit.similarity == pytest.approx(0.90, abs=1e-5)
-    assert len(v.calls) == 1
+    assert v.calls == [[(q, a)], [(q, b), (q, c)]]  # the nearest alone, then the rest together
     s = cache.stats()["verifier"]
-    assert s["calls"] == 1 and s["pairs"] == 3 and s["rejections"] == 1 and s["errors"] == 0
+    assert s["calls"] == 2 and s["pairs"] == 3 and s["rejections"] == 1 and s["errors"] == 0
     assert s["id"] == "fake-verifier"
 
 
@@ -186,7 +187,7 @@ def test_verifier_top_k_bounds_the_pairs_scored(make, space):
     cache = make(v, verifier_top_k=2)
     q, a, b, c = three(space, cache)
     assert cache.get(q) is None
-    assert v.calls == [[(q, a), (q, b)]]
+    assert v.calls == [[(q, a)], [(q, b)]]
 
 
 def test_a_guard_veto_skips_that_candidate_only(make, space):
@@ -220,7 +221,7 @@ def test_a_blocked_candidate_is_skipped(make, space):
     cache._core.blocked = lambda request_key, entry_key: entry_key == blocked_key
     hit = cache.get(q)
     assert hit is not None and hit.prompt == b
-    assert v.calls == [[(q, b), (q, c)]]
+    assert v.calls == [[(q, b)]]  # the blocked nearest is never asked about
 
 
 def test_a_blocked_candidate_is_skipped_without_a_verifier_too(make, space):
@@ -272,7 +273,7 @@ def test_a_cosine_threshold_still_applies_on_top_of_the_verifier(make, space):
     v.calls.clear()
     assert cache.get(q, threshold=0.97) is None and v.calls == []  # per call: nothing clears
     assert cache.get(q, threshold=0.5) is not None  # the floor still applies under a low one
-    assert v.calls[-1] == [(q, a), (q, b), (q, c)]
+    assert v.calls[-1] == [(q, a)]  # the nearest, past the floor, is asked about and clears
 
 
 def test_namespace_thresholds_are_cosine_requirements_with_the_verifier(make, space):
@@ -412,7 +413,7 @@ def test_a_failing_verifier_raises_under_on_backend_error_raise(make, space):
     q, *_ = three(space, cache)
     with pytest.raises(VerifierError, match="model crashed"):
         cache.get(q)
-    bad = make(BrokenVerifier(output=[2.0, 2.0, 2.0]), on_backend_error="raise")
+    bad = make(BrokenVerifier(output=[2.0]), on_backend_error="raise")  # the nearest is asked about alone
     bad.set_many([{"prompt": p, "value": p} for p in ("watering a fern", "fern watering schedule", "care of ferns indoors")])
     with pytest.raises(VerifierError, match=r"outside \[0, 1\]"):
         bad.get(q)
@@ -529,7 +530,7 @@ def test_explain_shows_every_candidate_score_and_decision(make, space):
     after = cache.stats()
     assert after["verifier"]["calls"] == before["verifier"]["calls"] and after["hits"] == before["hits"]  # read-only
     hit = cache.get(q)  # the lookup decides as explain said
-    assert hit is not None and hit.prompt == b and v.calls[-1] == [(q, a), (q, b), (q, c)]
+    assert hit is not None and hit.prompt == b and v.calls[-2:] == [[(q, a)], [(q, b), (q, c)]]
     assert [cand["prompt"] for cand in cache.explain(q, k=2)["candidates"]] == [blocked, vetoed]
 
 
@@ -734,5 +735,6 @@ def test_verifier_counters_reach_the_metrics(make, space):
     q, *_ = three(space, cache)
     assert cache.get(q) is not None
     text = CacheMetrics(cache).render().decode()
-    assert "semcache_verifier_calls_total 1.0" in text and "semcache_verifier_pairs_total 3.0" in text
+    # the nearest alone (rejected), then the other two together
+    assert "semcache_verifier_calls_total 2.0" in text and "semcache_verifier_pairs_total 3.0" in text
     assert "semcache_verifier_rejections_total 1.0" in text and "semcache_verifier_errors_total 0.0" in text
