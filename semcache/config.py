@@ -219,8 +219,14 @@ class Policy:
     #: The cosine similarity a candidate needs before the verifier scores it.
     similarity_floor: float = 0.75
     #: How many candidates (nearest first, past the floor and the guards) the verifier
-    #: scores per lookup, in one call.
+    #: scores per lookup.
     verifier_top_k: int = 3
+    #: How the calibration picks the threshold for ``max_false_hit_rate``: ``"upper"``,
+    #: the lowest threshold whose false-hit rate's one-sided 95% upper bound meets the
+    #: target (the rate is reached with that confidence on the labels); ``"measured"``,
+    #: the lowest whose measured rate does (more hits, and a rate that runs higher on
+    #: new data: about twice the measured one on held-out PAWS pairs).
+    calibration_bound: Literal["upper", "measured"] = "upper"
     #: Guard names (see :mod:`semcache.guards`); ``None`` means the measured defaults.
     guards: tuple[str, ...] | None = None
     semantic: bool = True
@@ -278,6 +284,8 @@ class Policy:
         vt = self.verifier_threshold
         if vt is not None and (isinstance(vt, bool) or not isinstance(vt, (int, float)) or not 0.0 <= vt <= 1.0):
             raise ConfigurationError(f"Policy.verifier_threshold must be a score in [0, 1] or None, got {vt!r}")
+        if self.calibration_bound not in ("upper", "measured"):
+            raise ConfigurationError("Policy.calibration_bound must be 'upper' or 'measured'")
         k = self.verifier_top_k
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10:
             raise ConfigurationError(f"Policy.verifier_top_k must be an integer in 1..10, got {k!r}")

@@ -172,7 +172,8 @@ class Core:
         key = namespace if namespace is not None and namespace in cal.namespaces else None
         thr = self._verifier_thresholds.get(key)
         if thr is None:
-            thr = self._verifier_thresholds[key] = float(cal.threshold_for(policy.max_false_hit_rate, key))
+            confident = policy.calibration_bound == "upper"
+            thr = self._verifier_thresholds[key] = float(cal.threshold_for(policy.max_false_hit_rate, key, confident=confident))
         return thr
 
     # -- the verifier ---------------------------------------------------------------

@@ -93,10 +93,11 @@ def _verifier_scores(choice: str, pairs: Sequence[Any]) -> tuple[np.ndarray, str
     return out, verifier.verifier_id
 
 
-def _rows(cal: Any, targets: Sequence[float], namespace: str | None = None) -> list[dict[str, Any]]:
+def _rows(cal: Any, targets: Sequence[float], namespace: str | None = None, bound: str = "upper") -> list[dict[str, Any]]:
     out = []
+    confident = bound == "upper"
     for t in targets:
-        p = cal.point_for(t, namespace)
+        p = cal.point_for(t, namespace, confident=confident)
         out.append(
             {
                 "max_false_hit_rate": t,
@@ -104,7 +105,7 @@ def _rows(cal: Any, targets: Sequence[float], namespace: str | None = None) -> l
                 "recall": p.recall,
                 "false_hit_rate": p.false_hit_rate,
                 "false_hit_upper": p.false_hit_upper,
-                "reached": p.false_hit_rate <= t,
+                "reached": (p.false_hit_upper if confident else p.false_hit_rate) <= t,
             }
         )
     return out
@@ -134,6 +135,7 @@ def _print_rows(rows: list[dict[str, Any]], chosen: float) -> None:
 @click.option("--target", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.01, show_default=True, help="The false-hit rate the cache will aim for (Policy.max_false_hit_rate).")
 @click.option("--namespace-min", type=click.IntRange(min=1), default=200, show_default=True, help="Labels a namespace needs for a table of its own.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the calibration JSON here (for Policy.verifier_calibration).")
+@click.option("--bound", type=click.Choice(["upper", "measured"]), default="upper", show_default=True, help="How a threshold meets a target, as Policy.calibration_bound: its 95% upper bound, or its measured rate.")
 @click.option("--save-labels", type=click.Path(dir_okay=False, writable=True), default=None, help="Also write the labelled pairs used as JSONL (input for training/train_verifier.py --labels).")
 @json_option
 @pass_ctx
@@ -146,6 +148,7 @@ def calibrate(
     namespace_min: int,
     out: str | None,
     save_labels: str | None,
+    bound: str,
     as_json: bool,
 ) -> None:
     """Measure the verifier threshold for a target false-hit rate on labelled pairs.
@@ -187,9 +190,9 @@ def calibrate(
                 "n_positive": cal.n_positive,
                 "n_negative": cal.n_negative,
                 "target": target,
-                "targets": _rows(cal, targets),
+                "targets": _rows(cal, targets, bound=bound),
                 "namespaces": {
-                    ns: {"n_positive": sub.n_positive, "n_negative": sub.n_negative, "targets": _rows(cal, targets, ns)}
+                    ns: {"n_positive": sub.n_positive, "n_negative": sub.n_negative, "targets": _rows(cal, targets, ns, bound=bound)}
                     for ns, sub in sorted(cal.namespaces.items())
                 },
                 "out": out,
@@ -197,17 +200,17 @@ def calibrate(
         )
         return
     click.echo(f"{cal.verifier_id} on {source}: {cal.n_positive} correct, {cal.n_negative} incorrect")
-    _print_rows(_rows(cal, targets), target)
+    _print_rows(_rows(cal, targets, bound=bound), target)
     for ns, sub in sorted(cal.namespaces.items()):
         click.echo(f"\nnamespace {ns}: {sub.n_positive} correct, {sub.n_negative} incorrect")
-        _print_rows(_rows(cal, targets, ns), target)
+        _print_rows(_rows(cal, targets, ns, bound=bound), target)
     if not cal.namespaces:
         click.echo(f"(no namespace has {namespace_min} labels with both kinds: one table for all)")
     if out is not None:
         click.echo(f"\nwrote {out}")
     if cosine:
         click.echo(
-            f"use: Policy(verifier=None, similarity_threshold={cal.threshold_for(target):.4f})  "
+            f"use: Policy(verifier=None, similarity_threshold={cal.threshold_for(target, confident=bound == 'upper'):.4f})  "
             f"# {target:.2%} false hits on these labels"
         )
     elif out is not None:

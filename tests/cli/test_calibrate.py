@@ -89,7 +89,8 @@ def test_the_stated_rate_holds_on_a_held_out_half(runner, tmp_path, fake_verifie
     held_neg = np.asarray([table[(x["prompt"], x["cached_prompt"])] for x in held if not x["correct"]])
     held_pos = np.asarray([table[(x["prompt"], x["cached_prompt"])] for x in held if x["correct"]])
     for t in report["targets"]:
-        assert t["reached"] and t["false_hit_rate"] <= t["max_false_hit_rate"] <= t["false_hit_upper"]
+        # by default a threshold meets a target when its 95% upper bound does
+        assert t["reached"] and t["false_hit_rate"] <= t["false_hit_upper"] <= t["max_false_hit_rate"]
         assert cal.threshold_for(t["max_false_hit_rate"]) == t["threshold"]
         # the held-out half, which the table never saw, agrees with the bound: its own
         # 95% lower bound on the rate at that threshold is under the bound the table
@@ -132,7 +133,8 @@ def test_cosine_calibration_with_the_embedder(runner, tmp_path):
         rows.append({"a": f"how do I reset my password {i}", "b": f"how do i reset my password {i}?", "label": 1})
         rows.append({"a": f"order a pizza number {i}", "b": "the history of rome", "label": 0})
     labels = write(tmp_path / "l.jsonl", rows)
-    r = run(runner, "calibrate", "--labels", labels, "--verifier", "none", "--embedder", "hashing", "--json")
+    # 60 incorrect pairs cannot bound a rate under 0.5%: compare the measured rates
+    r = run(runner, "calibrate", "--labels", labels, "--verifier", "none", "--embedder", "hashing", "--bound", "measured", "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["verifier_id"].startswith("cosine:hashing")

@@ -43,10 +43,14 @@ def test_derive_a_small_table_by_hand():
     rows = [(p.threshold, p.false_hits, p.true_hits) for p in cal.points]
     # one point per false-hit count (its lowest threshold) plus the highest score
     assert rows == [(0.5, 2, 3), (0.6, 1, 3), (0.8, 0, 2), (0.9, 0, 1)]
-    assert cal.threshold_for(0.5) == 0.6 and cal.point_for(0.5).recall == 1.0
-    assert cal.threshold_for(0.01) == 0.8 and cal.point_for(0.01).recall == pytest.approx(2 / 3)
-    assert cal.threshold_for(1.0) == 0.5
-    assert cal.point_for(0.5).false_hit_upper == pytest.approx(clopper_pearson_upper(1, 2))
+    m = {"confident": False}  # by the measured rates
+    assert cal.threshold_for(0.5, **m) == 0.6 and cal.point_for(0.5, **m).recall == 1.0
+    assert cal.threshold_for(0.01, **m) == 0.8 and cal.point_for(0.01, **m).recall == pytest.approx(2 / 3)
+    assert cal.threshold_for(1.0, **m) == 0.5
+    assert cal.point_for(0.5, **m).false_hit_upper == pytest.approx(clopper_pearson_upper(1, 2))
+    # by the 95% upper bound (the default): two incorrect pairs bound no rate under 0.5,
+    # so the strictest threshold; a target of 1 is met by every threshold
+    assert cal.threshold_for(0.5) == 0.9 and cal.threshold_for(1.0) == 0.5
 
 
 def test_no_threshold_reaches_the_target_gives_the_highest():
@@ -73,12 +77,16 @@ def test_the_table_is_monotone_and_the_choice_holds_on_the_data():
     assert all(p.false_hit_upper >= p.false_hit_rate for p in pts)
     neg = scores[~labels]
     for target in (0.05, 0.02, 0.01, 0.005, 0.001):
-        t = cal.threshold_for(target)
+        t = cal.threshold_for(target, confident=False)
         measured = float((neg >= t).mean())
         assert measured <= target  # on the labels it was derived from, exactly
-        assert measured == pytest.approx(cal.point_for(target).false_hit_rate)
+        assert measured == pytest.approx(cal.point_for(target, confident=False).false_hit_rate)
         # thinning never costs more than a couple of percent of the allowed false hits
         assert measured >= target * 0.97 - 1 / neg.size
+        # by the bound: stricter, and the bound itself meets the target
+        strict = cal.point_for(target)
+        assert strict.threshold >= t and strict.false_hit_upper <= target
+        assert float((neg >= strict.threshold).mean()) == pytest.approx(strict.false_hit_rate)
 
 
 def test_a_held_out_half_stays_within_the_bound():

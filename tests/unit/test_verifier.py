@@ -118,6 +118,8 @@ def make(clock, space) -> Iterator:
     def make(verifier: object, **policy: object) -> SemanticCache:
         if verifier is not None and "verifier_calibration" not in policy and getattr(verifier, "calibration", None) is None:
             policy.setdefault("verifier_threshold", 0.5)
+        # the hand-made tables here are small: thresholds by their measured rates
+        policy.setdefault("calibration_bound", "measured")
         policy.setdefault("sweep_interval_seconds", None)
         policy.setdefault("log_poll_seconds", None)
         cfg = CacheConfig(
