@@ -19,7 +19,7 @@ overwritten never copies the old version back up.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -190,12 +190,13 @@ class Reader:
         rest = core.score_pairs(pairs[1:])
         return self.decide(request, now, survivors, None if rest is None else np.concatenate([first, rest]))
 
-    def nearest(self, request: Request, now: float, thr: float, v: np.ndarray) -> Hit | None:
-        """The semantic path without a verifier: the nearest live candidate decides."""
+    def live(self, request: Request, now: float, thr: float, v: np.ndarray, k: int) -> Iterator[Survivor]:
+        """The nearest ``k`` candidates in cosine order, past ``thr``, not blocked, live
+        in this scope (an entry gone everywhere leaves the index)."""
         core = self.core
         index = core.index
         assert index is not None
-        for key, sim in index.search(request.scope, v, core.config.index.top_k):
+        for key, sim in index.search(request.scope, v, k):
             if sim < thr:
                 break
             if core.blocked(request.key, key):
@@ -207,49 +208,38 @@ class Reader:
                     index.remove([key])  # expired or deleted elsewhere
                 continue
             entry, tier = found
-            if entry.scope != request.scope:
-                continue
-            failed = [r for r in (g(request.text, entry.prompt) for g in core.guards) if not r.passed]
-            if failed:
-                for r in failed:
-                    core.stats.inc(f"guard_rejections_{r.name}")
+            if entry.scope == request.scope:
+                yield Survivor(entry, tier, sim, token, started)
+
+    def vetoed(self, request: Request, entry: Entry) -> bool:
+        """Whether a guard rejects the candidate (each rejection is counted)."""
+        failed = [r for r in (g(request.text, entry.prompt) for g in self.core.guards) if not r.passed]
+        for r in failed:
+            self.core.stats.inc(f"guard_rejections_{r.name}")
+        return bool(failed)
+
+    def nearest(self, request: Request, now: float, thr: float, v: np.ndarray) -> Hit | None:
+        """The semantic path without a verifier: the nearest live candidate decides."""
+        for c in self.live(request, now, thr, v, self.core.config.index.top_k):
+            if self.vetoed(request, c.entry):
                 # the nearest candidate is a different question; anything further away
                 # is less likely to be the same one, so this is a miss (and a rejected
                 # candidate is not promoted)
                 return None
-            entry, slot = self.promote(entry, tier, now, token, started)
-            return core.hit(entry, slot.name, "semantic", min(1.0, sim), now)
+            entry, slot = self.promote(c.entry, c.tier, now, c.token, c.started)
+            return self.core.hit(entry, slot.name, "semantic", min(1.0, c.similarity), now)
         return None
 
     def survivors(self, request: Request, now: float, thr: float, v: np.ndarray) -> list[Survivor]:
         """The candidates the verifier scores: in cosine order, past ``thr`` (the floor,
         or a higher cosine threshold), live in this scope, not blocked, passing every
         guard (a guard's veto skips that candidate only); at most ``verifier_top_k``."""
-        core = self.core
-        index = core.index
-        assert index is not None
-        policy = core.config.policy
+        policy = self.core.config.policy
         out: list[Survivor] = []
-        for key, sim in index.search(request.scope, v, max(core.config.index.top_k, policy.verifier_top_k)):
-            if sim < thr:
-                break
-            if core.blocked(request.key, key):
+        for c in self.live(request, now, thr, v, max(self.core.config.index.top_k, policy.verifier_top_k)):
+            if self.vetoed(request, c.entry):
                 continue
-            token, started = self.token(), time.monotonic()
-            found, skipped = self.find(key, now)
-            if found is None:
-                if not skipped:
-                    index.remove([key])  # expired or deleted elsewhere
-                continue
-            entry, tier = found
-            if entry.scope != request.scope:
-                continue
-            failed = [r for r in (g(request.text, entry.prompt) for g in core.guards) if not r.passed]
-            if failed:
-                for r in failed:
-                    core.stats.inc(f"guard_rejections_{r.name}")
-                continue
-            out.append(Survivor(entry, tier, sim, token, started))
+            out.append(c)
             if len(out) >= policy.verifier_top_k:
                 break
         return out

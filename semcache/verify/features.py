@@ -182,20 +182,10 @@ def pair_features(
 
 #: The features that depend on the states (not only on the token ids): computed again for
 #: each further layer the encoder returns.
-STATE_FEATURES = (
-    "aligned_min",
-    "aligned_p10",
-    "aligned_mean",
-    "aligned_bottom3",
-    "cover_a_min",
-    "cover_a_p10",
-    "cover_a_mean",
-    "cover_b_min",
-    "cover_b_p10",
-    "cover_b_mean",
-    "uncovered_a",
-    "uncovered_b",
+_ID_ONLY = frozenset(
+    {"aligned_log_count", "order_tau", "order_discordant", "content_jaccard", "numbers_differ", "length_ratio", "length_log_min", "bigram_jaccard", "trigram_jaccard", "common_subsequence"}
 )
+STATE_FEATURES = tuple(n for n in FEATURE_NAMES if n not in _ID_ONLY)
 _STATE_INDEX = [FEATURE_NAMES.index(n) for n in STATE_FEATURES]
 
 
