@@ -191,7 +191,7 @@ class DefaultVerifier:
         """The embedder cosine below which no pair can score ``threshold``: the score is
         at most the prior, so the cache does not ask about candidates under it."""
         t = min(max(float(threshold), 0.0), 1.0)
-        need = self.prior_low + (1.0 - self.prior_low) * t ** (1.0 / self.prior_power)
+        need = self.prior_low + (1.0 - self.prior_low) * float(t ** (1.0 / self.prior_power))
         return max(-1.0, need - self.COSINE_MARGIN)
 
     def details(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
