@@ -98,6 +98,11 @@ def _rows(cal: Any, targets: Sequence[float], namespace: str | None = None, boun
     confident = bound == "upper"
     for t in targets:
         p = cal.point_for(t, namespace, confident=confident)
+        fallback = (
+            namespace is not None
+            and cal.table(namespace).reaching(t, confident) is None
+            and cal.reaching(t, confident) is not None
+        )
         out.append(
             {
                 "max_false_hit_rate": t,
@@ -106,6 +111,7 @@ def _rows(cal: Any, targets: Sequence[float], namespace: str | None = None, boun
                 "false_hit_rate": p.false_hit_rate,
                 "false_hit_upper": p.false_hit_upper,
                 "reached": (p.false_hit_upper if confident else p.false_hit_rate) <= t,
+                "overall_table": fallback,
             }
         )
     return out
@@ -119,7 +125,9 @@ def _print_rows(rows: list[dict[str, Any]], chosen: float) -> None:
                 f"{r['threshold']:.4f}",
                 f"{r['recall']:.3f}",
                 f"{r['false_hit_rate']:.2%}",
-                f"{r['false_hit_upper']:.2%}" + ("" if r["reached"] else "  (not reached: the highest threshold)"),
+                f"{r['false_hit_upper']:.2%}"
+                + ("  (too few labels here for this rate: the overall table's figures)" if r.get("overall_table") else "")
+                + ("" if r["reached"] else "  (not reached: the highest threshold)"),
             ]
             for r in rows
         ],

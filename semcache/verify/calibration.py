@@ -208,10 +208,10 @@ class Calibration:
         pairs the verifier's rate ran about twice its measured rate, and the bound keeps
         the default target there.
 
-        ``namespace``'s own table is used when it has one. When no threshold of the
-        table reaches the target (too few labels for such a low rate), the highest
-        threshold of the table is returned (the strictest the labels can tell apart),
-        which :meth:`point_for` shows.
+        ``namespace``'s own table is used when it has one and it reaches the target;
+        when its labels are too few to show so low a rate, the overall table is used.
+        When no table reaches the target, the highest threshold is returned (the
+        strictest the labels can tell apart), which :meth:`point_for` shows.
 
         Raises:
             InvalidInputError: the target is not in (0, 1].
@@ -222,11 +222,20 @@ class Calibration:
         """The point :meth:`threshold_for` picks (with its recall and bound)."""
         if isinstance(max_false_hit_rate, bool) or not isinstance(max_false_hit_rate, (int, float)) or not 0.0 < max_false_hit_rate <= 1.0:
             raise InvalidInputError(f"max_false_hit_rate must be in (0, 1], got {max_false_hit_rate!r}")
-        pts = self.table(namespace).points
-        for p in pts:  # lowest threshold first; the rate (and its bound) only falls as it rises
+        own = self.table(namespace)
+        got = own.reaching(max_false_hit_rate, confident)
+        if got is None and own is not self:
+            # the namespace has too few labels to show this rate: its table cannot pick
+            # a threshold for it, the overall one can
+            got = self.reaching(max_false_hit_rate, confident)
+        return got if got is not None else own.points[-1]
+
+    def reaching(self, max_false_hit_rate: float, confident: bool = True) -> CalibrationPoint | None:
+        """This table's lowest point that meets the target, or ``None``."""
+        for p in self.points:  # lowest threshold first; the rate (and its bound) only falls as it rises
             if (p.false_hit_upper if confident else p.false_hit_rate) <= max_false_hit_rate:
                 return p
-        return pts[-1]
+        return None
 
     # -- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

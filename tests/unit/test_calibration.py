@@ -256,3 +256,20 @@ def test_label_rows_from_stored_feedback_rows():
     assert label_rows(rows) == [LabeledPair("q", "c", False, "acme")]
     with pytest.raises(InvalidInputError, match="feedback row 2"):
         label_rows([rows[0], {"prompt": "q"}], source="feedback")
+
+
+def test_a_namespace_with_too_few_labels_for_the_rate_uses_the_overall_table():
+    rng = np.random.default_rng(5)
+    n = 6000
+    labels = rng.random(n) < 0.5
+    scores = np.where(labels, rng.beta(6, 2, n), rng.beta(2, 6, n))
+    ns = ["small" if i < 300 else None for i in range(n)]  # 300 labels: ~150 incorrect
+    cal = derive(scores, labels, verifier_id="v", source="t", min_labels_per_namespace=200, namespaces=ns)
+    assert "small" in cal.namespaces
+    small = cal.namespaces["small"]
+    # ~150 incorrect pairs bound no rate under 1% (0 of 150 gives about 2%): the overall table decides
+    assert small.reaching(0.01) is None and cal.reaching(0.01) is not None
+    assert cal.threshold_for(0.01, "small") == cal.threshold_for(0.01)
+    # a rate its labels can show is its own
+    own = small.reaching(0.10)
+    assert own is not None and cal.point_for(0.10, "small") == own
