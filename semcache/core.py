@@ -88,8 +88,8 @@ class Core:
         from .index.faiss import FaissIndex
 
         self.guards = build_guards(self.config.policy.guards)
-        self.load_verifier()
         self.embedder = resolve_embedder(choice)
+        self.load_verifier()  # after the embedder: the default verifier shares its forward pass
         self.index = FaissIndex(int(self.embedder.dim), self.config.index)
 
     def load_verifier(self) -> None:
@@ -107,6 +107,9 @@ class Core:
         verifier = resolve_verifier(policy.verifier)
         if verifier is None:
             return
+        share = getattr(verifier, "use_embedder", None)
+        if callable(share) and self.embedder is not None:
+            share(self.embedder)  # the default verifier reads the embedding pass's token states
         given = policy.verifier_calibration
         calibration: Calibration | None
         if given is None:

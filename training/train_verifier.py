@@ -43,63 +43,14 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from semcache.verify.calibration import derive  # noqa: E402
 from semcache.verify.features import feature_names, verifier_features  # noqa: E402
-from semcache.verify.model import TokenEncoder, mean_cosine  # noqa: E402
+from semcache.embedders.onnx import OnnxEmbedder  # noqa: E402
+from semcache.verify.model import mean_cosine  # noqa: E402
 
 VERIFIER_ID = "semcache-pair-verifier-1"
 
 
 def log(msg: str) -> None:
     print(f"[train] {msg}", flush=True)
-
-
-#: The encoder's outputs: the last layer (6 of all-MiniLM-L6-v2), then a middle one, whose
-#: states keep more of each word's position (held-out recall at <= 1% false hits rose
-#: from 0.308 to 0.336 with layer 3's features added, in a float32 trial).
-LAYERS = [6, 3]
-
-
-def export_encoder(model_dir: Path, out: Path, quantize: bool) -> dict[str, float]:
-    """Write the token-state encoder; return the int8-vs-float check."""
-    import torch
-    from transformers import AutoModel
-
-    torch.manual_seed(0)
-    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-
-    class States(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            hidden = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
-            ).hidden_states
-            return tuple(hidden[k] for k in LAYERS)
-
-    ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]])
-    mask = (ids != 0).long()
-    tmp = Path(tempfile.mkdtemp()) / "encoder-f32.onnx"
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            States(model), (ids, mask, torch.zeros_like(ids)), str(tmp), dynamo=False,
-            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=[f"hidden_{k}" for k in LAYERS],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids", *(f"hidden_{k}" for k in LAYERS))},
-            opset_version=17, do_constant_folding=True,
-        )
-    if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        # per-channel weights: pooled vectors agree with the float model's to a cosine of
-        # about 0.994 (0.968 per tensor)
-        quantize_dynamic(str(tmp), str(out), weight_type=QuantType.QInt8, per_channel=True)
-    else:
-        os.replace(tmp, out)
-    # the int8 graph against the float one, on sentences of the training data
-    f32 = TokenEncoder(tmp if quantize else out)
-    q = TokenEncoder(out)
-    return {"file_mb": round(out.stat().st_size / 1e6, 2), "_f32": f32, "_q": q}  # type: ignore[dict-item]
 
 
 def families(pairs: list[dict]) -> list[str]:
@@ -127,7 +78,7 @@ def main() -> None:
     ap.add_argument("--prior-power", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0], help="candidates; the best on held-out data is kept")
     ap.add_argument("--synthetic", type=int, default=3000, help="generated pairs to add to training (0: none)")
     ap.add_argument("--labels", type=Path, action="append", default=[], help="labelled pairs to train on as well (JSONL, as `semcache calibrate --save-labels` writes: feedback reports); repeatable")
-    ap.add_argument("--no-quantize", action="store_true")
+    ap.add_argument("--onnx-dir", type=Path, default=None, help="where the embedder's graph is exported (default: the embedder's own cache)")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--learning-rate", type=float, default=0.05)
     ap.add_argument("--leaves", type=int, default=15)
@@ -140,19 +91,25 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    from semcache.embedders._models import resolve_model_dir
 
-    model_dir = Path(resolve_model_dir(None))
     args.out.mkdir(parents=True, exist_ok=True)
     pairs_path = args.data / "pairs.jsonl"
     raw = pairs_path.read_bytes()
     pairs = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
     log(f"{len(pairs)} pairs from {pairs_path.name} (sha256 {hashlib.sha256(raw).hexdigest()[:16]})")
 
+    # The token states come from the default embedder's own graph (exported once from the
+    # packaged weights), as the cache reads them: float32, and the same for a text alone
+    # or in a batch.
     t0 = time.time()
-    check = export_encoder(model_dir, args.out / "encoder.onnx", not args.no_quantize)
-    f32, enc = check.pop("_f32"), check.pop("_q")  # type: ignore[misc]
-    log(f"encoder written: {check['file_mb']} MB in {time.time() - t0:.0f} s")
+    enc = OnnxEmbedder(None, onnx_dir=args.onnx_dir)
+    enc.load()
+    if not enc.has_states:
+        sys.exit(f"{enc.onnx_path} returns no token states")
+    log(f"encoder: {enc.onnx_path.name} of {enc.model_id}, loaded in {time.time() - t0:.0f} s")
+    stale = args.out / "encoder.onnx"
+    if stale.exists():
+        stale.unlink()  # written by earlier versions of this script
 
     # folds of whole families (pairs that share a sentence), so no sentence of a scored
     # pair was seen in training: out-of-fold scores calibrate the model trained on all
@@ -176,12 +133,8 @@ def main() -> None:
 
     t0 = time.time()
     texts = sorted({t for p in pairs + synthetic for t in (p["a"], p["b"])})
-    states = dict(zip(texts, enc.encode(texts)))
-    sample = texts[:: max(1, len(texts) // 300)]
-    agree = [mean_cosine(a[1][0], b[1][0]) for a, b in zip(f32.encode(sample), enc.encode(sample))]
-    check["int8_vs_float_pooled_cosine_min"] = round(float(np.min(agree)), 5)
-    check["int8_vs_float_pooled_cosine_mean"] = round(float(np.mean(agree)), 5)
-    log(f"encoded {len(texts)} texts in {time.time() - t0:.0f} s; int8 vs float pooled cosine: mean {check['int8_vs_float_pooled_cosine_mean']}, min {check['int8_vs_float_pooled_cosine_min']}")
+    states = dict(zip(texts, enc.token_states(texts)))
+    log(f"encoded {len(texts)} texts in {time.time() - t0:.0f} s")
     nums = enc.number_ids
 
     def feats(rows: list[dict], both: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,7 +207,7 @@ def main() -> None:
     seen = {t for p in pairs + synthetic for t in (p["a"], p["b"])}
     syn_ho = [{"a": p.a, "b": p.b, "label": p.label} for p in generate(2000, args.seed + 1) if p.a not in seen and p.b not in seen]
     extra = sorted({t for p in syn_ho for t in (p["a"], p["b"])} - states.keys())
-    states.update(zip(extra, enc.encode(extra)))
+    states.update(zip(extra, enc.token_states(extra)))
     x_sh, y_sh, c_sh = feats(syn_ho, both=False)
     h_sh = sess.run(None, {sess.get_inputs()[0].name: x_sh})[-1][:, 1]
 
@@ -295,8 +248,9 @@ def main() -> None:
     log(f"out-of-fold recall at <=5% / <=1% false: {metrics}")
     meta = {
         "verifier_id": VERIFIER_ID,
-        "features": list(feature_names(LAYERS)),
-        "layers": LAYERS,
+        "features": list(feature_names([6, 3])),
+        "layers": [6, 3],
+        "encoder": f"the default embedder's ONNX graph ({enc.model_id}), token states of layers 6 and 3",
         "prior_low": args.prior_low,
         "prior_power": prior_power,
         "head_power": head_power,
@@ -311,7 +265,6 @@ def main() -> None:
             "head": {"iterations": args.iterations, "learning_rate": args.learning_rate, "leaves": args.leaves, "l2": args.l2},
             "train_pairs": len(pairs),
             "data_sha256": hashlib.sha256(raw).hexdigest(),
-            "encoder": check,
             "metrics": metrics,
             "seconds": round(time.time() - t_start, 1),
             "cpu_count": os.cpu_count(),

@@ -6,12 +6,15 @@ import hashlib
 import inspect
 import os
 import re
+import threading
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from ..errors import ConfigurationError, MissingDependencyError
 from ._models import (
@@ -27,13 +30,18 @@ from ._models import (
 )
 from .base import check_embeddings
 
-__all__ = ["DEFAULT_ONNX_THREADS", "OnnxEmbedder", "export_onnx", "onnx_cache_root"]
+__all__ = ["DEFAULT_ONNX_THREADS", "STATE_OUTPUTS", "OnnxEmbedder", "export_onnx", "onnx_cache_root"]
+
+#: The exported graph's further outputs: every token's state at the last layer and at the
+#: middle one (layers 6 and 3 of all-MiniLM-L6-v2), which the pair verifier reads; one
+#: forward pass serves both the embedding and the verifier.
+STATE_OUTPUTS = ("token_states", "token_states_mid")
 
 # Measured on a busy 2-core machine (benchmarks/bench_embed.py): one intra-op thread gives
 # the lowest single-query latency; a second thread mostly waits for a free core.
 DEFAULT_ONNX_THREADS = 1
 # Bump when the exported graph changes (inputs, outputs, pooling) so stale files are ignored.
-_EXPORT_FORMAT = "semcache-onnx-1"
+_EXPORT_FORMAT = "semcache-onnx-2"
 _OPSET = 17
 _FEEDS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -81,7 +89,8 @@ def export_onnx(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
     """Export the transformer + mean pooling of ``model_dir`` to ONNX at ``dest`` (atomically).
 
     The graph takes ``input_ids``/``attention_mask`` (and ``token_type_ids`` when the model
-    has them) and returns the mean-pooled, not yet normalised ``sentence_embedding``.
+    has them) and returns the mean-pooled, not yet normalised ``sentence_embedding``, then
+    the token states of the last and the middle layer (:data:`STATE_OUTPUTS`).
     Needs torch, transformers and onnx; the file is written to a temporary name and
     renamed, so concurrent processes never see half a file.
     """
@@ -107,19 +116,21 @@ def export_onnx(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
 
         def forward(self, input_ids: Any, attention_mask: Any, *rest: Any) -> Any:
             kwargs = {"token_type_ids": rest[0]} if rest else {}
-            hidden = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, **kwargs
-            ).last_hidden_state
+            layers = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs
+            ).hidden_states
+            hidden = layers[-1]
             # Mean over real tokens, exactly as sentence_transformers.models.Pooling does.
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return pooled, hidden, layers[(len(layers) - 1) // 2]
 
     # Trace with a padded batch so the attention-mask path is what gets recorded.
     ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]], dtype=torch.long)
     mask = (ids != 0).to(torch.long)
     names = list(_FEEDS if with_types else _FEEDS[:2])
     args: tuple[Any, ...] = (ids, mask, torch.zeros_like(ids)) if with_types else (ids, mask)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes = {n: {0: "batch", 1: "sequence"} for n in (*names, *STATE_OUTPUTS)}
     axes["sentence_embedding"] = {0: "batch"}
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -134,7 +145,7 @@ def export_onnx(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
                 str(tmp),
                 dynamo=False,
                 input_names=names,
-                output_names=["sentence_embedding"],
+                output_names=["sentence_embedding", *STATE_OUTPUTS],
                 dynamic_axes=axes,
                 opset_version=_OPSET,
                 do_constant_folding=True,
@@ -185,7 +196,16 @@ class OnnxEmbedder(ModelEmbedder):
         self._model_dir: Path | None = None
         self._feeds: list[str] = []
         self._output = ""
+        self._state_outputs: list[str] = []
         self._long_chars = 0
+        #: Keep the token states of what ``embed`` saw (for the pair verifier, which
+        #: sets this); at most ``states_bytes`` of them, the least recently used dropped.
+        self.keep_states = False
+        self.states_bytes = 32 << 20
+        self._states: LRUCache[str, tuple[np.ndarray, np.ndarray]] = LRUCache(
+            maxsize=self.states_bytes, getsizeof=lambda v: int(v[0].nbytes + v[1].nbytes)
+        )
+        self._states_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"OnnxEmbedder({self.model_id!r}, num_threads={self.num_threads})"
@@ -243,7 +263,9 @@ class OnnxEmbedder(ModelEmbedder):
         if unknown:
             raise ConfigurationError(f"{path}: unsupported ONNX inputs {sorted(unknown)}")
         self._feeds = feeds
-        self._output = session.get_outputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        self._output = outputs[0]
+        self._state_outputs = [n for n in STATE_OUTPUTS if n in outputs]
         self._info = info
         self._tokenizer = tokenizer
         self._counter = fast_tokenizer_counter(tokenizer, info["max_tokens"])
@@ -289,7 +311,7 @@ class OnnxEmbedder(ModelEmbedder):
             return head
         return text
 
-    def _embed_items(self, items: list[str]) -> np.ndarray:
+    def _embed_items(self, items: list[str], states: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
         assert self._info is not None
         encodings = self._encode(items)
         lengths = [len(e.ids) for e in encodings]
@@ -309,10 +331,69 @@ class OnnxEmbedder(ModelEmbedder):
                 mask[r, :k] = 1
                 types[r, :k] = enc.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            result = self._session.run([self._output], {n: arrays[n] for n in self._feeds})[0]
+            keep = (self.keep_states or states is not None) and len(self._state_outputs) == len(STATE_OUTPUTS)
+            names = [self._output, *self._state_outputs] if keep else [self._output]
+            got = self._session.run(names, {n: arrays[n] for n in self._feeds})
+            result = got[0]
+            if keep:
+                self._remember([items[i] for i in rows], ids, lengths, rows, got[1:], states)
             if result.ndim == 3:
                 # A user-supplied graph returning token embeddings: mean-pool here.
                 m = mask[:, :, None].astype(np.float32)
                 result = (result * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
             out[rows] = result
         return check_embeddings(out, len(items), self._info["dim"])
+
+    # -- token states (for the pair verifier) ---------------------------------------------
+    @property
+    def has_states(self) -> bool:
+        """Whether the graph returns token states (:data:`STATE_OUTPUTS`); loads it."""
+        self.load()
+        return len(self._state_outputs) == len(STATE_OUTPUTS)
+
+    def _remember(
+        self,
+        texts: list[str],
+        ids: np.ndarray,
+        lengths: list[int],
+        rows: list[int],
+        layers: list[np.ndarray],
+        into: dict[str, tuple[np.ndarray, np.ndarray]] | None,
+    ) -> None:
+        with self._states_lock:
+            for r, (text, i) in enumerate(zip(texts, rows)):
+                k = lengths[i]
+                value = (ids[r, :k].copy(), np.stack([np.asarray(layer[r, :k], dtype=np.float32) for layer in layers]))
+                if into is not None:
+                    into[text] = value
+                if value[0].nbytes + value[1].nbytes <= self.states_bytes:
+                    self._states[text] = value
+
+    def token_states(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, states)`` per text: the token ids (with the special tokens) and their
+        states ``(2, len(ids), dim)``, last layer first, from the same forward pass as
+        ``embed`` (the states of texts ``embed`` saw since ``keep_states`` are reused).
+
+        Raises:
+            ConfigurationError: the graph has no state outputs (an ``onnx_path`` of
+                another shape).
+        """
+        if not self.has_states:
+            raise ConfigurationError(f"{self.onnx_path} returns no token states; export it again")
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        with self._states_lock:
+            for t in texts:
+                got = self._states.get(t)
+                if got is not None:
+                    out[t] = got
+        todo = list(dict.fromkeys(t for t in texts if t not in out))
+        if todo:
+            self._embed_items(todo, out)
+        return [out[t] for t in texts]
+
+    @property
+    def number_ids(self) -> frozenset[int]:
+        """Vocabulary ids whose word piece holds a digit."""
+        self.load()
+        vocab = self._tokenizer.get_vocab()
+        return frozenset(i for piece, i in vocab.items() if any(ch.isdigit() for ch in piece))

@@ -1,19 +1,19 @@
 """The default verifier: trained by the project (``training/train_verifier.py``), shipped
-in the package, run by onnxruntime with no download.
+in the package (``semcache/verify/data/``), run by onnxruntime with no download.
 
-Two ONNX graphs live in ``semcache/verify/data/``:
+It reads the token states of both texts at layers 6 and 3 of all-MiniLM-L6-v2 from the
+same ONNX graph the default embedder runs
+(:meth:`~semcache.embedders.onnx.OnnxEmbedder.token_states`). When the cache embeds with
+that model, the query's states come out of its embedding's own forward pass, and a
+candidate's are kept after first use. ``head.onnx`` is a gradient-boosted classifier
+over :func:`~semcache.verify.features.verifier_features` of the two texts' states.
 
-* ``encoder.onnx``: all-MiniLM-L6-v2 (the packaged embedding model), int8-quantised,
-  returning every token's state, not only the pooled vector;
-* ``head.onnx``: a gradient-boosted classifier over :func:`~semcache.verify.features.pair_features`
-  of the two texts' token states.
-
-A pair's score is ``head(features) ** h * prior(cosine)``: the head says whether the two
+A pair's score is ``head(features) * prior(cosine)``: the head says whether the two
 texts put the same words in the same roles, the prior (``((cos - lo) / (1 - lo)) ** p``)
-keeps the embedding's own judgement of how close the two meanings are; ``h``, ``lo`` and
-``p`` are in ``verifier.json`` (the training script picks ``h`` and ``p`` on held-out
-training data). ``calibration.json`` maps a target false-hit rate to a score
-threshold, measured on labelled pairs the model never trained on.
+keeps the embedding's own judgement of how close the two meanings are; ``lo`` and ``p``
+are in ``verifier.json`` (the training script picks ``p`` on held-out training data).
+``calibration.json`` maps a target false-hit rate to a score threshold, measured on
+labelled pairs the model never trained on.
 """
 
 from __future__ import annotations
@@ -25,86 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cachetools import LRUCache
 
-from ..errors import MissingDependencyError, VerifierError
+from ..errors import VerifierError
 from .base import check_scores, validate_pairs
 from .calibration import Calibration
 from .features import feature_names, verifier_features
 
-__all__ = ["DATA_DIR", "DefaultVerifier", "TokenEncoder"]
+__all__ = ["DATA_DIR", "DefaultVerifier", "mean_cosine"]
 
 #: Where the shipped model files are.
 DATA_DIR = Path(__file__).resolve().parent / "data"
-
-
-def _tokenizer_file() -> Path:
-    from ..embedders._models import resolve_model_dir
-
-    path = Path(resolve_model_dir(None)) / "tokenizer.json"
-    if not path.is_file():
-        raise VerifierError(f"the default verifier needs the MiniLM tokenizer, not found at {path}")
-    return path
-
-
-class TokenEncoder:
-    """Token ids and last hidden states of texts, from an ONNX encoder graph.
-
-    Thread-safe; keeps the states of recently seen texts (cached prompts come back
-    often), so a hot entry is encoded once: at most ``cache_bytes`` of them (a 20-token
-    prompt's two layers take about 60 kB).
-    """
-
-
-    def __init__(self, onnx_path: str | Path, *, max_tokens: int = 128, num_threads: int = 1, cache_bytes: int = 64 << 20) -> None:
-        try:
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
-        except ImportError as exc:  # pragma: no cover - both are core dependencies
-            raise MissingDependencyError(getattr(exc, "name", None) or "onnxruntime", "embed") from exc
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        tok = Tokenizer.from_file(str(_tokenizer_file()))
-        tok.enable_truncation(max_length=max_tokens)
-        tok.no_padding()
-        self._tokenizer = tok
-        vocab = tok.get_vocab()
-        #: vocabulary ids whose piece holds a digit
-        self.number_ids = frozenset(i for piece, i in vocab.items() if any(ch.isdigit() for ch in piece))
-        self._cache: LRUCache[str, tuple[np.ndarray, np.ndarray]] = LRUCache(
-            maxsize=cache_bytes, getsizeof=lambda v: int(v[0].nbytes + v[1].nbytes)
-        )
-        self._lock = threading.Lock()
-
-    def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(ids, states)`` per text: ids with [CLS]/[SEP], states ``(outputs, len(ids),
-        dim)``, one row per output of the graph (the last layer first)."""
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        with self._lock:
-            for t in texts:
-                got = self._cache.get(t)
-                if got is not None:
-                    out[t] = got
-        # One text per run: the int8 graph quantises activations with a scale taken over
-        # the whole input, so a text batched with longer ones (padding) would come out
-        # slightly different. Alone, a text's states depend on nothing else.
-        todo = sorted({t for t in texts if t not in out})
-        for t in todo:
-            e = self._tokenizer.encode(t)
-            ids = np.asarray([e.ids], dtype=np.int64)
-            feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-            if "token_type_ids" in self._inputs:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            outputs = self._session.run(None, feeds)
-            out[t] = (ids[0].copy(), np.stack([np.asarray(o[0], dtype=np.float32) for o in outputs]))
-        with self._lock:
-            for t in todo:
-                if out[t][0].nbytes + out[t][1].nbytes <= self._cache.maxsize:
-                    self._cache[t] = out[t]
-        return [out[t] for t in texts]
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,7 +73,8 @@ class DefaultVerifier:
         cal = self.data_dir / "calibration.json"
         self.calibration: Calibration | None = Calibration.from_json(cal) if cal.is_file() else None
         self.num_threads = num_threads
-        self._encoder: TokenEncoder | None = None
+        self._encoder: Any = None  # an OnnxEmbedder of the default model
+        self._numbers: frozenset[int] = frozenset()
         self._head: Any = None
         self._head_input = ""
         self._load_lock = threading.Lock()
@@ -155,17 +86,34 @@ class DefaultVerifier:
     def loaded(self) -> bool:
         return self._head is not None
 
+    def use_embedder(self, embedder: Any) -> None:
+        """Read token states from ``embedder`` when it runs the model this verifier was
+        trained on (the default :class:`~semcache.embedders.onnx.OnnxEmbedder`): a query's
+        states then come from its embedding's forward pass. Any other embedder is left
+        alone and the verifier runs its own copy of the model."""
+        from ..embedders.onnx import OnnxEmbedder
+
+        if isinstance(embedder, OnnxEmbedder) and embedder.model_id == self.meta.get("embedder_id", embedder.model_id) and embedder._default:
+            embedder.keep_states = True
+            with self._load_lock:
+                if self._encoder is None:
+                    self._encoder = embedder
+
     def load(self) -> None:
-        """Open both ONNX sessions (done by the first ``score``)."""
+        """Load the head and, without a shared embedder, the verifier's own encoder."""
         with self._load_lock:
             if self._head is not None:
                 return
             import onnxruntime as ort
 
             try:
-                encoder = TokenEncoder(
-                    self.data_dir / "encoder.onnx", max_tokens=int(self.meta.get("max_tokens", 128)), num_threads=self.num_threads
-                )
+                encoder = self._encoder
+                if encoder is None:
+                    from ..embedders.onnx import OnnxEmbedder
+
+                    encoder = OnnxEmbedder(None, num_threads=self.num_threads)
+                if not encoder.has_states:
+                    raise VerifierError(f"{encoder.onnx_path} returns no token states")
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = 1
                 head = ort.InferenceSession(str(self.data_dir / "head.onnx"), opts, providers=["CPUExecutionProvider"])
@@ -174,6 +122,7 @@ class DefaultVerifier:
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a missing or corrupt file
                 raise VerifierError(f"{self.verifier_id}: cannot load the model from {self.data_dir}: {type(exc).__name__}: {exc}") from exc
             self._encoder = encoder
+            self._numbers = encoder.number_ids
             self._head_input = head.get_inputs()[0].name
             self._head = head
 
@@ -183,9 +132,10 @@ class DefaultVerifier:
         out: np.ndarray = x**self.prior_power
         return out
 
-    #: How far the int8 encoder's cosine may sit above the embedder's (measured within
-    #: 0.03 on 300 texts); :meth:`min_similarity` leaves this much room.
-    COSINE_MARGIN = 0.05
+    #: Room :meth:`min_similarity` leaves between its bound and the threshold: the prior's
+    #: cosine (mean over every token, the special ones included) and the cache's agree
+    #: to float precision, this is for rounding and other embedders' vectors.
+    COSINE_MARGIN = 0.03
 
     def min_similarity(self, threshold: float) -> float:
         """The embedder cosine below which no pair can score ``threshold``: the score is
@@ -203,10 +153,10 @@ class DefaultVerifier:
         self.load()
         assert self._encoder is not None
         texts = [t for pair in checked for t in pair]
-        enc = self._encoder.encode(texts)
+        enc = self._encoder.token_states(texts)
         feats = np.empty((len(checked), len(self.meta["features"])), dtype=np.float32)
         cos = np.empty(len(checked))
-        nums = self._encoder.number_ids
+        nums = self._numbers
         for i in range(len(checked)):
             (ia, ha), (ib, hb) = enc[2 * i], enc[2 * i + 1]
             feats[i] = verifier_features(ia, ha, ib, hb, nums)

@@ -276,8 +276,6 @@ def test_without_a_calibration_the_cache_refuses_to_open_unless_given_a_threshol
 
 
 BROKEN_ONNX = {
-    "encoder missing": lambda d: (d / "encoder.onnx").unlink(),
-    "encoder corrupt": lambda d: (d / "encoder.onnx").write_bytes((d / "encoder.onnx").read_bytes()[:100_000]),
     "head missing": lambda d: (d / "head.onnx").unlink(),
     "head corrupt": lambda d: (d / "head.onnx").write_bytes(b"not an onnx graph"),
 }
@@ -327,8 +325,8 @@ def test_the_same_pairs_score_the_same_twice() -> None:
 
 
 def test_a_pair_scores_the_same_alone_or_in_a_batch() -> None:
-    # fresh verifiers, so no text's states come from the encoder's cache: the int8 graph
-    # scales activations over its whole input, so a text must be encoded on its own
+    # fresh verifiers, so no text's states come from a cache: a text's states must not
+    # depend on the texts it is padded and batched with
     batch = DefaultVerifier().score(PAIRS)
     alone = np.array([DefaultVerifier().score([p])[0] for p in PAIRS])
     assert np.allclose(alone, batch, rtol=0, atol=1e-6)
@@ -363,3 +361,26 @@ def test_the_cache_uses_the_calibrated_threshold_for_its_target(minilm) -> None:
             ex = cache.explain(PARAPHRASES[2][1])
             assert ex["verifier_threshold"] == pytest.approx(cal.threshold_for(rate))
             assert ex["max_false_hit_rate"] == rate
+
+
+def test_the_verifier_reads_the_query_states_from_the_embedding_pass(minilm) -> None:
+    from semcache.embedders.onnx import OnnxEmbedder
+
+    if not isinstance(minilm, OnnxEmbedder):
+        pytest.skip("the shared pass needs the ONNX embedder")
+    stored, query = PARAPHRASES[2]
+    with open_cache(minilm, Policy()) as cache:
+        v = cache.verifier
+        assert isinstance(v, DefaultVerifier) and v._encoder is minilm and minilm.keep_states
+        cache.set(stored, "v")
+        runs = []
+        real = minilm._embed_items
+        minilm._embed_items = lambda items, states=None: (runs.append(list(items)), real(items, states))[1]  # type: ignore[method-assign]
+        try:
+            hit = cache.get(query)
+        finally:
+            minilm._embed_items = real  # type: ignore[method-assign]
+        assert hit is not None and hit.kind == "semantic"
+        # one forward pass for the query (its embedding and its states); the stored
+        # prompt's states were kept when it was embedded at store time
+        assert runs == [[query]]
