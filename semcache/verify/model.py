@@ -107,10 +107,14 @@ class DefaultVerifier:
             import onnxruntime as ort
 
             try:
-                encoder = self._encoder
-                if encoder is None:
-                    from ..embedders.onnx import OnnxEmbedder
+                from ..embedders.onnx import OnnxEmbedder
 
+                encoder = self._encoder
+                if encoder is not None and not encoder.has_states:
+                    # a shared embedder on a graph of another shape (its own onnx_path)
+                    encoder.keep_states = False
+                    encoder = None
+                if encoder is None:
                     encoder = OnnxEmbedder(None, num_threads=self.num_threads)
                 if not encoder.has_states:
                     raise VerifierError(f"{encoder.onnx_path} returns no token states")
