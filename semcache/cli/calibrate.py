@@ -30,7 +30,7 @@ TARGETS = (0.05, 0.02, 0.01, 0.005)
 _CHUNK = 256
 
 
-def _labels(ctx: CliContext, path: str | None, from_feedback: bool) -> tuple[list[Any], str]:
+def _labels(ctx: CliContext, path: str | None, from_feedback: bool, source: str = "all") -> tuple[list[Any], str]:
     from ..verify.calibration import label_rows, read_label_file
 
     if (path is None) == (not from_feedback):
@@ -48,10 +48,13 @@ def _labels(ctx: CliContext, path: str | None, from_feedback: bool) -> tuple[lis
     cache = getattr(target, "cache", None)
     if cache is None:
         raise CliError("--from-feedback needs the local store")
-    pairs = label_rows(load_labels(cache), source="feedback label")
+    rows = [r for r in load_labels(cache) if source == "all" or r.get("source") == source]
+    pairs = label_rows(rows, source="feedback label")
     if not pairs:
-        raise CliError("no feedback labels are stored yet (report hits with `semcache feedback`)")
-    return pairs, f"feedback labels ({len(pairs)} pairs)"
+        which = "" if source == "all" else f" from source {source!r}"
+        raise CliError(f"no feedback labels{which} are stored yet (report hits with `semcache feedback`)")
+    kind = "feedback labels" if source == "all" else f"feedback labels from {source!r}"
+    return pairs, f"{kind} ({len(pairs)} pairs)"
 
 
 def _cosine_scores(ctx: CliContext, pairs: Sequence[Any]) -> tuple[np.ndarray, str]:
@@ -139,6 +142,7 @@ def _print_rows(rows: list[dict[str, Any]], chosen: float) -> None:
 @target_options(envvars=False)
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None, help="A JSONL file of labelled pairs: {prompt, cached_prompt, correct, namespace?} or {a, b, label}.")
 @click.option("--from-feedback", is_flag=True, help="Use the labels stored by feedback reports (local store).")
+@click.option("--source", "label_source", type=click.Choice(["all", "user", "llm"]), default="all", show_default=True, help="With --from-feedback: only the labels people reported (user) or audits made (llm).")
 @click.option("--verifier", "verifier_choice", default="default", show_default=True, help="default, none (the embedder's cosine similarity) or a cross-encoder name or path.")
 @click.option("--target", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.01, show_default=True, help="The false-hit rate the cache will aim for (Policy.max_false_hit_rate).")
 @click.option("--namespace-min", type=click.IntRange(min=1), default=200, show_default=True, help="Labels a namespace needs for a table of its own.")
@@ -151,6 +155,7 @@ def calibrate(
     ctx: CliContext,
     labels_path: str | None,
     from_feedback: bool,
+    label_source: str,
     verifier_choice: str,
     target: float,
     namespace_min: int,
@@ -166,7 +171,9 @@ def calibrate(
     """
     from ..verify.calibration import derive
 
-    pairs, source = _labels(ctx, labels_path, from_feedback)
+    if label_source != "all" and not from_feedback:
+        raise click.UsageError("--source filters the stored feedback labels: use it with --from-feedback")
+    pairs, source = _labels(ctx, labels_path, from_feedback, label_source)
     if save_labels is not None:
         import json
 

@@ -161,6 +161,12 @@ def test_from_feedback(runner, tmp_path, fake_verifier):
     assert report["n_positive"] == 4 and report["n_negative"] == 2
     assert report["source"] == "feedback labels (6 pairs)"
     assert report["targets"][-1]["threshold"] == 0.9 and report["targets"][-1]["recall"] == 1.0
+    # only what people reported: all six are "user" labels; no audit made any
+    r = run(runner, "--sql-url", url, "calibrate", "--from-feedback", "--source", "user", "--verifier", "table", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["source"] == "feedback labels from 'user' (6 pairs)"
+    r = run(runner, "--sql-url", url, "calibrate", "--from-feedback", "--source", "llm", "--verifier", "table")
+    assert r.exit_code == 1 and "no feedback labels from source 'llm'" in r.stderr
+    assert run(runner, "calibrate", "--labels", "x.jsonl", "--source", "user").exit_code == 2
 
 
 def test_from_feedback_with_no_labels(runner, tmp_path):
