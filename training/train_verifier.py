@@ -227,7 +227,6 @@ def main() -> None:
         grid.append((min(a, b), a, b, pp))
         log(f"head x prior ** {pp}: recall at <=1% false, PAWS held-out {a:.3f}, generated held-out {b:.3f}")
     _, _, _, prior_power = max(grid)
-    head_power = 1.0
     log(f"kept head x prior ** {prior_power} ({len(syn_ho)} generated held-out pairs)")
     scores = combine(oof, c_ho, prior_power)
     cal = derive(scores, y_ho.astype(bool), verifier_id=VERIFIER_ID, source=f"paws-wiki-train, out-of-fold scores ({args.folds} folds of families, {len(pairs)} pairs)")
@@ -253,7 +252,6 @@ def main() -> None:
         "encoder": f"the default embedder's ONNX graph ({enc.model_id}), token states of layers 6 and 3",
         "prior_low": args.prior_low,
         "prior_power": prior_power,
-        "head_power": head_power,
         "max_tokens": 128,
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0)",
         "training_data": "PAWS-Wiki Labeled (Final), Google LLC (Zhang, Baldridge and He, NAACL 2019), families not in paws-wiki-dev",

@@ -193,6 +193,11 @@ class ModelEmbedder:
         self._counter: TokenCounter | None = None
 
     @property
+    def is_default(self) -> bool:
+        """Whether this is the default model (all-MiniLM-L6-v2)."""
+        return self._default
+
+    @property
     def loaded(self) -> bool:
         """Whether the model has been loaded."""
         raise NotImplementedError

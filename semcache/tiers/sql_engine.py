@@ -13,7 +13,7 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import BackendConflict, BackendError, BackendFailed, BackendUnavailable
 
-__all__ = ["dialect_insert", "make_engine", "quick_check", "time_now", "translate"]
+__all__ = ["SQLPart", "dialect_insert", "make_engine", "quick_check", "time_now", "translate"]
 
 #: Files up to this size are checked with ``PRAGMA quick_check`` at open.
 _QUICK_CHECK_MAX_BYTES = 256 * 1024 * 1024
@@ -120,3 +120,21 @@ def translate(exc: SQLAlchemyError) -> BackendError:
     if isinstance(exc, (OperationalError, DisconnectionError)):
         return BackendUnavailable(f"SQL database is unavailable: {exc.__class__.__name__}: {exc}")
     return BackendError(f"SQL error: {exc.__class__.__name__}: {exc}")
+
+
+class SQLPart:
+    """What a part of :class:`~semcache.tiers.sql.SQLBackend` (its change log, its labels)
+    uses of the backend it is mixed into."""
+
+    def _guard(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def engine(self) -> Engine:
+        raise NotImplementedError
+
+    def _translate(self, exc: SQLAlchemyError) -> BackendError:
+        raise NotImplementedError
+
+    def _retry(self, attempt: Any) -> Any:
+        raise NotImplementedError

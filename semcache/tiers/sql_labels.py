@@ -7,14 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..db.models import LabelRow, LogRow
-from ..errors import BackendError
 from ..feedback_store import Label
 from ..versions import next_version
-from .sql_engine import dialect_insert, time_now
+from .sql_engine import SQLPart, dialect_insert, time_now
 
 __all__ = ["LabelsPart"]
 
@@ -28,21 +27,8 @@ def _label(row: Any) -> Label:
     return Label(**{f: m[f] for f in _FIELDS})
 
 
-class LabelsPart:
+class LabelsPart(SQLPart):
     """Feedback labels; mixed into the SQL tier."""
-
-    def _guard(self) -> Any:
-        raise NotImplementedError
-
-    @property
-    def engine(self) -> Engine:
-        raise NotImplementedError
-
-    def _translate(self, exc: SQLAlchemyError) -> BackendError:
-        raise NotImplementedError
-
-    def _retry(self, attempt: Any) -> Any:
-        raise NotImplementedError
 
     def labels_add(self, labels: Sequence[Label]) -> list[str]:
         """Insert labels in one transaction (an id already stored is skipped: a hand-off

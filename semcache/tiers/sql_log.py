@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Engine, Table, delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..db.models import LogRow, MetaRow
-from ..errors import BackendError
-from .sql_engine import dialect_insert
+from .sql_engine import SQLPart, dialect_insert
 
 __all__ = ["ChangeLogPart"]
 
@@ -18,18 +17,8 @@ _L = cast(Table, LogRow.__table__)
 _M = cast(Table, MetaRow.__table__)
 
 
-class ChangeLogPart:
+class ChangeLogPart(SQLPart):
     """The change log and shared marks; mixed into the SQL tier."""
-
-    def _guard(self) -> Any:
-        raise NotImplementedError
-
-    @property
-    def engine(self) -> Engine:
-        raise NotImplementedError
-
-    def _translate(self, exc: SQLAlchemyError) -> BackendError:
-        raise NotImplementedError
 
     def log_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str | None, int, str]]:
         """``(seq, key, version, op)`` of the log rows after ``seq``, oldest first."""

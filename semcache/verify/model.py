@@ -65,7 +65,6 @@ class DefaultVerifier:
             self.verifier_id: str = str(self.meta["verifier_id"])
             self.prior_low = float(self.meta["prior_low"])
             self.prior_power = float(self.meta["prior_power"])
-            self.head_power = float(self.meta.get("head_power", 1.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise VerifierError(f"{meta_path} lacks a usable {exc} field") from exc
         if not (0.0 <= self.prior_low < 1.0 and self.prior_power > 0):
@@ -93,7 +92,7 @@ class DefaultVerifier:
         alone and the verifier runs its own copy of the model."""
         from ..embedders.onnx import OnnxEmbedder
 
-        if isinstance(embedder, OnnxEmbedder) and embedder.model_id == self.meta.get("embedder_id", embedder.model_id) and embedder._default:
+        if isinstance(embedder, OnnxEmbedder) and embedder.is_default:
             embedder.keep_states = True
             with self._load_lock:
                 if self._encoder is None:
@@ -168,7 +167,7 @@ class DefaultVerifier:
         outs = self._head.run(None, {self._head_input: feats})
         proba = np.asarray(outs[-1], dtype=np.float64)
         head = proba[:, 1] if proba.ndim == 2 else proba
-        scores = np.clip(np.clip(head, 0.0, 1.0) ** self.head_power * self.prior(cos), 0.0, 1.0)
+        scores = np.clip(np.clip(head, 0.0, 1.0) * self.prior(cos), 0.0, 1.0)
         return check_scores(scores, len(checked), self.verifier_id), head, cos
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
