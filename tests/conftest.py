@@ -65,6 +65,23 @@ def pg_url() -> str:
     return url
 
 
+@pytest.fixture
+def pgvector_url() -> str:
+    url = os.environ.get("SEMCACHE_TEST_PGVECTOR_URL")
+    if not url:
+        _missing("SEMCACHE_TEST_PGVECTOR_URL")
+    return url
+
+
+@pytest.fixture
+def redis_cluster_urls() -> list[str]:
+    """Every node of the test Redis Cluster (3 masters, a replica each)."""
+    urls = os.environ.get("SEMCACHE_TEST_REDIS_CLUSTER_URL")
+    if not urls:
+        _missing("SEMCACHE_TEST_REDIS_CLUSTER_URL")
+    return urls.split(",")
+
+
 def _missing(var: str) -> None:
     # in CI the real servers are part of the run: their absence is a failure, not a skip
     if os.environ.get("CI"):
@@ -99,6 +116,17 @@ def make_cache(clock, sqlite_url, hashing_embedder) -> Iterator:
 @pytest.fixture
 def pg_schema_url(pg_url, request) -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    yield from _fresh_schema(pg_url)
+
+
+@pytest.fixture
+def pgvector_schema_url(pgvector_url) -> Iterator[str]:
+    """A URL on the PostgreSQL with pgvector whose search_path is a fresh schema (with
+    ``public``, where the extension's types live), dropped afterwards."""
+    yield from _fresh_schema(pgvector_url, extra="public")
+
+
+def _fresh_schema(pg_url: str, extra: str = "") -> Iterator[str]:
     import uuid
     from urllib.parse import quote
 
@@ -109,14 +137,15 @@ def pg_schema_url(pg_url, request) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in pg_url else "?"
-    yield f"{pg_url}{sep}options={quote(f'-csearch_path={schema}')}"
+    path = f"{schema},{extra}" if extra else schema
+    yield f"{pg_url}{sep}options={quote(f'-csearch_path={path}')}"
     with admin.begin() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
 
 
 # -- the real servers' share of the run, printed at the end -----------------------------
-_MARKED = ("redis", "postgres", "model")
+_MARKED = ("redis", "redis_cluster", "postgres", "pgvector", "model")
 _outcomes: dict[str, dict[str, int]] = {m: {"passed": 0, "failed": 0, "skipped": 0} for m in _MARKED}
 
 
@@ -128,7 +157,13 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
-    names = {"redis": "real Redis", "postgres": "real PostgreSQL", "model": "real MiniLM model"}
+    names = {
+        "redis": "real Redis",
+        "redis_cluster": "real Redis Cluster",
+        "postgres": "real PostgreSQL",
+        "pgvector": "real PostgreSQL with pgvector",
+        "model": "real MiniLM model",
+    }
     lines = [
         f"{names[marker]} tests — passed {c['passed']}, failed {c['failed']}, skipped {c['skipped']}"
         for marker, c in _outcomes.items()
