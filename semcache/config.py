@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigurationError
@@ -96,10 +96,17 @@ class MemoryConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RedisConfig:
-    """L2: Redis, shared by every process. ``url`` is a redis:// or rediss:// URL."""
+    """L2: Redis, shared by every process. ``url`` is a redis:// or rediss:// URL.
+
+    ``cluster=True`` speaks to a Redis Cluster through redis-py's ``RedisCluster``;
+    ``url`` names one node to start from, or several, comma-separated
+    (``redis://a:7000,redis://b:7001``).
+    """
 
     url: str
     prefix: str = "semcache:"
+    #: A Redis Cluster (``RedisCluster``), not a single server.
+    cluster: bool = False
     max_ttl_seconds: float | None = None
     socket_timeout_seconds: float = 0.5
     #: Carry invalidations and index updates to other replicas over Redis pub/sub.
@@ -108,7 +115,9 @@ class RedisConfig:
     tombstone_ttl_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        scheme = urlsplit(self.url).scheme
+        if not self.cluster and "," in self.url:
+            raise ConfigurationError("several Redis URLs name a cluster: set RedisConfig(cluster=True)")
+        scheme = urlsplit(self.url.split(",")[0].strip()).scheme
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
                 f"unknown Redis URL scheme {scheme!r}: use redis://host:port/db, rediss:// or unix://"
@@ -118,7 +127,11 @@ class RedisConfig:
             raise ConfigurationError("RedisConfig.socket_timeout_seconds must be positive")
 
     def __repr__(self) -> str:
-        return f"RedisConfig(url={redact_url(self.url)!r}, prefix={self.prefix!r}, max_ttl_seconds={self.max_ttl_seconds!r})"
+        url = ",".join(redact_url(u.strip()) for u in self.url.split(","))
+        return (
+            f"RedisConfig(url={url!r}, prefix={self.prefix!r}, cluster={self.cluster!r}, "
+            f"max_ttl_seconds={self.max_ttl_seconds!r})"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,10 +169,22 @@ class SQLConfig:
         return f"SQLConfig(url={redact_url(self.url)!r}, max_ttl_seconds={self.max_ttl_seconds!r})"
 
 
+IndexBackendName = Literal["auto", "faiss", "pgvector"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class IndexConfig:
-    """The in-process FAISS index: exact inner product per scope, HNSW once a scope is large."""
+    """The vector index.
 
+    ``backend``: ``"faiss"``, the in-process index (exact inner product per scope,
+    HNSW once a scope is large), rebuilt from L3 at start and kept in step by replica
+    events; ``"pgvector"``, an HNSW index inside the L3 PostgreSQL, written in the
+    entry's own transaction and shared by every replica (no rebuild, no vectors over
+    pub/sub); ``"auto"`` (the default): pgvector when L3 is PostgreSQL with the
+    ``vector`` extension installed, else FAISS.
+    """
+
+    backend: IndexBackendName = "auto"
     hnsw_min_entries: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
@@ -179,6 +204,10 @@ class IndexConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "faiss", "pgvector"):
+            raise ConfigurationError(
+                f"IndexConfig.backend must be 'auto', 'faiss' or 'pgvector', got {self.backend!r}"
+            )
         for name in ("hnsw_min_entries", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "top_k", "faiss_threads"):
             _check_positive_int(f"IndexConfig.{name}", getattr(self, name))
         if not 0 < self.compact_ratio < 1:
@@ -343,6 +372,7 @@ class CacheConfig:
     memory: MemoryConfig | None = field(default_factory=MemoryConfig)
     redis: RedisConfig | None = None
     sql: SQLConfig | None = field(default_factory=SQLConfig)
+    #: An :class:`IndexConfig`, or just its backend's name (``"faiss"``, ``"pgvector"``, ``"auto"``).
     index: IndexConfig = field(default_factory=IndexConfig)
     embedder: Any = "default"
     policy: Policy = field(default_factory=Policy)
@@ -352,6 +382,10 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if self.memory is None and self.redis is None and self.sql is None:
             raise ConfigurationError("configure at least one tier (memory, redis or sql)")
+        if isinstance(self.index, str):
+            object.__setattr__(self, "index", IndexConfig(backend=cast(IndexBackendName, self.index)))
+        elif not isinstance(self.index, IndexConfig):
+            raise ConfigurationError(f"index must be an IndexConfig or a backend name, got {self.index!r}")
         if self.prices is not None:
             from .pricing import PriceTable
 
@@ -385,7 +419,9 @@ class CacheConfig:
         (``default``, ``none`` or a model name), ``{prefix}VERIFIER`` (``default``,
         ``none`` or a cross-encoder name or path), ``{prefix}MAX_FALSE_HIT_RATE``,
         ``{prefix}VERIFIER_THRESHOLD``, ``{prefix}VERIFIER_CALIBRATION`` (a JSON path),
-        ``{prefix}AUDIT_RATE``, ``{prefix}AUDIT_AGREEMENT`` and ``{prefix}AUDIT_BLOCK`` (``1``/``0``).
+        ``{prefix}AUDIT_RATE``, ``{prefix}AUDIT_AGREEMENT``, ``{prefix}AUDIT_BLOCK`` (``1``/``0``),
+        ``{prefix}INDEX`` (``auto``, ``faiss`` or ``pgvector``) and
+        ``{prefix}REDIS_CLUSTER`` (``1``: the Redis URL names a cluster's nodes).
         """
         env = os.environ if environ is None else environ
         sql_url = env.get(prefix + "SQL_URL", "sqlite:///semcache.db")
@@ -420,9 +456,16 @@ class CacheConfig:
         embedder: Any = env.get(prefix + "EMBEDDER", "default")
         if embedder.lower() == "none":
             embedder = None
+        cluster = env.get(prefix + "REDIS_CLUSTER", "").strip().lower()
+        if cluster and cluster not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigurationError(f"{prefix}REDIS_CLUSTER must be 1 or 0, got {cluster!r}")
+        index = env.get(prefix + "INDEX", "auto").strip().lower() or "auto"
         return cls(
             memory=(MemoryConfig(max_entries=int(mem_entries)) if mem_entries else MemoryConfig()) if memory else None,
-            redis=RedisConfig(url=env[prefix + "REDIS_URL"]) if env.get(prefix + "REDIS_URL") else None,
+            redis=RedisConfig(url=env[prefix + "REDIS_URL"], cluster=cluster in ("1", "true", "yes", "on"))
+            if env.get(prefix + "REDIS_URL")
+            else None,
+            index=IndexConfig(backend=cast(IndexBackendName, index)),
             sql=SQLConfig(url=sql_url) if sql_url.lower() != "none" else None,
             embedder=embedder,
             policy=Policy(**policy_kwargs),
