@@ -327,6 +327,8 @@ class WorkloadSpec:
     sql_url: str
     redis_url: str | None = None
     redis_prefix: str = "semcache-history:"
+    #: ``redis_url`` names a Redis Cluster's nodes (comma-separated).
+    redis_cluster: bool = False
     l1_max_entries: int = 10_000
     l1_max_ttl_seconds: float | None = None
     processes: int = 2
@@ -357,7 +359,10 @@ def _build_cache(spec: WorkloadSpec) -> Any:
         redis=None
         if spec.redis_url is None
         else RedisConfig(
-            url=spec.redis_url, prefix=spec.redis_prefix, socket_timeout_seconds=spec.redis_socket_timeout_seconds
+            url=spec.redis_url,
+            prefix=spec.redis_prefix,
+            cluster=spec.redis_cluster,
+            socket_timeout_seconds=spec.redis_socket_timeout_seconds,
         ),
         sql=SQLConfig(url=spec.sql_url),
         embedder=None,

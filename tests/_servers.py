@@ -313,8 +313,10 @@ class PostgresServer:
         dbname: str = "semcache",
         startup_timeout: float = 30.0,
         settings: dict[str, str] | None = None,
+        bin_dir: str | None = None,
     ) -> None:
-        self.bin = find_pg_bin()
+        # bin_dir: another server build (the PostgreSQL with pgvector, say)
+        self.bin = bin_dir or find_pg_bin()
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.dbname = dbname
