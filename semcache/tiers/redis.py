@@ -17,6 +17,26 @@ write never replaces a newer version or a newer delete, whatever order writes,
 promotions and replays arrive in. Invalidation by key writes tombstones directly;
 any other selector scans ``{prefix}e:*`` in batches (SCAN + MGET) and matches in
 Python — O(entries), acceptable for a rare administrative operation.
+
+On a Redis Cluster (``RedisConfig(cluster=True)``, a ``redis.cluster.RedisCluster``)
+every command must keep its keys in one hash slot, so the names carry hash tags:
+
+- ``{prefix}{T}e:{key}`` and ``{prefix}{T}floor``: entries are spread over
+  :data:`CLUSTER_BUCKETS` buckets (bucket ``crc32(key) % CLUSTER_BUCKETS``); bucket
+  ``i``'s tag ``T`` is chosen so that its slot lies in the ``i``-th of as many equal
+  slot ranges, so the buckets cover every master of an evenly split cluster. Each
+  bucket has its own copy of the flush floor, so the write script's two keys (the
+  entry and the floor) share a slot; a flush raises the floor of every bucket before
+  it scans.
+- ``{prefix}{meta}handoff``, ``{prefix}{meta}handoff:sel``, ``{prefix}{meta}log``,
+  ``{prefix}{meta}labels``, ``{prefix}{meta}blocks``, ``{prefix}{meta}handoff:labels``:
+  one slot for the hand-off, the change-log stream and the labels, so that the labels'
+  MULTI (list, set and stream together) stays on one node.
+- scripts run as EVAL (a node promoted or restarted has no script cache to miss);
+  SCAN runs on every primary; reads of several keys are split per slot.
+
+A prefix that itself holds a ``{...}`` hash tag puts every key in that one slot:
+correct, but not sharded.
 """
 
 from __future__ import annotations
@@ -24,7 +44,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Sequence
+import zlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..config import RedisConfig
@@ -35,9 +57,12 @@ from ..versions import WIDTH, version_text
 from .base import tier_expiry
 from .redis_labels import RedisLabelsPart
 
-__all__ = ["RedisBackend"]
+__all__ = ["CLUSTER_BUCKETS", "RedisBackend", "cluster_bucket_tags", "cluster_nodes"]
 
 _SCAN_BATCH = 500
+#: How many buckets (hash tags) the entries of one prefix are spread over on a cluster.
+CLUSTER_BUCKETS = 64
+_SLOTS = 16384
 
 #: KEYS: entry, floor. ARGV: version text, E+blob, px ('' for none). 1 if stored.
 _SET_IF = """
@@ -98,6 +123,77 @@ def _redis() -> Any:
     return redis
 
 
+def cluster_bucket_tags(buckets: int = CLUSTER_BUCKETS) -> tuple[str, ...]:
+    """The hash tag of each bucket: bucket ``i``'s is the first ``"i.j"`` (j = 0, 1, ...)
+    whose slot lies in ``[i * 16384 // buckets, (i + 1) * 16384 // buckets)``; so the
+    buckets spread evenly over the slot space, and over every master."""
+    if buckets in _TAGS:
+        return _TAGS[buckets]
+    from redis.crc import key_slot
+
+    tags: list[str] = []
+    for i in range(buckets):
+        lo, hi = i * _SLOTS // buckets, (i + 1) * _SLOTS // buckets
+        j = 0
+        while not lo <= key_slot(f"{i}.{j}".encode()) < hi:
+            j += 1
+        tags.append(f"{i}.{j}")
+    _TAGS[buckets] = tuple(tags)
+    return _TAGS[buckets]
+
+
+_TAGS: dict[int, tuple[str, ...]] = {}
+
+
+def cluster_nodes(url: str) -> list[str]:
+    """The node URLs of a cluster URL (one, or several comma-separated)."""
+    nodes = [u.strip() for u in url.split(",") if u.strip()]
+    if not nodes:
+        raise BackendError("a Redis Cluster URL names no node")
+    return nodes
+
+
+def cluster_client(url: str, *, socket_timeout_seconds: float, **kwargs: Any) -> Any:
+    """A ``redis.cluster.RedisCluster`` that starts from every node named in ``url``
+    (credentials and TLS from the first URL)."""
+    redis = _redis()
+    from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.retry import Retry
+    from urllib.parse import urlsplit
+
+    nodes = cluster_nodes(url)
+    startup: list[Any] = []
+    for u in nodes[1:]:
+        parts = urlsplit(u)
+        startup.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))  # type: ignore[no-untyped-call]
+    try:
+        return RedisCluster(
+            url=nodes[0],
+            startup_nodes=startup,
+            socket_timeout=socket_timeout_seconds,
+            socket_connect_timeout=socket_timeout_seconds,
+            # one retry, after the client re-read the slot map: a command that met a
+            # moved slot or a promoted replica goes through; a dead master fails fast
+            retry=Retry(NoBackoff(), 1),
+            **kwargs,
+        )
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        raise BackendUnavailable(f"Redis Cluster is unavailable: {exc}") from exc
+
+
+def is_cluster_client(client: Any) -> bool:
+    """Whether ``client`` is a (sync or asyncio) ``RedisCluster`` (or the tier's lazy one)."""
+    if isinstance(client, _LazyClient):
+        return True
+    try:
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+        from redis.cluster import RedisCluster
+    except ImportError:  # pragma: no cover - depends on the environment
+        return False
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
 class RedisBackend(RedisLabelsPart):
     """L2 tier on Redis. Construction does no I/O; the first command connects."""
 
@@ -112,36 +208,57 @@ class RedisBackend(RedisLabelsPart):
         socket_timeout_seconds: float = 0.5,
         client: Any = None,
         tombstone_ttl_seconds: float = 600.0,
+        cluster: bool = False,
     ) -> None:
         redis = _redis()
         self.max_ttl_seconds = max_ttl_seconds
         self.prefix = prefix
         #: How long a delete's tombstone refuses older writes and promotions.
         self.tombstone_ttl_seconds = tombstone_ttl_seconds
-        self._errors = redis.RedisError
-        self._unavailable = (redis.ConnectionError, redis.TimeoutError)
+        #: A Redis Cluster: hash-tagged keys, EVAL, SCAN on every primary, sharded pub/sub.
+        self.cluster = bool(cluster or (client is not None and is_cluster_client(client)))
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+        self._unavailable: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self.client = client or redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_seconds,
-            socket_connect_timeout=socket_timeout_seconds,
-            health_check_interval=30,
-            # one attempt: no call waits on a dead Redis longer than the socket timeout
-            # (the tier chain's back-off and probe do the retrying)
-            retry=Retry(NoBackoff(), 0),
-        )
+        if self.cluster:
+            from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+
+            # a master down, a slot being failed over or moved: the tier is unavailable
+            # for a moment (and the tier chain backs off and probes), not broken
+            self._errors = (redis.RedisError, RedisClusterException)
+            self._unavailable = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
+            timeout = socket_timeout_seconds
+            self.client = client if client is not None else _LazyClient(
+                lambda: cluster_client(url, socket_timeout_seconds=timeout, health_check_interval=30)
+            )
+            tags = cluster_bucket_tags()
+            self._bucket_prefixes = tuple(f"{prefix}{{{t}}}" for t in tags)
+            meta = f"{prefix}{{meta}}"
+        else:
+            self.client = client or redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout_seconds,
+                socket_connect_timeout=socket_timeout_seconds,
+                health_check_interval=30,
+                # one attempt: no call waits on a dead Redis longer than the socket timeout
+                # (the tier chain's back-off and probe do the retrying)
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._set_if = self.client.register_script(_SET_IF)
+            self._del_if = self.client.register_script(_DEL_IF)
+            self._floor_script = self.client.register_script(_FLOOR)
+            self._handoff_put = self.client.register_script(_HANDOFF_PUT)
+            self._handoff_done = self.client.register_script(_HANDOFF_DONE)
+            self._bucket_prefixes = ()
+            meta = prefix
         self._corrupt = 0
-        self._set_if = self.client.register_script(_SET_IF)
-        self._del_if = self.client.register_script(_DEL_IF)
-        self._floor_script = self.client.register_script(_FLOOR)
-        self._handoff_put = self.client.register_script(_HANDOFF_PUT)
-        self._handoff_done = self.client.register_script(_HANDOFF_DONE)
         self._floor_key = f"{prefix}floor"
-        self._handoff_key = f"{prefix}handoff"
-        self._handoff_sel_key = f"{prefix}handoff:sel"
-        self._log_key = f"{prefix}log"
+        self._meta = meta
+        self._handoff_key = f"{meta}handoff"
+        self._handoff_sel_key = f"{meta}handoff:sel"
+        self._log_key = f"{meta}log"
         #: Entries the change-log stream keeps (used only when there is no L3).
         self.log_max_entries = 100_000
 
@@ -153,10 +270,46 @@ class RedisBackend(RedisLabelsPart):
             prefix=config.prefix,
             max_ttl_seconds=config.max_ttl_seconds,
             socket_timeout_seconds=config.socket_timeout_seconds,
+            tombstone_ttl_seconds=config.tombstone_ttl_seconds,
+            cluster=config.cluster,
         )
 
     def _k(self, key: str) -> str:
+        if self.cluster:
+            return f"{self._bucket_prefixes[zlib.crc32(key.encode()) % CLUSTER_BUCKETS]}e:{key}"
         return f"{self.prefix}e:{key}"
+
+    def _floor_of(self, name: str) -> str:
+        """The floor key next to entry key ``name`` (the same slot on a cluster)."""
+        if self.cluster:
+            return name[: name.index("}", len(self.prefix)) + 1] + "floor"
+        return self._floor_key
+
+    def _floor_keys(self) -> list[str]:
+        if self.cluster:
+            return [f"{b}floor" for b in self._bucket_prefixes]
+        return [self._floor_key]
+
+    def _script(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        """Run one of the scripts: EVALSHA (loaded once) on one server; EVAL on a
+        cluster, where a promoted or restarted node holds no script cache."""
+        if self.cluster:
+            # (a ClusterPipeline has no eval(): the raw command, routed by its keys' slot)
+            target = client if client is not None else self.client
+            return target.execute_command("EVAL", _SCRIPTS[name], len(keys), *keys, *args)
+        script = {
+            "set_if": self._set_if,
+            "del_if": self._del_if,
+            "floor": self._floor_script,
+            "handoff_put": self._handoff_put,
+            "handoff_done": self._handoff_done,
+        }[name]
+        return script(keys=keys, args=args, client=client)
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        if self.cluster:
+            return list(self.client.mget_nonatomic(names))
+        return list(self.client.mget(names))
 
     def _translate(self, exc: Exception) -> BackendError:
         if isinstance(exc, self._unavailable):
@@ -220,7 +373,8 @@ class RedisBackend(RedisLabelsPart):
         if args is None:
             return False
         try:
-            return bool(self._set_if(keys=[self._k(entry.key), self._floor_key], args=args))
+            name = self._k(entry.key)
+            return bool(self._script("set_if", [name, self._floor_of(name)], args))
         except self._errors as exc:
             raise self._translate(exc) from exc
 
@@ -232,7 +386,8 @@ class RedisBackend(RedisLabelsPart):
             args = self._set_args(entry, now)
             if args is None:
                 continue
-            self._set_if(keys=[self._k(entry.key), self._floor_key], args=args, client=pipe)
+            name = self._k(entry.key)
+            self._script("set_if", [name, self._floor_of(name)], args, pipe)
             queued += 1
         if not queued:
             return
@@ -254,12 +409,15 @@ class RedisBackend(RedisLabelsPart):
             pipe = self.client.pipeline(transaction=False)
             vt, px = version_text(version), self._tomb_px()
             for k in keys:
-                self._del_if(keys=[self._k(k)], args=[vt, px], client=pipe)
+                self._script("del_if", [self._k(k)], [vt, px], pipe)
             return sum(int(n) for n in pipe.execute())
         except self._errors as exc:
             raise self._translate(exc) from exc
 
     def _scan(self) -> Iterator[tuple[str, bytes]]:
+        if self.cluster:
+            yield from self._scan_cluster()
+            return
         cursor = 0
         start = len(self.prefix) + 2
         while True:
@@ -273,6 +431,28 @@ class RedisBackend(RedisLabelsPart):
             if cursor == 0:
                 return
 
+    def _scan_cluster(self) -> Iterator[tuple[str, bytes]]:
+        """SCAN every primary (``RedisCluster.scan_iter``) for ``{prefix}{tag}e:*``, MGET per slot."""
+        start = len(self.prefix)
+        batch: list[str] = []
+
+        def flush() -> Iterator[tuple[str, bytes]]:
+            for name, blob in zip(batch, self._mget(batch)):
+                if blob is not None:
+                    cut = name.find("}e:", start)
+                    yield name[cut + 3 :], blob
+            batch.clear()
+
+        for raw in self.client.scan_iter(match=f"{_glob_escape(self.prefix)}{{*}}e:*", count=_SCAN_BATCH):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if name.find("}e:", start) < 0:
+                continue
+            batch.append(name)
+            if len(batch) >= _SCAN_BATCH:
+                yield from flush()
+        if batch:
+            yield from flush()
+
     def invalidate(self, selector: Selector, now: float, version: int | None = None) -> list[str]:
         """Delete matching entries: by key directly, otherwise by a scan. With
         ``version``, only entries older than it, leaving tombstones; a flush also
@@ -281,13 +461,19 @@ class RedisBackend(RedisLabelsPart):
             return []
         try:
             if selector.all and version is not None:
-                self._floor_script(keys=[self._floor_key], args=[version_text(version)])
+                if self.cluster:  # every bucket's copy of the floor, before the scan
+                    pipe = self.client.pipeline(transaction=False)
+                    for fk in self._floor_keys():
+                        self._script("floor", [fk], [version_text(version)], pipe)
+                    pipe.execute()
+                else:
+                    self._script("floor", [self._floor_key], [version_text(version)])
             if selector.keys and selector == Selector(keys=selector.keys):
                 return self._delete_named(list(selector.keys), version)
             gone: list[str] = []
             # named keys plus other criteria: read just those keys, not the keyspace
             found = (
-                zip(selector.keys, self.client.mget([self._k(k) for k in selector.keys]))
+                zip(selector.keys, self._mget([self._k(k) for k in selector.keys]))
                 if selector.keys
                 else self._scan()
             )
@@ -315,7 +501,7 @@ class RedisBackend(RedisLabelsPart):
         else:
             vt, px = version_text(version), self._tomb_px()
             for k in keys:
-                self._del_if(keys=[self._k(k)], args=[vt, px], client=pipe)
+                self._script("del_if", [self._k(k)], [vt, px], pipe)
         removed = pipe.execute()
         return [k for k, n in zip(keys, removed) if n]
 
@@ -376,9 +562,9 @@ class RedisBackend(RedisLabelsPart):
         pipe = self.client.pipeline(transaction=False)
         for e in entries:
             value = version_text(e.version).encode() + b"E" + entry_to_blob(e, with_embedding=True)
-            self._handoff_put(keys=[self._handoff_key], args=[e.key, value], client=pipe)
+            self._script("handoff_put", [self._handoff_key], [e.key, value], pipe)
         for key, version in deletes:
-            self._handoff_put(keys=[self._handoff_key], args=[key, version_text(version) + "T"], client=pipe)
+            self._script("handoff_put", [self._handoff_key], [key, version_text(version) + "T"], pipe)
         try:
             pipe.execute()
         except self._errors as exc:
@@ -446,7 +632,7 @@ class RedisBackend(RedisLabelsPart):
     def handoff_done(self, key: str, raw: bytes) -> None:
         """Forget a record that L3 now holds (unless a newer one replaced it meanwhile)."""
         try:
-            self._handoff_done(keys=[self._handoff_key], args=[key, raw])
+            self._script("handoff_done", [self._handoff_key], [key, raw])
         except self._errors as exc:
             raise self._translate(exc) from exc
 
@@ -473,15 +659,22 @@ class RedisBackend(RedisLabelsPart):
             raise self._translate(exc) from exc
 
     def publish(self, channel: str, message: str) -> int:
-        """PUBLISH a message (invalidations and index updates for other replicas)."""
+        """PUBLISH a message (invalidations and index updates for other replicas);
+        SPUBLISH (sharded pub/sub) on a cluster."""
         try:
+            if self.cluster:
+                return int(self.client.spublish(channel, message))
             return int(self.client.publish(channel, message))
         except self._errors as exc:
             raise self._translate(exc) from exc
 
     def ping(self) -> bool:
-        """Whether Redis answers."""
+        """Whether Redis answers (on a cluster: every primary)."""
         try:
+            if self.cluster:
+                from redis.cluster import RedisCluster
+
+                return bool(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(self.client.ping())
         except self._errors as exc:
             raise self._translate(exc) from exc
@@ -492,10 +685,48 @@ class RedisBackend(RedisLabelsPart):
 
     def close(self) -> None:
         """Close the connection pool."""
+        if isinstance(self.client, _LazyClient) and not self.client.built:
+            return
         try:
             self.client.close()
         except self._errors:
             pass
+
+
+_SCRIPTS = {"set_if": _SET_IF, "del_if": _DEL_IF, "floor": _FLOOR, "handoff_put": _HANDOFF_PUT, "handoff_done": _HANDOFF_DONE}
+
+
+class _LazyClient:
+    """A client built on first use (a ``RedisCluster`` reads the slot map when it is
+    made): constructing the tier does no I/O, and a cluster that is down when the
+    cache opens is retried like any other outage."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        return self._client is not None
+
+    def semcache_client(self) -> Any:
+        """The client, built now if it was not yet."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._factory()
+                    except BackendUnavailable as exc:
+                        import redis
+
+                        raise redis.ConnectionError(str(exc)) from exc
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.semcache_client(), name)
 
 
 def _parse(blob: bytes) -> Entry | None:

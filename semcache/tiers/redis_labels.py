@@ -28,6 +28,8 @@ class RedisLabelsPart:
 
     client: Any
     prefix: str
+    #: The prefix of these keys: ``prefix``, or ``{prefix}{meta}`` on a cluster.
+    _meta: str
     log_max_entries: int
     _errors: Any
     _corrupt: int
@@ -36,7 +38,7 @@ class RedisLabelsPart:
         raise NotImplementedError
 
     def _lk(self, name: str) -> str:
-        return f"{self.prefix}{name}"
+        return f"{self._meta}{name}"
 
     def labels_add(self, labels: Sequence[Label]) -> list[str]:
         """Append labels to ``{prefix}labels`` (trimmed to the newest
