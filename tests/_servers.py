@@ -25,6 +25,10 @@ same port)::
     with PostgresServer() as pg:
         url = pg.url               # postgresql+psycopg://...@127.0.0.1:PORT/semcache
         pg.kill(); pg.start()
+
+:class:`RedisClusterServer` is a private Redis Cluster (3 masters, a replica each)
+whose masters a test may kill (:meth:`RedisClusterServer.kill_master`, then
+:meth:`RedisClusterServer.wait_failover` for a replica's promotion) and restart.
 """
 
 from __future__ import annotations
@@ -45,10 +49,13 @@ import pytest
 __all__ = [
     "PostgresServer",
     "PostgresServerUnavailable",
+    "RedisClusterServer",
     "RedisServer",
     "RedisServerUnavailable",
     "find_pg_bin",
+    "find_redis_cli",
     "find_redis_server",
+    "free_cluster_port",
     "free_port",
     "postgres_server",
     "redis_server",
@@ -543,3 +550,277 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip(str(e))
     with server:
         yield server
+
+
+# -- Redis Cluster ----------------------------------------------------------------
+
+
+def free_cluster_port(host: str = LOOPBACK, low: int = 20000, high: int = 55000) -> int:
+    """A free port whose cluster bus port (``port + 10000``, below 65536) is free too."""
+    import random
+
+    for _ in range(500):
+        port = random.randint(low, high)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind((host, port))
+                b.bind((host, port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for a Redis Cluster node")
+
+
+def find_redis_cli() -> str:
+    """Path of ``redis-cli`` (next to ``redis-server`` first)."""
+    here = Path(find_redis_server()).with_name("redis-cli")
+    for c in (str(here), shutil.which("redis-cli")):
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise RedisServerUnavailable("redis-cli not found (it comes with redis-server)")
+
+
+class RedisClusterServer:
+    """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, on
+    loopback ports (each with its bus port free), files in a temp dir, no persistence.
+
+    :meth:`kill_master` SIGKILLs a master and :meth:`wait_failover` waits until one of
+    its replicas took over its slots; :meth:`restart` starts a killed node again on its
+    port with its ``nodes.conf``, so it rejoins (as a replica of whoever took over)::
+
+        with RedisClusterServer() as rc:
+            urls = rc.urls                      # every node's redis://127.0.0.1:PORT
+            port = rc.kill_master()
+            seconds = rc.wait_failover(port)
+            rc.restart(port)
+    """
+
+    def __init__(
+        self,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 2000,
+        host: str = LOOPBACK,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.binary = find_redis_server()
+        self.cli = find_redis_cli()
+        self.host = host
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.startup_timeout = startup_timeout
+        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="semcache-rcluster-"))
+        self.ports: list[int] = []
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"redis://{self.host}:{p}" for p in self.ports]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated (``RedisConfig(url=..., cluster=True)``)."""
+        return ",".join(self.urls)
+
+    def running(self, port: int) -> bool:
+        proc = self._procs.get(port)
+        return proc is not None and proc.poll() is None
+
+    def _node_dir(self, port: int) -> Path:
+        assert self._dir is not None, "RedisClusterServer is closed"
+        d = self._dir / str(port)
+        d.mkdir(exist_ok=True)
+        return d
+
+    def log_tail(self, port: int, lines: int = 20) -> str:
+        try:
+            text = (self._node_dir(port) / "redis.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _spawn(self, port: int) -> None:
+        d = self._node_dir(port)
+        cmd = [
+            self.binary,
+            "--bind", self.host,
+            "--port", str(port),
+            "--protected-mode", "yes",
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(d / "nodes.conf"),
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(d),
+            "--daemonize", "no",
+        ]
+        with open(d / "redis.log", "ab") as log:
+            self._procs[port] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.startup_timeout
+        while not _ping(self.host, port):
+            if self._procs[port].poll() is not None:
+                raise RuntimeError(f"cluster node {port} exited during startup:\n" + self.log_tail(port))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster node {port} did not answer:\n" + self.log_tail(port))
+            time.sleep(0.05)
+
+    def redis_cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
+        """Run ``redis-cli -p PORT ARGS`` and return its output."""
+        out = subprocess.run(
+            [self.cli, "-h", self.host, "-p", str(port), *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        return out.stdout
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> RedisClusterServer:
+        """Start every node, create the cluster and wait for ``cluster_state:ok``."""
+        if self.ports:
+            return self
+        for _ in range(self.masters * (1 + self.replicas)):
+            port = free_cluster_port(self.host)
+            while port in self.ports:
+                port = free_cluster_port(self.host)
+            self.ports.append(port)
+            self._spawn(port)
+        created = subprocess.run(
+            [self.cli, "--cluster", "create", *[f"{self.host}:{p}" for p in self.ports],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError("redis-cli --cluster create failed:\n" + created.stdout + created.stderr)
+        self.wait_ok()
+        return self
+
+    def nodes(self, port: int | None = None) -> list[dict[str, object]]:
+        """``CLUSTER NODES`` as seen from ``port`` (any running node by default): dicts
+        with ``id``, ``port``, ``flags`` (a set), ``master`` (the master's id or ``-``)
+        and ``slots`` (how many)."""
+        ask = port if port is not None else next(p for p in self.ports if self.running(p))
+        out: list[dict[str, object]] = []
+        for line in self.redis_cli(ask, "cluster", "nodes").splitlines():
+            parts = line.split()
+            if len(parts) < 8:
+                continue
+            slots = 0
+            for r in parts[8:]:
+                if r.startswith("["):
+                    continue
+                lo, _, hi = r.partition("-")
+                slots += int(hi or lo) - int(lo) + 1
+            out.append({
+                "id": parts[0],
+                "port": int(parts[1].split("@")[0].rsplit(":", 1)[1]),
+                "flags": set(parts[2].split(",")),
+                "master": parts[3],
+                "slots": slots,
+            })
+        return out
+
+    def master_ports(self) -> list[int]:
+        """The ports of the masters that hold slots now (as a running node sees it)."""
+        return sorted(
+            int(str(n["port"])) for n in self.nodes()
+            if "master" in n["flags"] and "fail" not in n["flags"] and int(str(n["slots"])) > 0
+        )
+
+    def state_ok(self) -> bool:
+        """Whether every running node reports ``cluster_state:ok`` and agrees on the masters."""
+        live = [p for p in self.ports if self.running(p)]
+        for p in live:
+            if "cluster_state:ok" not in self.redis_cli(p, "cluster", "info"):
+                return False
+        views = {tuple(sorted(int(str(n["port"])) for n in self.nodes(p)
+                              if "master" in n["flags"] and "fail" not in n["flags"] and int(str(n["slots"])) > 0))
+                 for p in live}
+        return len(views) == 1 and all(live_port in live for live_port in next(iter(views)))
+
+    def wait_ok(self, timeout: float = 30.0) -> float:
+        """Wait until :meth:`state_ok`; return how long it took."""
+        t0 = time.monotonic()
+        while not self.state_ok():
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok:\n"
+                                   + "\n".join(self.log_tail(p, 5) for p in self.ports))
+            time.sleep(0.05)
+        return time.monotonic() - t0
+
+    def kill_master(self, port: int | None = None) -> int:
+        """SIGKILL a master (the first by port unless given); return its port."""
+        if port is None:
+            port = self.master_ports()[0]
+        proc = self._procs.pop(port, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return port
+
+    def wait_failover(self, port: int, timeout: float = 30.0) -> float:
+        """Wait until a replica of the killed master ``port`` holds its slots and the
+        cluster is ok again; return the seconds taken."""
+        t0 = time.monotonic()
+        while True:
+            try:
+                if port not in self.master_ports() and self.state_ok():
+                    return time.monotonic() - t0
+            except (StopIteration, ValueError):
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"no replica took over from master {port} within {timeout}s")
+            time.sleep(0.05)
+
+    def restart(self, port: int, timeout: float = 30.0) -> float:
+        """Start a killed node again on its port (empty: no persistence); it rejoins as
+        a replica. Return the seconds until the cluster agrees it is a replica."""
+        t0 = time.monotonic()
+        self._spawn(port)
+        while True:
+            me = [n for n in self.nodes(port) if "myself" in n["flags"]]
+            if me and "slave" in me[0]["flags"] and self.state_ok():
+                others = [p for p in self.ports if p != port and self.running(p)]
+                seen = [n for n in self.nodes(others[0]) if n["port"] == port] if others else []
+                if seen and "slave" in seen[0]["flags"] and "fail" not in seen[0]["flags"]:
+                    return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"node {port} did not rejoin as a replica:\n" + self.log_tail(port))
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Kill every node and delete the temp dir.  Idempotent."""
+        for port, proc in list(self._procs.items()):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> RedisClusterServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # last-resort safety net; close() is the API
+        try:
+            for proc in self._procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<RedisClusterServer {self.url}>"
