@@ -15,6 +15,12 @@ Applying a message is versioned: a write of version v drops this replica's copie
 older than v, a delete of version v drops those up to v and leaves a tombstone, so
 a message that arrives late or twice changes nothing it should not.
 
+On a Redis Cluster the channel is a *sharded* one (SPUBLISH / SSUBSCRIBE): it lives
+on the master of its hash slot (and that master's replicas) instead of being
+broadcast over the whole cluster bus. The listener follows that slot: when its node
+fails, or the slot's master changes (a failover, a resharding), it re-reads the slot
+map and subscribes again on the new master, counting it as a gap.
+
 Pub/sub is fire-and-forget: it is the fast path (well under a second). What it
 loses — a replica disconnected while a message was sent, or a writer whose Redis
 was down — is caught up from L3's change log (:mod:`semcache.replicas`), within
@@ -27,6 +33,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -108,7 +115,11 @@ def apply_event(msg: Mapping[str, Any], *, memory: Any, index: Any, embedder_id:
 
 
 class EventListener(threading.Thread):
-    """A daemon thread subscribed to the events channel; it outlives Redis outages."""
+    """A daemon thread subscribed to the events channel; it outlives Redis outages
+    and, on a Redis Cluster (sharded pub/sub), failovers of the channel's master."""
+
+    #: On a cluster, how often the listener checks that its node still owns the channel's slot.
+    check_seconds = 1.0
 
     def __init__(
         self,
@@ -116,6 +127,8 @@ class EventListener(threading.Thread):
         channel: str,
         on_message: Callable[[dict[str, Any]], None],
         on_gap: Callable[[], None] | None = None,
+        *,
+        cluster: bool | None = None,
     ) -> None:
         super().__init__(name="semcache-events", daemon=True)
         self.client = client
@@ -124,6 +137,17 @@ class EventListener(threading.Thread):
         #: Called after a resubscription: messages may have been missed meanwhile.
         self.on_gap = on_gap
         self.stopping = threading.Event()
+        if cluster is None:
+            from .tiers.redis import is_cluster_client
+
+            cluster = is_cluster_client(client)
+        #: Sharded pub/sub (SSUBSCRIBE) on a Redis Cluster.
+        self.cluster = cluster
+        #: The node the sharded subscription is on (``host:port``), and how many times it subscribed.
+        self.node: str | None = None
+        self.subscriptions = 0
+        #: Set once subscribed (again after every resubscription).
+        self.subscribed = threading.Event()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the thread to stop and wait for it."""
@@ -131,29 +155,78 @@ class EventListener(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
+    def _subscribe(self) -> Any:
+        if not self.cluster:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(self.channel)
+            return pubsub
+        client = getattr(self.client, "semcache_client", None)
+        client = client() if client is not None else self.client
+        node = client.get_node_from_key(self.channel)
+        if node is None:
+            raise ConnectionError(f"no node serves the slot of {self.channel}")
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.ssubscribe(self.channel)
+        if not pubsub.node_pubsub_mapping:
+            _close(pubsub)
+            raise ConnectionError(f"could not subscribe to {self.channel} on {node.name}")
+        self.node = node.name
+        return pubsub
+
+    def _moved(self) -> bool:
+        """Whether the channel's slot is now served by another node than ours."""
+        client = getattr(self.client, "semcache_client", None)
+        client = client() if client is not None else self.client
+        node = client.get_node_from_key(self.channel)
+        return node is None or node.name != self.node
+
+    def _refresh(self) -> None:
+        """Re-read the cluster's slot map (after an error on our node)."""
+        client = getattr(self.client, "semcache_client", None)
+        client = client() if client is not None else self.client
+        client.nodes_manager.initialize()
+
     def run(self) -> None:
         """Subscribe, apply messages, and resubscribe with back-off after errors."""
         pubsub = None
         delay = 0.2
         subscribed_before = False
+        checked = time.monotonic()
         while not self.stopping.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self.channel)
+                    self.subscribed.clear()
+                    pubsub = self._subscribe()
+                    self.subscriptions += 1
                     if subscribed_before and self.on_gap is not None:
                         self.on_gap()
                     subscribed_before = True
-                msg = pubsub.get_message(timeout=0.5)
+                    self.subscribed.set()
+                    checked = time.monotonic()
+                if self.cluster:
+                    if not pubsub.node_pubsub_mapping:  # dropped by the client: nothing to wait on
+                        raise ConnectionError(f"the subscription to {self.channel} was dropped")
+                    msg = pubsub.get_sharded_message(timeout=0.5)
+                    if time.monotonic() - checked > self.check_seconds:
+                        checked = time.monotonic()
+                        if self._moved():
+                            raise ConnectionError(f"the slot of {self.channel} moved off {self.node}")
+                else:
+                    msg = pubsub.get_message(timeout=0.5)
                 delay = 0.2
             except Exception as exc:  # noqa: BLE001 - Redis down: resubscribe after a back-off
                 log.debug("event listener: %s", exc)
                 _close(pubsub)
                 pubsub = None
                 self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0 if self.cluster else 5.0)
+                if self.cluster:
+                    try:
+                        self._refresh()
+                    except Exception as exc2:  # noqa: BLE001 - no node answers yet: try again later
+                        log.debug("event listener: slot map: %s", exc2)
                 continue
-            if msg is None or msg.get("type") != "message":
+            if msg is None or msg.get("type") not in ("message", "smessage"):
                 continue
             try:
                 self.on_message(json.loads(msg["data"]))

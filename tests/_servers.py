@@ -728,10 +728,14 @@ class RedisClusterServer:
         )
 
     def state_ok(self) -> bool:
-        """Whether every running node reports ``cluster_state:ok`` and agrees on the masters."""
+        """Whether every running node reports ``cluster_state:ok``, agrees on the masters,
+        and every replica is in sync with its master (else it could not take over)."""
         live = [p for p in self.ports if self.running(p)]
         for p in live:
             if "cluster_state:ok" not in self.redis_cli(p, "cluster", "info"):
+                return False
+            repl = self.redis_cli(p, "info", "replication")
+            if "role:slave" in repl and "master_link_status:up" not in repl:
                 return False
         views = {tuple(sorted(int(str(n["port"])) for n in self.nodes(p)
                               if "master" in n["flags"] and "fail" not in n["flags"] and int(str(n["slots"])) > 0))
