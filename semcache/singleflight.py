@@ -28,7 +28,8 @@ halfway, a cancelled task, a ``KeyboardInterrupt``) get :class:`FlightAbandoned`
 
 The Redis lock is ``SET key token NX PX timeout``: a holder that crashes blocks the
 others only until the lock expires. Release deletes the key only while it still holds
-our token (a WATCH/MULTI transaction, so it also works where Lua is unavailable).
+our token: a WATCH/MULTI transaction on one server (so it also works where Lua is
+unavailable), a Lua compare-and-delete of the one key on a Redis Cluster client.
 Waiters poll the cache (``poll``) until the holder has stored, the lock is released
 or expires, or ``wait_seconds`` pass. Driver errors become
 :class:`~semcache.errors.BackendError`; callers should then go on without the lock.
@@ -236,15 +237,32 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
         import redis
     except ImportError:  # pragma: no cover - a client was passed, so redis is installed
         return ()
-    return (redis.RedisError,)
+    from redis.exceptions import RedisClusterException
+
+    return (redis.RedisError, RedisClusterException)
 
 
 def _translate(exc: BaseException) -> BackendError:
     import redis
+    from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    # (on a cluster: a master down or a slot failing over is an outage too)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)):
         return BackendUnavailable(f"Redis lock unavailable: {exc}")
     return BackendError(f"Redis lock error: {exc}")
+
+
+#: KEYS: the lock. ARGV: our token. Deletes the lock only while it holds the token.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _is_cluster(client: Any) -> bool:
+    from .tiers.redis import is_cluster_client
+
+    return is_cluster_client(client)
 
 
 class _LockBase:
@@ -254,6 +272,8 @@ class _LockBase:
 
             raise ConfigurationError("lock timeout_seconds and poll_interval_seconds must be positive")
         self.client = client
+        #: A Redis Cluster client: release is a Lua compare-and-delete, not WATCH/MULTI.
+        self.cluster = _is_cluster(client)
         self.prefix = prefix
         self.timeout_seconds = float(timeout_seconds)
         self.poll_interval_seconds = float(poll_interval_seconds)
@@ -270,7 +290,7 @@ class RedisLock(_LockBase):
     """A cross-process lock per exact key on Redis, with expiry (sync client).
 
     Args:
-        client: a ``redis.Redis`` client.
+        client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client.
         prefix: key prefix of the lock keys.
         timeout_seconds: the lock's expiry: the longest a crashed holder blocks others.
         poll_interval_seconds: how often waiters poll the cache and the lock.
@@ -322,6 +342,11 @@ class RedisLock(_LockBase):
         import redis
 
         k = self._k(key)
+        if self.cluster:
+            try:
+                return bool(self.client.execute_command("EVAL", _RELEASE, 1, k, token))
+            except self._errors as exc:
+                raise _translate(exc) from exc
         try:
             with self.client.pipeline() as pipe:
                 pipe.watch(k)
@@ -421,6 +446,11 @@ class AsyncRedisLock(_LockBase):
         import redis
 
         k = self._k(key)
+        if self.cluster:
+            try:
+                return bool(await self.client.execute_command("EVAL", _RELEASE, 1, k, token))
+            except self._errors as exc:
+                raise _translate(exc) from exc
         try:
             async with self.client.pipeline() as pipe:
                 await pipe.watch(k)
@@ -464,9 +494,10 @@ class AsyncRedisLock(_LockBase):
 def _is_async_client(client: Any) -> bool:
     try:
         import redis.asyncio
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     except ImportError:  # pragma: no cover
         return False
-    return isinstance(client, redis.asyncio.Redis)
+    return isinstance(client, (redis.asyncio.Redis, AsyncRedisCluster))
 
 
 def _text(v: Any) -> str:
