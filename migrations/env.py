@@ -6,8 +6,20 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from semcache.db.models import metadata
+from semcache.db.vectors import VECTORS
 
 config = context.config
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Do not even reflect the pgvector table (its column type is the extension's)."""
+    return not (type_ == "table" and name == VECTORS)
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Leave out what lives outside the ORM metadata: the pgvector table exists only
+    where the extension does (semcache.db.vectors)."""
+    return not (type_ == "table" and name == VECTORS) and not (type_ == "index" and (name or "").startswith(f"ix_{VECTORS}_"))
 
 
 def run_migrations_offline() -> None:
@@ -17,6 +29,8 @@ def run_migrations_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         render_as_batch=True,
+        include_object=include_object,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -35,6 +49,8 @@ def run_migrations_online() -> None:
                 target_metadata=metadata,
                 render_as_batch=True,  # ALTER TABLE on SQLite goes through batch mode
                 compare_type=True,
+                include_object=include_object,
+                include_name=include_name,
             )
             context.run_migrations()
     finally:

@@ -15,7 +15,7 @@ from cachetools import LRUCache
 
 from .chain import TierChain
 from .config import DEFAULT_SIMILARITY_THRESHOLD, MAX_TTL_SECONDS, UNSET, CacheConfig
-from .errors import ConfigurationError, InvalidInputError, SerializationError, VerifierError
+from .errors import BackendError, ConfigurationError, InvalidInputError, SerializationError, VerifierError
 from .index.base import VectorIndex
 from .keys import Request
 from .stats import Counters
@@ -85,12 +85,62 @@ class Core:
             return
         from .embedders import resolve_embedder
         from .guards import build_guards
-        from .index.faiss import FaissIndex
 
         self.guards = build_guards(self.config.policy.guards)
         self.embedder = resolve_embedder(choice)
         self.load_verifier()  # after the embedder: the default verifier shares its forward pass
-        self.index = FaissIndex(int(self.embedder.dim), self.config.index)
+        self.index = self.make_index()
+
+    def make_index(self) -> VectorIndex:
+        """The index ``IndexConfig.backend`` names: pgvector in L3, or FAISS in process.
+
+        ``auto`` takes pgvector when L3 is PostgreSQL holding the vectors table (the
+        extension is installed and the revision made it), and FAISS otherwise —
+        including when L3 cannot be reached at open, which is logged.
+
+        Raises:
+            ConfigurationError: ``pgvector`` was asked for and L3 cannot give it; the
+                message says what to run.
+        """
+        from .index.faiss import FaissIndex
+
+        want = self.config.index.backend
+        dim = int(self.embedder.dim)
+        store = self.chain.store
+        on_pg = store is not None and str(getattr(store, "url", "")).startswith("postgresql")
+        if want == "faiss" or (want == "auto" and not on_pg):
+            return FaissIndex(dim, self.config.index)
+        if want == "pgvector" and not on_pg:
+            raise ConfigurationError(self._no_pgvector(store))
+        from .index.pgvector import PgVectorIndex
+
+        if not getattr(store, "opened", False):
+            if want == "auto":
+                log.warning("L3 could not be reached at open: the in-process index is used (reopen to use pgvector)")
+                return FaissIndex(dim, self.config.index)
+            log.warning("L3 could not be reached at open: semantic lookups miss until it answers")
+        elif not getattr(store, "has_vectors", False):
+            if want == "auto":
+                return FaissIndex(dim, self.config.index)
+            raise ConfigurationError(self._no_pgvector(store))
+        self.index_built = True  # nothing to rebuild: the index is L3's
+        return PgVectorIndex(store, dim, str(self.embedder.model_id), self.config.index, timer=lambda: self.timer())
+
+    @staticmethod
+    def _no_pgvector(store: Any) -> str:
+        from .db.vectors import missing_message
+
+        url = str(getattr(store, "url", ""))
+        if store is None or not url.startswith("postgresql"):
+            return (
+                "IndexConfig(backend='pgvector') needs L3 on PostgreSQL with the pgvector extension "
+                f"(SQLConfig(url='postgresql+psycopg://...')); L3 here is {url.split(':')[0] or 'absent'}"
+            )
+        try:
+            state = store.vector_extension_state()
+        except BackendError as exc:
+            return f"IndexConfig(backend='pgvector'), but L3 cannot be reached to use it: {exc}"
+        return missing_message(url, state)
 
     def load_verifier(self) -> None:
         """Resolve ``Policy.verifier`` and the calibration its threshold comes from.

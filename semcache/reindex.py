@@ -29,7 +29,7 @@ class Reindexer:
     def on_tier_recovered(self, slot: Any) -> None:
         """L3 is back and the index was never built from it: build it in the background."""
         core = self.core
-        if slot is core.chain.l3_slot and core.index is not None and not core.index_built:
+        if slot is core.chain.l3_slot and core.index is not None and not core.index_built and not _shared(core.index):
             threading.Thread(target=self.rebuild_safe, name="semcache-rebuild", daemon=True).start()
 
     def rebuild_safe(self) -> None:
@@ -46,6 +46,16 @@ class Reindexer:
             return 0
         store = core.chain.store
         if store is None:
+            return len(core.index)
+        if _shared(core.index):
+            # pgvector: the index is L3's own rows; nothing to rebuild, only to re-embed
+            if reembed:
+                with self._lock:
+                    bar = _progress(None, "re-embedding", _want_progress(progress))
+                    try:
+                        self._reembed(store, core.timer(), bar, core.index)
+                    finally:
+                        bar.close()
             return len(core.index)
         with self._lock:
             return self._rebuild(store, reembed=reembed, progress=progress)
@@ -135,6 +145,11 @@ class Reindexer:
             "l3_total_live": store.count(now),
             "consistent": l3_keys == idx,
         }
+
+
+def _shared(index: Any) -> bool:
+    """Whether the index is L3's (pgvector): shared by every replica, never rebuilt."""
+    return bool(getattr(index, "shared", False))
 
 
 def _want_progress(flag: bool | None) -> bool:

@@ -137,7 +137,7 @@ class Replicas:
         apply_event(
             msg,
             memory=self.chain.l1,
-            index=core.index,
+            index=None if getattr(core.index, "shared", False) else core.index,
             embedder_id=None if core.embedder is None else core.embedder.model_id,
             now=core.timer(),
             blocks=self.on_blocks,
@@ -236,6 +236,8 @@ class Replicas:
         chain, core = self.chain, self.core
         now = core.timer()
         l1, index = chain.l1, core.index
+        if getattr(index, "shared", False):
+            index = None  # pgvector: L3's index already holds what was committed
         added: list[str] = []
         blocked: list[str] = []
         for key, version, op in rows:

@@ -163,7 +163,8 @@ class Writer:
             core.stats.inc("not_durable", len(entries))
             log.warning("%d write(s) reached no durable tier (L3 and L2 down); kept in memory only", len(entries))
         index = core.index
-        if index is not None:
+        shared = bool(getattr(index, "shared", False))  # pgvector: L3 wrote the vectors
+        if index is not None and not shared:
             by_scope: dict[str, list[Entry]] = {}
             for e in entries:
                 if e.embedding is not None:
@@ -175,7 +176,11 @@ class Writer:
                 index.add(scope, [e.key for e in es], vecs)
         from .events import add_message
 
-        self.publish(add_message(entries))
+        message = add_message(entries)
+        if shared:
+            for item in message["items"]:
+                item["v"] = None  # every replica searches L3's index: no vector travels
+        self.publish(message)
         chain.raise_deferred(skips)
         return [replace(e, durable=durable if s3 is not None else False) for e in entries]
 

@@ -48,6 +48,7 @@ def server_config(
     verifier: Any = None,
     redis_url: str | None = None,
     redis_prefix: str = "semcache:",
+    sql_url: str | None = None,
     **kwargs: Any,
 ) -> ServerConfig:
     """A sidecar config: L1 + SQLite in ``tmp_path`` (+ Redis), two tenants and an admin token.
@@ -58,7 +59,7 @@ def server_config(
     cache = CacheConfig(
         memory=MemoryConfig(),
         redis=RedisConfig(url=redis_url, prefix=redis_prefix) if redis_url else None,
-        sql=SQLConfig(url=f"sqlite:///{tmp_path}/sidecar.db"),
+        sql=SQLConfig(url=sql_url or f"sqlite:///{tmp_path}/sidecar.db"),
         embedder=embedder if embedder is not None else HashingEmbedder(64),
         policy=Policy(similarity_threshold=threshold, verifier=verifier),
     )

@@ -122,7 +122,13 @@ def pg_schema_url(pg_url, request) -> Iterator[str]:
 @pytest.fixture
 def pgvector_schema_url(pgvector_url) -> Iterator[str]:
     """A URL on the PostgreSQL with pgvector whose search_path is a fresh schema (with
-    ``public``, where the extension's types live), dropped afterwards."""
+    ``public``, where the extension and its types live), dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pgvector_url)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public"))
+    admin.dispose()
     yield from _fresh_schema(pgvector_url, extra="public")
 
 

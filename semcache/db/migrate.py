@@ -14,7 +14,7 @@ from sqlalchemy import Engine, inspect
 
 from ..errors import ConfigurationError, SchemaVersionError
 
-__all__ = ["alembic_config", "current_revision", "ensure_schema", "head_revision", "script_location", "upgrade"]
+__all__ = ["alembic_config", "current_revision", "ensure_schema", "ensure_vectors", "head_revision", "script_location", "upgrade"]
 
 
 def script_location() -> Path:
@@ -63,15 +63,31 @@ def upgrade(url: str, revision: str = "head", engine: Engine | None = None) -> s
 
     cfg = alembic_config(url, engine)
     command.upgrade(cfg, revision)
+    own = engine is None
     if engine is None:
         from sqlalchemy import create_engine
 
         engine = create_engine(url)
-        try:
-            return current_revision(engine) or ""
-        finally:
+    try:
+        if revision == "head":
+            ensure_vectors(engine)
+        return current_revision(engine) or ""
+    finally:
+        if own:
             engine.dispose()
-    return current_revision(engine) or ""
+
+
+def ensure_vectors(engine: Engine) -> bool:
+    """On PostgreSQL, create the pgvector table if the extension has come since the
+    revision ran (the revision skips it without pgvector); return whether it exists."""
+    if engine.dialect.name != "postgresql":
+        return False
+    from .vectors import create_vector_schema, has_vector_table
+
+    with engine.begin() as conn:
+        if has_vector_table(conn):
+            return True
+        return create_vector_schema(conn)
 
 
 def ensure_schema(engine: Engine, url: str, *, create_if_empty: bool, auto_upgrade: bool) -> None:

@@ -10,7 +10,9 @@ an older write replayed late never replaces a newer write or a delete. Every wri
 and delete appends to the change log (``semcache_log``) in the same transaction;
 other replicas read it to drop what they hold of changed keys. A flush raises the
 shared floor (``semcache_meta``): nothing older is written again. Feedback labels
-live in ``semcache_labels`` (:mod:`semcache.tiers.sql_labels`).
+live in ``semcache_labels`` (:mod:`semcache.tiers.sql_labels`). On PostgreSQL with
+pgvector, each entry's embedding is also written, in the same transaction, to the shared
+vector index ``semcache_vectors`` (:mod:`semcache.tiers.sql_vectors`).
 
 A SQLite file found damaged (at open, by ``PRAGMA quick_check``, or by the first
 statement that fails on it) raises :class:`~semcache.errors.BackendFailed`: the
@@ -37,6 +39,7 @@ from .base import tier_expiry
 from .sql_engine import dialect_insert, make_engine, quick_check, time_now, translate
 from .sql_labels import LabelsPart
 from .sql_log import ChangeLogPart
+from .sql_vectors import VectorsPart
 
 __all__ = ["SQLBackend", "make_engine"]
 
@@ -85,7 +88,7 @@ def _live(now: Any) -> Any:
 _GET = select(*_COLS_NO_EMB).where(_E.c.key == bindparam("key"), _live(bindparam("now")))
 
 
-class SQLBackend(ChangeLogPart, LabelsPart):
+class SQLBackend(ChangeLogPart, LabelsPart, VectorsPart):
     """L3 tier. ``open()`` (or the first call) connects and checks the schema."""
 
     name = "l3"
@@ -166,12 +169,18 @@ class SQLBackend(ChangeLogPart, LabelsPart):
                 ensure_schema(
                     self._engine, self.url, create_if_empty=self._create_if_empty, auto_upgrade=self._auto_upgrade
                 )
+                self._detect_vectors(self._engine)
             except SQLAlchemyError as exc:
                 err = self._translate(exc)
                 if isinstance(err, BackendFailed):
                     raise err from exc
                 raise BackendUnavailable(f"SQL database is unavailable: {exc}") from exc
             self._ready = True
+
+    @property
+    def opened(self) -> bool:
+        """Whether :meth:`open` has connected and checked the schema."""
+        return self._ready
 
     def _quick_check(self, engine: Engine) -> None:
         try:
@@ -295,6 +304,7 @@ class SQLBackend(ChangeLogPart, LabelsPart):
                 tags = [{"key": k, "tag": t} for k in keys for t in dict.fromkeys(newest[k].tags)]
                 if tags:
                     conn.execute(tag_insert, tags)
+                self._vectors_write(conn, [newest[k] for k in keys])
                 self._log(conn, [{"key": k, "version": newest[k].version, "op": "s"} for k in keys])
             return keys
 
@@ -342,11 +352,15 @@ class SQLBackend(ChangeLogPart, LabelsPart):
         """Attach (or replace) the embedding of an existing entry (index repair)."""
         try:
             with self._guard(), self.engine.begin() as conn:
-                conn.execute(
+                rows = conn.execute(
                     _E.update()
                     .where(_E.c.key == key)
                     .values(embedding=embedding, embedder_id=embedder_id, dim=len(embedding) // 4)
-                )
+                    .returning(*_COLS_NO_EMB, _E.c.deleted)
+                ).all()
+                if rows and not rows[0]._mapping["deleted"]:
+                    entry = dataclasses.replace(_row_to_entry(rows[0]), embedding=embedding, embedder_id=embedder_id)
+                    self._vectors_write(conn, [entry])
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
 
@@ -391,6 +405,7 @@ class SQLBackend(ChangeLogPart, LabelsPart):
         done = [r[0] for r in conn.execute(tomb, [{"key": k, "version": version, **fields} for k in keys])]
         if done:
             conn.execute(delete(_T).where(_T.c.key.in_(done)))
+            self._vectors_delete(conn, done)
         return int(live), done
 
     def _where(self, selector: Selector, now: float) -> list[Any]:
