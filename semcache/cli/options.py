@@ -38,6 +38,14 @@ def _store_option(name: str) -> Callable[[click.Context, click.Parameter, Any], 
     return callback
 
 
+def _store_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            setattr(ctx.ensure_object(CliContext), name, True)
+
+    return callback
+
+
 #: (flag, CliContext field, SEMCACHE_ variable, help)
 _TARGET_OPTIONS = [
     ("--server", "server", "SERVER", "URL of a running sidecar (instead of the local store)."),
@@ -76,6 +84,17 @@ def target_options(*, envvars: bool, remote: bool = True) -> Callable[[F], F]:
                 help=help_,
                 show_envvar=envvar is not None,
             )(f)
+        # a flag, after --redis-url (SEMCACHE_REDIS_CLUSTER=1 is read with the other settings)
+        f = click.option(
+            "--redis-cluster",
+            "redis_cluster",
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            is_eager=True,
+            callback=_store_flag("redis_cluster"),
+            help="--redis-url names a Redis Cluster's nodes (comma-separated).",
+        )(f)
         return f
 
     return decorate

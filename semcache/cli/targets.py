@@ -45,6 +45,7 @@ class CliContext:
     sql_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str | None = None
+    redis_cluster: bool | None = None
     config_file: str | None = None
     embedder: str | None = None
 
@@ -54,6 +55,7 @@ class CliContext:
             "sql_url": self.sql_url,
             "redis_url": self.redis_url,
             "redis_prefix": self.redis_prefix,
+            "redis_cluster": self.redis_cluster,
             "embedder": self.embedder,
         }
 
@@ -292,7 +294,9 @@ class LocalTarget(Target):
                 )
             elif info["status"] == "ok" and isinstance(t, RedisBackend):
                 redis = self.config.redis
-                info.update(url=None if redis is None else redact_url(redis.url))
+                info.update(url=None if redis is None else ",".join(redact_url(u.strip()) for u in redis.url.split(",")))
+                if redis is not None and redis.cluster:
+                    info["cluster"] = True
                 if not has_sql:  # L2 is the tier entries are listed from
                     info["entries_live"] = sum(1 for e in t.iter_entries() if not e.expired(now))
             tiers[t.name] = info

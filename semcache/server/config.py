@@ -7,6 +7,7 @@ lower-case in the file and upper-case with the ``SEMCACHE_`` prefix in the envir
     host = "127.0.0.1"            # SEMCACHE_HOST
     port = 8080                   # SEMCACHE_PORT
     redis_url = "redis://…"       # SEMCACHE_REDIS_URL   (adds L2)
+    redis_cluster = false         # SEMCACHE_REDIS_CLUSTER (redis_url names a Redis Cluster's nodes)
     sql_url = "sqlite:///semcache.db"   # SEMCACHE_SQL_URL ("none" leaves L3 out)
     admin_token = "…"             # SEMCACHE_ADMIN_TOKEN
     upstream_url = "https://api.openai.com/v1"   # SEMCACHE_UPSTREAM_URL
@@ -148,6 +149,7 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     # cache settings, with the same names as CacheConfig.from_env
     "redis_url": _to_optional_str,
     "redis_prefix": lambda n, v: str(v),
+    "redis_cluster": _to_bool,
     "sql_url": lambda n, v: str(v),
     "l1": _to_bool,
     "l1_max_entries": _to_int,
@@ -165,6 +167,7 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
 _CACHE_KEYS = (
     "redis_url",
     "redis_prefix",
+    "redis_cluster",
     "sql_url",
     "l1",
     "l1_max_entries",
@@ -260,6 +263,12 @@ def _cache_config(settings: Mapping[str, Any]) -> CacheConfig:
     if "embedder" in settings:
         cfg = replace(cfg, embedder=_embedder_choice(settings["embedder"]))
     return cfg
+
+
+def _redis_description(redis: Any) -> str:
+    """L2's URL(s), redacted; ``cluster`` first for a Redis Cluster."""
+    urls = ",".join(redact_url(u.strip()) for u in redis.url.split(","))
+    return f"cluster {urls}" if redis.cluster else urls
 
 
 def _embedder_choice(value: Any) -> Any:
@@ -390,7 +399,7 @@ class ServerConfig:
             "listen": self.url,
             "tiers": {
                 "l1": None if c.memory is None else {"max_entries": c.memory.max_entries},
-                "l2": None if c.redis is None else redact_url(c.redis.url),
+                "l2": None if c.redis is None else _redis_description(c.redis),
                 "l3": None if c.sql is None else redact_url(c.sql.url),
             },
             "embedder": _embedder_name(c.embedder),
