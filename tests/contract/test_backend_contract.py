@@ -1,4 +1,5 @@
-"""One contract suite for every storage tier: memory, fakeredis, real Redis, SQLite, PostgreSQL.
+"""One contract suite for every storage tier: memory, fakeredis, real Redis, a real
+Redis Cluster, SQLite, PostgreSQL.
 
 "Implements the Backend protocol" means "passes this suite".
 """
@@ -28,6 +29,7 @@ def make_entry(key="k1", *, scope="s1", prompt="hello world", value="v", expires
         "memory",
         "fakeredis",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=pytest.mark.redis_cluster),
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
@@ -48,6 +50,10 @@ def backend(request, tmp_path, key_prefix):
         from semcache.tiers.redis import RedisBackend
 
         b = RedisBackend(request.getfixturevalue("redis_url"), prefix=key_prefix)
+    elif kind == "redis_cluster":
+        from semcache.tiers.redis import RedisBackend
+
+        b = RedisBackend(",".join(request.getfixturevalue("redis_cluster_urls")), prefix=key_prefix, cluster=True)
     elif kind == "sqlite":
         from semcache.tiers.sql import SQLBackend
 
@@ -61,7 +67,19 @@ def backend(request, tmp_path, key_prefix):
     yield b
     if kind == "redis":
         b.invalidate(Selector.everything(), NOW)  # only this test's prefix
+    elif kind == "redis_cluster":
+        _drop_prefix(b, key_prefix)
     b.close()
+
+
+def _drop_prefix(b, prefix: str) -> None:
+    """Delete every key under ``prefix`` on every master of the cluster (and nothing else)."""
+    from semcache.tiers.redis import _glob_escape
+
+    client = b.client.semcache_client()
+    names = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=500))
+    for name in names:
+        client.delete(name)
 
 
 def test_implements_protocol(backend):
