@@ -189,6 +189,12 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
+    #: How an in-process HNSW scope stores its vectors: ``"sq8"`` (the graph walk on
+    #: 8-bit codes, its candidates re-scored on a 16-bit copy: about 1.2 KB a vector
+    #: at dim 384, similarities within ~1e-6 of the float32 ones) or ``"float32"``
+    #: (the float32 vectors in the graph: about 1.9 KB). Small scopes (flat, exact)
+    #: always keep float32.
+    hnsw_storage: Literal["sq8", "float32"] = "sq8"
     #: Candidates fetched per search (more than one: the nearest may fail a guard).
     top_k: int = 4
     #: Rebuild a scope's HNSW graph once this share of its ids are deleted.
@@ -212,6 +218,8 @@ class IndexConfig:
             _check_positive_int(f"IndexConfig.{name}", getattr(self, name))
         if not 0 < self.compact_ratio < 1:
             raise ConfigurationError("IndexConfig.compact_ratio must be in (0, 1)")
+        if self.hnsw_storage not in ("sq8", "float32"):
+            raise ConfigurationError(f"IndexConfig.hnsw_storage must be 'sq8' or 'float32', got {self.hnsw_storage!r}")
 
 
 LongPrompt = Literal["exact_only", "truncate", "error"]

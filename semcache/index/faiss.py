@@ -6,12 +6,24 @@ nearest entry of another tenant or model can never hide (or become) the answer.
 Vectors are unit-norm, so inner product is cosine similarity. Flat indexes delete
 in place; HNSW cannot, so deleted ids become tombstones filtered at search time
 and the scope is rebuilt once ``compact_ratio`` of it is dead.
+
+Memory (``IndexConfig.hnsw_storage``). A small scope keeps float32 vectors in a flat
+index (exact). An HNSW scope, by default (``"sq8"``), walks its graph over 8-bit codes
+(one byte a dimension) and re-scores the candidates the walk returns (at least
+``_RESCORE`` of them) on a 16-bit copy of each vector (two bytes a dimension plus a
+float32 scale): the similarities returned, and their order, are those of the float32
+vectors to within about 1e-6 (the float32 dot product's own rounding is of that order),
+never the 8-bit approximations. ``"float32"`` keeps the float32 vectors in the graph.
+Ids carry their scope in their high bits (one int per key, no tuple), and an HNSW
+scope maps graph positions to ids with an array: see :meth:`FaissIndex.memory_bytes`.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -20,6 +32,19 @@ from ..config import IndexConfig
 from ..errors import EmbeddingError, MissingDependencyError
 
 __all__ = ["FaissIndex"]
+
+#: An id is ``serial << _SHIFT | n``: the scope's serial number in the high bits (so a
+#: key maps to one int, its scope read back from the id) and a counter in the low ones.
+_SHIFT = 40
+#: A rebuild copies what arrived meanwhile outside the lock until at most this many are
+#: left, then the rest under the lock, and swaps the new index in.
+_CATCH_UP = 2000
+#: Candidates an 8-bit graph walk returns for the exact re-score, at least.
+_RESCORE = 32
+#: Rows per chunk of an HNSW scope's id / 16-bit vector arrays.
+_CHUNK = 1 << 15
+#: Vectors the 8-bit quantiser's ranges are trained on, at most.
+_TRAIN = 50_000
 
 
 def _faiss() -> Any:
@@ -30,15 +55,92 @@ def _faiss() -> Any:
     return faiss
 
 
-class _Scope:
-    __slots__ = ("dead", "hnsw", "ids", "index", "rebuilding")
+class _Rows:
+    """Append-only rows aligned with an HNSW index's positions: the id of each and,
+    when ``exact``, the vector as int16 with a per-row float32 scale (for the
+    re-score). Chunked, so growing never copies more than one chunk."""
 
-    def __init__(self, index: Any, hnsw: bool) -> None:
+    __slots__ = ("codes", "dim", "exact", "ids", "n", "scales")
+
+    def __init__(self, dim: int, exact: bool) -> None:
+        self.dim = dim
+        self.exact = exact
+        self.n = 0
+        self.ids: list[np.ndarray] = []
+        self.codes: list[np.ndarray] = []
+        self.scales: list[np.ndarray] = []
+
+    def append(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        if self.exact:
+            scale = np.abs(vecs).max(axis=1).astype(np.float32) / np.float32(32767)
+            scale[scale == 0] = 1
+            codes = np.rint(vecs / scale[:, None]).astype(np.int16)
+        i, total = 0, len(ids)
+        while i < total:
+            c, r = divmod(self.n, _CHUNK)
+            take = min(_CHUNK - r, total - i)
+            if c == len(self.ids):
+                cap = min(_CHUNK, max(1024, take))
+                self.ids.append(np.empty(cap, np.int64))
+                if self.exact:
+                    self.codes.append(np.empty((cap, self.dim), np.int16))
+                    self.scales.append(np.empty(cap, np.float32))
+            if len(self.ids[c]) < r + take:  # grow the last chunk (by half, up to a chunk)
+                cap = min(_CHUNK, max(r + take, len(self.ids[c]) * 3 // 2))
+                self.ids[c] = np.resize(self.ids[c], cap)
+                if self.exact:
+                    self.codes[c] = np.resize(self.codes[c], (cap, self.dim))
+                    self.scales[c] = np.resize(self.scales[c], cap)
+            self.ids[c][r : r + take] = ids[i : i + take]
+            if self.exact:
+                self.codes[c][r : r + take] = codes[i : i + take]
+                self.scales[c][r : r + take] = scale[i : i + take]
+            self.n += take
+            i += take
+
+    def all_ids(self) -> np.ndarray:
+        if not self.n:
+            return np.empty(0, np.int64)
+        return np.concatenate(self.ids)[: self.n]
+
+    def vectors(self, start: int) -> np.ndarray:
+        """The vectors of rows ``start..n`` (decoded: needs ``exact``)."""
+        out = np.empty((self.n - start, self.dim), np.float32)
+        for c in range(start // _CHUNK, (self.n - 1) // _CHUNK + 1 if self.n else 0):
+            lo, hi = max(start, c * _CHUNK), min(self.n, (c + 1) * _CHUNK)
+            r = slice(lo - c * _CHUNK, hi - c * _CHUNK)
+            out[lo - start : hi - start] = self.codes[c][r] * self.scales[c][r, None]
+        return out
+
+    def get(self, pos: Sequence[int]) -> tuple[list[int], np.ndarray | None]:
+        """Ids of rows ``pos`` and (with ``exact``) their decoded vectors."""
+        ids = [int(self.ids[p // _CHUNK][p % _CHUNK]) for p in pos]
+        if not self.exact:
+            return ids, None
+        vecs = np.empty((len(pos), self.dim), np.float32)
+        for j, p in enumerate(pos):
+            c, r = divmod(p, _CHUNK)
+            vecs[j] = self.codes[c][r] * self.scales[c][r]
+        return ids, vecs
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (*self.ids, *self.codes, *self.scales))
+
+
+class _Scope:
+    __slots__ = ("dead", "gone", "hnsw", "ids", "index", "rebuilding", "rows")
+
+    def __init__(self, index: Any, hnsw: bool, rows: _Rows | None = None) -> None:
+        #: flat: an IndexIDMap over IndexFlatIP; HNSW: the bare HNSW index, whose
+        #: positions ``rows`` maps to ids
         self.index = index
         self.hnsw = hnsw
+        self.rows = rows
         self.ids: set[int] = set()  # live int ids
         self.dead: set[int] = set()  # tombstones (HNSW only)
         self.rebuilding = False  # a replacement is being built in the background
+        #: while a replacement is built: the ids removed since it started
+        self.gone: set[int] | None = None
 
 
 class FaissIndex:
@@ -51,24 +153,42 @@ class FaissIndex:
         self._faiss.omp_set_num_threads(self.config.faiss_threads)
         self._lock = threading.RLock()
         self._scopes: dict[str, _Scope] = {}
-        self._key_to: dict[str, tuple[str, int]] = {}
+        self._key_to: dict[str, int] = {}
         self._id_to_key: dict[int, str] = {}
         self._next = 1
+        #: scope name <-> serial (the high bits of its ids); a name keeps its serial
+        self._serials: dict[str, int] = {}
+        self._names: list[str] = []
+        self._held = 0  # inside deferred(): no HNSW switch until it ends
         #: While a replacement index is being built, the changes made to this one, so
         #: they can be replayed onto the replacement before it takes over.
         self._journal: list[tuple[str, tuple[Any, ...]]] | None = None
         self._workers: list[threading.Thread] = []
 
     # -- construction -------------------------------------------------------
-    def _new_index(self, hnsw: bool) -> Any:
+    def _new_scope(self, hnsw: bool) -> _Scope:
         f = self._faiss
-        if hnsw:
-            inner = f.IndexHNSWFlat(self.dim, self.config.hnsw_m, f.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = self.config.hnsw_ef_construction
-            inner.hnsw.efSearch = self.config.hnsw_ef_search
+        if not hnsw:
+            return _Scope(f.IndexIDMap(f.IndexFlatIP(self.dim)), False)
+        if self.config.hnsw_storage == "sq8":
+            inner = f.IndexHNSWSQ(self.dim, f.ScalarQuantizer.QT_8bit, self.config.hnsw_m, f.METRIC_INNER_PRODUCT)
         else:
-            inner = f.IndexFlatIP(self.dim)
-        return f.IndexIDMap2(inner)
+            inner = f.IndexHNSWFlat(self.dim, self.config.hnsw_m, f.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = self.config.hnsw_ef_construction
+        inner.hnsw.efSearch = self.config.hnsw_ef_search
+        return _Scope(inner, True, _Rows(self.dim, exact=self.config.hnsw_storage == "sq8"))
+
+    def _append(self, sc: _Scope, vecs: np.ndarray, ids: np.ndarray) -> None:
+        if sc.rows is None:
+            sc.index.add_with_ids(vecs, ids)
+            return
+        if not sc.index.is_trained:
+            # the 8-bit ranges come from the first vectors (later ones are clipped to
+            # them for the walk only: the re-score uses the 16-bit copy)
+            step = max(1, len(vecs) // _TRAIN)
+            sc.index.train(np.ascontiguousarray(vecs[::step]))
+        sc.index.add(vecs)
+        sc.rows.append(ids, vecs)
 
     def _check(self, vectors: np.ndarray, n: int) -> np.ndarray:
         v = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -80,14 +200,26 @@ class FaissIndex:
             raise EmbeddingError("vectors contain NaN or infinite values")
         return v
 
-    def _live_vectors(self, sc: _Scope, exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The live ids of a scope and their vectors (all read at once), minus ``exclude``."""
-        n = sc.index.ntotal
-        ids = self._faiss.vector_to_array(sc.index.id_map).astype(np.int64)
-        vecs = sc.index.index.reconstruct_n(0, n) if n else np.empty((0, self.dim), np.float32)
-        want = sc.ids if exclude is None else sc.ids - exclude
-        keep = np.isin(ids, np.fromiter(want, dtype=np.int64, count=len(want)))
-        return ids[keep], np.ascontiguousarray(vecs[keep], dtype=np.float32)
+    def _vectors_after(self, sc: _Scope, after: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The live ids of a scope above ``after`` with their vectors, and the highest id
+        its index holds (``after`` when none is higher). Ids only grow within a scope's
+        index, so those above ``after`` are a suffix of it: only that part is read."""
+        rows = sc.rows
+        ids = rows.all_ids() if rows is not None else self._faiss.vector_to_array(sc.index.id_map).astype(np.int64)
+        pos = np.flatnonzero(ids > after)
+        if not len(pos):
+            return np.empty(0, np.int64), np.empty((0, self.dim), np.float32), after
+        start, n = int(pos[0]), len(ids)
+        if rows is not None and rows.exact:
+            vecs = rows.vectors(start)
+        elif rows is not None:
+            vecs = sc.index.reconstruct_n(start, n - start)
+        else:
+            vecs = sc.index.index.reconstruct_n(start, n - start)
+        ids = ids[start:]
+        live = sc.ids
+        keep = np.fromiter((i in live for i in ids.tolist()), dtype=bool, count=len(ids))
+        return ids[keep], np.ascontiguousarray(vecs[keep], dtype=np.float32), int(ids.max())
 
     def _schedule_rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> None:
         """Replace a scope's index (flat -> HNSW, or a compaction) without blocking searches.
@@ -109,32 +241,67 @@ class FaissIndex:
     def _rebuild(self, scope: str, sc: _Scope, hnsw: bool) -> None:
         # OpenMP's thread count is per thread: a background build must be told too
         self._faiss.omp_set_num_threads(self.config.faiss_threads)
+        new = self._new_scope(hnsw)
+        added: list[np.ndarray] = []
         with self._lock:
             if self._scopes.get(scope) is not sc:
                 return
-            ids, vecs = self._live_vectors(sc)
-        new = _Scope(self._new_index(hnsw), hnsw)
-        if len(ids):
-            new.index.add_with_ids(vecs, ids)  # the slow part, outside the lock
-        with self._lock:
-            if self._scopes.get(scope) is not sc:
-                return  # the scope was emptied or cleared meanwhile
-            built = set(ids.tolist())
-            late_ids, late_vecs = self._live_vectors(sc, exclude=built)
-            if len(late_ids):
-                new.index.add_with_ids(late_vecs, late_ids)
-            removed = built - sc.ids
-            if removed and hnsw:
-                new.dead = removed
-            elif removed:
-                new.index.remove_ids(np.fromiter(removed, dtype=np.int64, count=len(removed)))
-            new.ids = set(sc.ids)
-            self._scopes[scope] = new
+            ids, vecs, hi = self._vectors_after(sc, -1)
+            sc.gone = set()
+        while True:
+            if len(ids):
+                self._append(new, vecs, ids)  # the slow part, outside the lock
+                added.append(ids)
+            with self._lock:
+                if self._scopes.get(scope) is not sc:
+                    return  # the scope was emptied or cleared meanwhile
+                ids, vecs, hi = self._vectors_after(sc, hi)  # what arrived meanwhile
+                if len(ids) > _CATCH_UP:
+                    continue  # many: add them outside the lock too
+                if len(ids):
+                    self._append(new, vecs, ids)
+                    added.append(ids)
+                gone = sc.gone or set()
+                if gone:
+                    g = np.fromiter(gone, dtype=np.int64, count=len(gone))
+                    removed = g[np.isin(g, np.concatenate(added))] if added else g[:0]
+                    if hnsw:
+                        new.dead = set(removed.tolist())
+                    elif len(removed):
+                        new.index.remove_ids(removed)
+                new.ids = sc.ids  # the old scope is dropped: its live set carries over
+                sc.gone = None
+                self._scopes[scope] = new
+                return
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for background rebuilds to finish (tests, benchmarks, shutdown)."""
         for worker in list(self._workers):
             worker.join(timeout)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Bulk loading: no scope switches to HNSW inside the block; at its end each
+        scope past ``hnsw_min_entries`` starts its switch (in the background unless
+        ``background_rebuild`` is off), served exactly by its flat index meanwhile."""
+        with self._lock:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+                if not self._held:
+                    for name, sc in list(self._scopes.items()):
+                        if not sc.hnsw and len(sc.ids) >= self.config.hnsw_min_entries:
+                            self._schedule_rebuild(name, sc, hnsw=True)
+
+    def _serial(self, scope: str) -> int:
+        serial = self._serials.get(scope)
+        if serial is None:
+            serial = self._serials[scope] = len(self._names)
+            self._names.append(scope)
+        return serial
 
     # -- protocol -----------------------------------------------------------
     def start_journal(self) -> None:
@@ -170,30 +337,33 @@ class FaissIndex:
             self._remove_locked([k for k in keys if k in self._key_to])
             sc = self._scopes.get(scope)
             if sc is None:
-                sc = _Scope(self._new_index(False), False)
+                sc = self._new_scope(False)
                 self._scopes[scope] = sc
-            ids = np.arange(self._next, self._next + len(keys), dtype=np.int64)
+            ids = np.arange(self._next, self._next + len(keys), dtype=np.int64) | (self._serial(scope) << _SHIFT)
             self._next += len(keys)
-            sc.index.add_with_ids(v, ids)
+            self._append(sc, v, ids)
             for k, i in zip(keys, ids.tolist()):
                 sc.ids.add(i)
-                self._key_to[k] = (scope, i)
+                self._key_to[k] = i
                 self._id_to_key[i] = k
-            if not sc.hnsw and len(sc.ids) >= self.config.hnsw_min_entries:
+            if not sc.hnsw and not self._held and len(sc.ids) >= self.config.hnsw_min_entries:
                 self._schedule_rebuild(scope, sc, hnsw=True)
 
     def _remove_locked(self, keys: Sequence[str]) -> int:
         by_scope: dict[str, list[int]] = {}
+        names = self._names
         for k in keys:
-            loc = self._key_to.pop(k, None)
-            if loc is None:
+            i = self._key_to.pop(k, None)
+            if i is None:
                 continue
-            self._id_to_key.pop(loc[1], None)
-            by_scope.setdefault(loc[0], []).append(loc[1])
+            self._id_to_key.pop(i, None)
+            by_scope.setdefault(names[i >> _SHIFT], []).append(i)
         n = 0
         for scope, ids in by_scope.items():
             sc = self._scopes[scope]
             sc.ids.difference_update(ids)
+            if sc.gone is not None:
+                sc.gone.update(ids)
             n += len(ids)
             if sc.hnsw:
                 sc.dead.update(ids)
@@ -221,12 +391,23 @@ class FaissIndex:
             if sc is None or not sc.ids:
                 return []
             total = len(sc.ids) + len(sc.dead)
-            kk = min(k, total)
+            rows = sc.rows
+            kk = min(max(k, _RESCORE) if rows is not None and rows.exact else k, total)
             while True:
                 sims, ids = sc.index.search(v, kk)
+                found = [i for i in ids[0].tolist() if i >= 0]
+                if rows is None:
+                    cands = list(zip(sims[0].tolist(), found))
+                else:
+                    cid, vecs = rows.get(found)
+                    if vecs is None:
+                        cands = list(zip(sims[0].tolist(), cid))
+                    else:  # the exact re-score of the walk's candidates
+                        exact = (vecs @ v[0]).tolist()
+                        cands = sorted(zip(exact, cid), key=lambda c: -c[0])
                 out: list[tuple[str, float]] = []
-                for s, i in zip(sims[0].tolist(), ids[0].tolist()):
-                    if i < 0 or i in sc.dead:
+                for s, i in cands:
+                    if i in sc.dead:
                         continue
                     key = self._id_to_key.get(i)
                     if key is not None:
@@ -240,8 +421,8 @@ class FaissIndex:
 
     def scope_of(self, key: str) -> str | None:
         """The scope a key is indexed under, if any."""
-        loc = self._key_to.get(key)
-        return None if loc is None else loc[0]
+        i = self._key_to.get(key)
+        return None if i is None else self._names[i >> _SHIFT]
 
     def clear(self) -> None:
         """Remove everything."""
@@ -271,5 +452,32 @@ class FaissIndex:
                 "scopes": len(self._scopes),
                 "hnsw_scopes": sum(1 for s in self._scopes.values() if s.hnsw),
                 "tombstones": sum(len(s.dead) for s in self._scopes.values()),
-                "bytes_estimate": len(self._key_to) * self.dim * 4,
+                "bytes_estimate": sum(self._index_bytes(s) for s in self._scopes.values()),
             }
+
+    def _index_bytes(self, sc: _Scope) -> int:
+        """Bytes held for one scope's vectors: codes, graph, id map / rows."""
+        f = self._faiss
+        if sc.rows is None:
+            inner = f.downcast_index(sc.index.index)
+            return int(8 * sc.index.id_map.size() + inner.ntotal * inner.sa_code_size())
+        h = sc.index.hnsw
+        n = 4 * h.neighbors.size() + 8 * h.offsets.size() + 4 * h.levels.size()
+        n += sc.index.storage.ntotal * sc.index.storage.sa_code_size()
+        return int(n + sc.rows.nbytes())
+
+    def memory_bytes(self) -> dict[str, int]:
+        """What the index holds in memory, in bytes: ``vectors`` (FAISS's own array
+        sizes: codes, HNSW graphs, id maps; plus the HNSW scopes' id and 16-bit rows),
+        ``python`` (the key <-> id maps and live/tombstone sets: containers, key
+        strings and id ints, by ``sys.getsizeof``; a key string shared with the caller
+        is counted here too), ``total`` and ``entries``. Walks every key: O(n)."""
+        with self._lock:
+            vb = sum(self._index_bytes(s) for s in self._scopes.values())
+            size = sys.getsizeof
+            py = size(self._key_to) + size(self._id_to_key)
+            py += sum(size(k) for k in self._key_to)
+            py += sum(size(i) for i in self._id_to_key)  # one int object per id, shared
+            py += sum(size(s.ids) + size(s.dead) for s in self._scopes.values())
+            py += sum(size(s.gone) for s in self._scopes.values() if s.gone is not None)
+            return {"vectors": vb, "python": py, "total": vb + py, "entries": len(self._key_to)}
