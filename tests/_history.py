@@ -329,6 +329,12 @@ class WorkloadSpec:
     redis_prefix: str = "semcache-history:"
     #: ``redis_url`` names a Redis Cluster's nodes (comma-separated).
     redis_cluster: bool = False
+    #: Semantic matching on (a toy embedder: each prompt its own random direction), and
+    #: half of the reads made by the semantic path alone (index search, then the entry
+    #: read by key), so that the index's view is checked like any other read.
+    semantic: bool = False
+    #: ``IndexConfig.backend`` when ``semantic``.
+    index: str = "auto"
     l1_max_entries: int = 10_000
     l1_max_ttl_seconds: float | None = None
     processes: int = 2
@@ -351,6 +357,26 @@ class WorkloadSpec:
         return [f"consistency question number {i}: what is {i} squared?" for i in range(self.keys)]
 
 
+class DistinctEmbedder:
+    """A toy embedder for plumbing: each text its own seeded random unit vector (32
+    dimensions), so only the same prompt reaches a similarity of 0.95."""
+
+    dim = 32
+    model_id = "distinct-32"
+    max_tokens = 512
+
+    def embed(self, texts: Any) -> Any:
+        import zlib
+
+        import numpy as np
+
+        out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=self.dim) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
 def _build_cache(spec: WorkloadSpec) -> Any:
     from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SemanticCache, SQLConfig
 
@@ -365,9 +391,12 @@ def _build_cache(spec: WorkloadSpec) -> Any:
             socket_timeout_seconds=spec.redis_socket_timeout_seconds,
         ),
         sql=SQLConfig(url=spec.sql_url),
-        embedder=None,
+        embedder=DistinctEmbedder() if spec.semantic else None,
+        index=spec.index,
         policy=Policy(
-            semantic=False,
+            semantic=spec.semantic,
+            similarity_threshold=0.95,
+            verifier=None,
             sweep_interval_seconds=None,
             backoff_initial_seconds=spec.backoff_initial_seconds,
             backoff_max_seconds=spec.backoff_max_seconds,
@@ -417,6 +446,12 @@ def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, 
             try:
                 if op == WRITE:
                     cache.set(prompts[k], value, model=spec.model)
+                elif op == READ and spec.semantic and rng.random() < 0.5:
+                    hit = cache.lookup(cache.request(prompts[k], model=spec.model), exact=False)
+                    if hit is not None:
+                        if hit.entry.key != key:
+                            raise AssertionError(f"a semantic read of {key} found {hit.entry.key}")
+                        value, tier = hit.value, f"{hit.tier} (semantic)"
                 elif op == READ:
                     hit = cache.get(prompts[k], model=spec.model)
                     if hit is not None:
