@@ -9,6 +9,7 @@ lower-case in the file and upper-case with the ``SEMCACHE_`` prefix in the envir
     redis_url = "redis://…"       # SEMCACHE_REDIS_URL   (adds L2)
     redis_cluster = false         # SEMCACHE_REDIS_CLUSTER (redis_url names a Redis Cluster's nodes)
     sql_url = "sqlite:///semcache.db"   # SEMCACHE_SQL_URL ("none" leaves L3 out)
+    index = "auto"                # SEMCACHE_INDEX (auto | faiss | pgvector)
     admin_token = "…"             # SEMCACHE_ADMIN_TOKEN
     upstream_url = "https://api.openai.com/v1"   # SEMCACHE_UPSTREAM_URL
     [tokens]                      # SEMCACHE_TOKENS="tok1=tenant-a,tok2=tenant-b"
@@ -151,6 +152,7 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "redis_prefix": lambda n, v: str(v),
     "redis_cluster": _to_bool,
     "sql_url": lambda n, v: str(v),
+    "index": lambda n, v: str(v).strip().lower(),
     "l1": _to_bool,
     "l1_max_entries": _to_int,
     "ttl_seconds": lambda n, v: v,
@@ -169,6 +171,7 @@ _CACHE_KEYS = (
     "redis_prefix",
     "redis_cluster",
     "sql_url",
+    "index",
     "l1",
     "l1_max_entries",
     "ttl_seconds",
@@ -402,6 +405,7 @@ class ServerConfig:
                 "l2": None if c.redis is None else _redis_description(c.redis),
                 "l3": None if c.sql is None else redact_url(c.sql.url),
             },
+            "index": None if c.embedder is None or not c.policy.semantic else c.index.backend,
             "embedder": _embedder_name(c.embedder),
             "verifier": None if c.embedder is None or not c.policy.semantic else _verifier_name(c.policy.verifier),
             "audit_rate": c.policy.audit_rate,

@@ -137,3 +137,11 @@ def test_secrets_never_printed():
     ):
         assert secret not in shown, secret
     assert "acme" in shown and "***" in shown
+
+
+def test_the_index_backend_is_a_setting():
+    assert ServerConfig.load(environ={}).cache.index.backend == "auto"
+    cfg = ServerConfig.load(environ={"SEMCACHE_INDEX": "PGVector", "SEMCACHE_SQL_URL": "postgresql+psycopg://h/db"})
+    assert cfg.cache.index.backend == "pgvector" and cfg.describe()["index"] == "pgvector"
+    with pytest.raises(ConfigurationError, match="backend"):
+        ServerConfig.load(environ={"SEMCACHE_INDEX": "annoy"})
