@@ -51,10 +51,39 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
         raise (
             translated if translated is not None else CliError(f"upgrade failed: {one_line(exc)}")
         ) from exc
+    vectors = _vector_index_state(sql_url)
     if as_json:
-        echo_json({"url": redact_url(sql_url), "revision": reached})
+        echo_json({"url": redact_url(sql_url), "revision": reached, **({"vector_index": vectors} if vectors else {})})
     else:
         click.echo(f"{redact_url(sql_url)} is at revision {reached}")
+        if vectors == "pgvector":
+            click.echo("vector index: pgvector (semcache_vectors, HNSW), shared by every replica")
+        elif vectors:
+            click.echo(
+                "vector index: in process (FAISS); this PostgreSQL "
+                + ("has no pgvector extension" if vectors == "missing" else "has pgvector, but this role may not create it: "
+                   "run `CREATE EXTENSION vector;` as a superuser, then `semcache db upgrade` again")
+            )
+
+
+def _vector_index_state(url: str) -> str | None:
+    """On PostgreSQL: ``pgvector`` when the shared index is there, else the extension's
+    state (``available`` or ``missing``); ``None`` elsewhere or when it cannot be read."""
+    if not url.startswith("postgresql"):
+        return None
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..db.vectors import extension_state, has_vector_table
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return "pgvector" if has_vector_table(conn) else extension_state(conn)
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
 
 
 @db.command("current")

@@ -237,3 +237,16 @@ def test_index_config_object_and_env_select_the_backend(pgvector_schema_url):
         assert isinstance(c.index, FaissIndex)
     with pytest.raises(ConfigurationError):
         IndexConfig(backend="annoy")  # type: ignore[arg-type]
+
+
+def test_db_upgrade_says_which_vector_index_the_database_gives(pgvector_schema_url, pg_schema_url):
+    from click.testing import CliRunner
+
+    from semcache.cli.main import cli
+
+    out = CliRunner().invoke(cli, ["db", "upgrade", "--url", pgvector_schema_url])
+    assert out.exit_code == 0, out.output
+    assert "vector index: pgvector" in out.output
+    out = CliRunner().invoke(cli, ["db", "upgrade", "--url", pg_schema_url, "--json"])
+    assert out.exit_code == 0, out.output
+    assert '"vector_index": "missing"' in out.output
