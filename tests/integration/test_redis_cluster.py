@@ -286,3 +286,24 @@ def test_events_survive_a_failover_of_the_channel_master(make_cache, own_cluster
 
     own_cluster.restart(port)
     assert port not in own_cluster.master_ports()
+
+
+def test_the_cli_reads_a_cluster_with_the_flag(cluster_url, key_prefix, hashing_embedder, cleanup):
+    import json
+
+    from click.testing import CliRunner
+
+    from semcache import SemanticCache
+    from semcache.cli.main import cli
+
+    config = CacheConfig(redis=RedisConfig(url=cluster_url, prefix=key_prefix, cluster=True), sql=None,
+                         embedder=hashing_embedder, policy=Policy(verifier=None))
+    with SemanticCache(config) as cache:
+        for i in range(5):
+            cache.set(f"cli question {i}", i, model="m")
+    args = ["--redis-url", cluster_url, "--redis-cluster", "--redis-prefix", key_prefix, "--sql-url", "none",
+            "--embedder", "none", "stats", "--json"]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    l2 = json.loads(r.stdout)["tiers"]["l2"]
+    assert l2["status"] == "ok" and l2["cluster"] is True and l2["entries_live"] == 5
