@@ -68,7 +68,7 @@ class Reindexer:
         core = self.core
         old = core.index
         assert old is not None
-        fresh: VectorIndex = FaissIndex(old.dim, core.config.index)
+        fresh = FaissIndex(old.dim, core.config.index)
         old.start_journal()
         now = core.timer()
         mid = core.embedder.model_id
@@ -76,24 +76,27 @@ class Reindexer:
         total = store.count(now, embedder_id=mid) if show else None
         bar = _progress(total, "rebuilding index", show)
         try:
-            for batch in store.iter_embeddings(mid, now):
-                by_scope: dict[str, tuple[list[str], list[bytes]]] = {}
-                for key, scope, emb in batch:
-                    if len(emb) != fresh.dim * 4:
-                        continue  # another dimension: never compared
-                    ks, vs = by_scope.setdefault(scope, ([], []))
-                    ks.append(key)
-                    vs.append(emb)
-                for scope, (ks, vs) in by_scope.items():
-                    mat = np.frombuffer(b"".join(vs), dtype=np.float32).reshape(len(ks), -1)
-                    if not np.isfinite(mat).all():
-                        good = np.asarray(np.isfinite(mat).all(axis=1), dtype=bool)
-                        ks = [k for k, g in zip(ks, good.tolist()) if g]  # skip corrupt vectors
-                        mat = mat[good]
-                    fresh.add(scope, ks, mat)
-                bar.update(len(batch))
-            if reembed:
-                self._reembed(store, now, bar, fresh)
+            # a bulk load: each large scope's HNSW graph starts building once, after the
+            # read (in the background: the flat index serves meanwhile), not at every page
+            with fresh.deferred():
+                for batch in store.iter_embeddings(mid, now):
+                    by_scope: dict[str, tuple[list[str], list[bytes]]] = {}
+                    for key, scope, emb in batch:
+                        if len(emb) != fresh.dim * 4:
+                            continue  # another dimension: never compared
+                        ks, vs = by_scope.setdefault(scope, ([], []))
+                        ks.append(key)
+                        vs.append(emb)
+                    for scope, (ks, vs) in by_scope.items():
+                        mat = np.frombuffer(b"".join(vs), dtype=np.float32).reshape(len(ks), -1)
+                        if not np.isfinite(mat).all():
+                            good = np.asarray(np.isfinite(mat).all(axis=1), dtype=bool)
+                            ks = [k for k, g in zip(ks, good.tolist()) if g]  # skip corrupt vectors
+                            mat = mat[good]
+                        fresh.add(scope, ks, mat)
+                    bar.update(len(batch))
+                if reembed:
+                    self._reembed(store, now, bar, fresh)
         except BaseException:
             old.take_journal()
             raise

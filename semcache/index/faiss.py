@@ -288,7 +288,11 @@ class FaissIndex:
             self._held += 1
         try:
             yield
-        finally:
+        except BaseException:
+            with self._lock:
+                self._held -= 1  # a failed load is thrown away: no build for it
+            raise
+        else:
             with self._lock:
                 self._held -= 1
                 if not self._held:
