@@ -10,10 +10,12 @@ and the scope is rebuilt once ``compact_ratio`` of it is dead.
 Memory (``IndexConfig.hnsw_storage``). A small scope keeps float32 vectors in a flat
 index (exact). An HNSW scope, by default (``"sq8"``), walks its graph over 8-bit codes
 (one byte a dimension) and re-scores the candidates the walk returns (at least
-``_RESCORE`` of them) on a 16-bit copy of each vector (two bytes a dimension plus a
+``hnsw_ef_search`` of them) on a 16-bit copy of each vector (two bytes a dimension plus a
 float32 scale): the similarities returned, and their order, are those of the float32
 vectors to within about 1e-6 (the float32 dot product's own rounding is of that order),
-never the 8-bit approximations. ``"float32"`` keeps the float32 vectors in the graph.
+never the 8-bit approximations. The walk itself sees the 8-bit distances: among
+near-duplicates closer than ~1e-3 in cosine to one another it may return one of them
+first rather than the very nearest (with that one's exact similarity). ``"float32"`` keeps the float32 vectors in the graph.
 Ids carry their scope in their high bits (one int per key, no tuple), and an HNSW
 scope maps graph positions to ids with an array: see :meth:`FaissIndex.memory_bytes`.
 """
@@ -39,7 +41,8 @@ _SHIFT = 40
 #: A rebuild copies what arrived meanwhile outside the lock until at most this many are
 #: left, then the rest under the lock, and swaps the new index in.
 _CATCH_UP = 2000
-#: Candidates an 8-bit graph walk returns for the exact re-score, at least.
+#: Candidates an 8-bit graph walk returns for the exact re-score, at least (and at
+#: least ``hnsw_ef_search``, which the walk visits anyway).
 _RESCORE = 32
 #: Rows per chunk of an HNSW scope's id / 16-bit vector arrays.
 _CHUNK = 1 << 15
@@ -114,14 +117,17 @@ class _Rows:
 
     def get(self, pos: Sequence[int]) -> tuple[list[int], np.ndarray | None]:
         """Ids of rows ``pos`` and (with ``exact``) their decoded vectors."""
-        ids = [int(self.ids[p // _CHUNK][p % _CHUNK]) for p in pos]
-        if not self.exact:
-            return ids, None
-        vecs = np.empty((len(pos), self.dim), np.float32)
-        for j, p in enumerate(pos):
-            c, r = divmod(p, _CHUNK)
-            vecs[j] = self.codes[c][r] * self.scales[c][r]
-        return ids, vecs
+        p = np.asarray(pos, dtype=np.int64)
+        chunk, row = p // _CHUNK, p % _CHUNK
+        ids = np.empty(len(p), np.int64)
+        vecs = np.empty((len(p), self.dim), np.float32) if self.exact else None
+        for c in np.unique(chunk).tolist():
+            m = chunk == c
+            r = row[m]
+            ids[m] = self.ids[c][r]
+            if vecs is not None:
+                vecs[m] = self.codes[c][r] * self.scales[c][r, None]
+        return ids.tolist(), vecs
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (*self.ids, *self.codes, *self.scales))
@@ -396,7 +402,9 @@ class FaissIndex:
                 return []
             total = len(sc.ids) + len(sc.dead)
             rows = sc.rows
-            kk = min(max(k, _RESCORE) if rows is not None and rows.exact else k, total)
+            # the 8-bit walk visits ef_search candidates anyway: re-score them all
+            wide = max(k, _RESCORE, self.config.hnsw_ef_search)
+            kk = min(wide if rows is not None and rows.exact else k, total)
             while True:
                 sims, ids = sc.index.search(v, kk)
                 found = [i for i in ids[0].tolist() if i >= 0]
