@@ -11,7 +11,10 @@ pgvector's iterative index scan (``hnsw.iterative_scan = strict_order``, pgvecto
 keeps walking the graph until ``k`` rows of *this* scope are found (or
 ``hnsw.max_scan_tuples`` were visited), so the nearest entry of another tenant or model
 never takes a place in the answer. For a scope small enough, the planner prefers the
-``(embedder_id, scope)`` btree and an exact sort, which is exact anyway.
+``(embedder_id, scope)`` btree and an exact sort, which is exact anyway. The statement is
+planned for its scope at every execution (``plan_cache_mode = force_custom_plan``): a
+generic plan of the prepared statement would take the HNSW scan for a tiny scope too,
+and the iterative scan gives up after ``max_scan_tuples`` before finding it.
 """
 
 from __future__ import annotations
@@ -165,7 +168,10 @@ class VectorsPart(SQLPart):
                     text(
                         "SELECT set_config('hnsw.ef_search', :ef, true), "
                         "set_config('hnsw.iterative_scan', 'strict_order', true), "
-                        "set_config('hnsw.max_scan_tuples', :mst, true)"
+                        "set_config('hnsw.max_scan_tuples', :mst, true), "
+                        # planned for this scope each time, never a generic plan: a
+                        # small scope takes its btree, a large one the HNSW scan
+                        "set_config('plan_cache_mode', 'force_custom_plan', true)"
                     ),
                     {"ef": str(int(max(ef_search, k))), "mst": str(int(max_scan_tuples))},
                 )

@@ -250,3 +250,24 @@ def test_db_upgrade_says_which_vector_index_the_database_gives(pgvector_schema_u
     out = CliRunner().invoke(cli, ["db", "upgrade", "--url", pg_schema_url, "--json"])
     assert out.exit_code == 0, out.output
     assert '"vector_index": "missing"' in out.output
+
+
+def test_a_small_scope_in_a_large_table_is_found_on_every_repeat(pgvector_schema_url):
+    # three far-off entries of one scope among 3,000 of another, searched again and again
+    # (past the point where the statement is prepared server-side), with a scan budget
+    # far smaller than the other scope: each search must still find all three
+    rng = np.random.default_rng(11)
+    big = {f"big {i}": rng.normal(size=8) + 4.0 for i in range(3000)}
+    small = {f"small {i}": -rng.normal(size=8) - 4.0 for i in range(3)}
+    emb = FixedEmbedder({**big, **small})
+    with _cache(pgvector_schema_url, embedder=emb, memory=False) as c:
+        c.set_many([{"prompt": p, "value": "big", "namespace": "big"} for p in big])
+        c.set_many([{"prompt": p, "value": "small", "namespace": "small"} for p in small])
+        store = c.tiers[-1]
+        with store.engine.connect() as conn:
+            conn.execute(text(f"ANALYZE {VECTORS}"))
+        scope = c.request("x", namespace="small").scope
+        q = emb.embed(["small 0"])[0]
+        for _ in range(12):  # past psycopg's prepare threshold and PostgreSQL's five custom plans
+            found = store.vector_search(scope, "fixed-8", q, 3, ef_search=10, max_scan_tuples=50)
+            assert len(found) == 3 and found[0][1] == pytest.approx(1.0, abs=1e-5), found
