@@ -4,6 +4,12 @@ Pure functions, no I/O. The rules:
 
 * **Plain prompt** (``prompt="..."``): the scope is the namespace, the model and the
   generation params the caller names. The prompt text is what is matched.
+* **A plain prompt is a one-turn chat**: ``prompt="X"`` and ``messages=[{"role":
+  "user", "content": "X"}]`` (one user turn with no other field, no system prompt and
+  no non-text part; the content a string or text parts) are the same request: the same
+  scope and the same key, so the JSON API and the OpenAI-compatible proxy share one
+  cache. (Before this rule, such a chat had a scope of its own: entries stored that way
+  by an earlier release are no longer found and expire with their TTL.)
 * **Chat messages** (OpenAI-style ``messages=[...]``): the text matched is the content
   of the *last user turn*. Everything else is scope and must match exactly: the model,
   every generation param that changes the output (temperature, top_p, max_tokens,
@@ -227,13 +233,16 @@ def build_request(
         last = {k: v for k, v in msgs[last_user].items() if k != "content"}
         if other_parts:
             last["parts"] = other_parts
-        scope["before"] = msgs[:last_user]
-        scope["last"] = last
-        scope["after"] = msgs[last_user + 1 :]
+        if len(msgs) > 1 or last != {"role": "user"}:
+            scope["before"] = msgs[:last_user]
+            scope["last"] = last
+            scope["after"] = msgs[last_user + 1 :]
+        # else: one bare user turn, the same request as a plain prompt of its text
     normalized = normalize_prompt(text)
     if not normalized:
         raise InvalidInputError("the prompt is empty: there is nothing to cache on")
-    sh = _plain_scope_hash(namespace, model, scope) if prompt is not None and not kept else scope_hash(scope)
+    plain = "last" not in scope
+    sh = _plain_scope_hash(namespace, model, scope) if plain and not kept else scope_hash(scope)
     return Request(
         text=text,
         scope=sh,

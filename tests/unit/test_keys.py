@@ -115,11 +115,6 @@ def test_content_parts_text_matched_images_scoped():
     assert a.scope != b.scope
 
 
-def test_prompt_and_messages_with_same_text_differ():
-    # a chat request and a plain completion are different APIs: never shared
-    assert build_request("hi", model="m").scope != build_request(messages=[{"role": "user", "content": "hi"}], model="m").scope
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -141,3 +136,23 @@ def test_bad_requests_raise_typed_errors(kwargs):
 
 def test_exact_key_depends_on_scope():
     assert exact_key("s1", "x") != exact_key("s2", "x")
+
+
+def test_a_plain_prompt_and_a_one_turn_chat_are_one_request():
+    from semcache.keys import build_request
+
+    plain = build_request("What is 2+2?", model="gpt-x", params={"temperature": 0})
+    for content in ("What is 2+2?", [{"type": "text", "text": "What is 2+2?"}]):
+        chat = build_request(messages=[{"role": "user", "content": content}], model="gpt-x", params={"temperature": 0})
+        assert (chat.scope, chat.key, chat.text) == (plain.scope, plain.key, plain.text)
+    assert build_request("What is 2+2?").key == build_request(messages=[{"role": "user", "content": "What is 2+2?"}]).key
+    # anything more than one bare user turn keeps a scope of its own
+    for messages in (
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is 2+2?"}],
+        [{"role": "user", "content": "What is 2+2?", "name": "bob"}],
+        [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}, {"type": "image_url", "image_url": {"url": "x"}}]}],
+        [{"role": "user", "content": "What is 2+2?"}, {"role": "tool", "content": "4", "tool_call_id": "t"}],
+    ):
+        assert build_request(messages=messages, model="gpt-x", params={"temperature": 0}).scope != plain.scope, messages
+    # and the model and params still split it
+    assert build_request(messages=[{"role": "user", "content": "What is 2+2?"}], model="other").key != plain.key
