@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/langchain_adapter.py
 
-Needs ``pip install 'semcache[langchain]'``. The chat model here is a slow local
+Needs ``pip install 'semcache-llm[langchain]'``. The chat model here is a slow local
 stand-in (0.5 s per answer), so the script runs offline; any LangChain chat model
 (``ChatOpenAI``, ...) uses the cache the same way.
 """

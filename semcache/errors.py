@@ -92,7 +92,7 @@ class MissingDependencyError(SemcacheError, ImportError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(
-            f"{package} is required for this feature: pip install 'semcache[{extra}]'"
+            f"{package} is required for this feature: pip install 'semcache-llm[{extra}]'"
         )
         self.package = package
         self.extra = extra

@@ -1,4 +1,4 @@
-"""A LangChain ``BaseCache`` backed by semcache (``pip install 'semcache[langchain]'``).
+"""A LangChain ``BaseCache`` backed by semcache (``pip install 'semcache-llm[langchain]'``).
 
 ::
 
