@@ -33,7 +33,7 @@ def test_every_install_line_names_the_distribution():
         (p.name, line)
         for p in texts
         for line in p.read_text().splitlines()
-        if re.search(r"pip install\b", line) and re.search(r"['\"\s]semcache(\[|['\"\s]|$)", line)
+        if re.search(r"pip install\b", line) and re.search(r"['\"\s]semcache(-llm)?(\[|['\"\s]|$)", line)
     ]
     wrong = [(name, line) for name, line in lines if "semcache-llm" not in line and "uninstall" not in line]
     assert not wrong, wrong
