@@ -138,16 +138,32 @@ class Reindexer:
         for batch in store.iter_embeddings(core.embedder.model_id, now):
             l3_keys.update(k for k, _, _ in batch)
         idx = core.index.keys()
-        return {
+        live = store.count(now)
+        out: dict[str, Any] = {
             "semantic": True,
             "embedder": core.embedder.model_id,
             "l3_embedded": len(l3_keys),
             "index": len(idx),
             "missing_from_index": len(l3_keys - idx),
             "orphans_in_index": len(idx - l3_keys),
-            "l3_total_live": store.count(now),
+            "l3_total_live": live,
             "consistent": l3_keys == idx,
         }
+        if live > len(l3_keys):
+            # live entries this embedder cannot search: say whose vectors they carry (a
+            # sample of the newest names the models; each model's count is exact)
+            others: set[str] = set()
+            for offset in range(0, min(live, 20_000), 1000):
+                page = store.list_entries(None, now, limit=1000, offset=offset)
+                others.update(e.embedder_id for e in page if e.embedder_id and e.embedder_id != core.embedder.model_id)
+                if len(page) < 1000:
+                    break
+            by_model = {m: n for m in sorted(others) if (n := store.count(now, embedder_id=m))}
+            out["l3_other_embedders"] = by_model
+            out["l3_without_vector"] = max(0, live - len(l3_keys) - sum(by_model.values()))
+            out["unsearchable"] = live - len(l3_keys)
+            out["fix"] = "semcache index rebuild --reembed"
+        return out
 
 
 def _shared(index: Any) -> bool:

@@ -45,6 +45,7 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
 
     sql_url = _sql_url(ctx, url)
     try:
+        before = _revision_now(sql_url)
         reached = upgrade(sql_url, revision)
     except Exception as exc:  # alembic and drivers raise many types; the user needs one line
         translated = translate(exc)
@@ -52,10 +53,23 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
             translated if translated is not None else CliError(f"upgrade failed: {one_line(exc)}")
         ) from exc
     vectors = _vector_index_state(sql_url)
+    where = redact_url(sql_url)
     if as_json:
-        echo_json({"url": redact_url(sql_url), "revision": reached, **({"vector_index": vectors} if vectors else {})})
+        echo_json(
+            {
+                "url": where,
+                "revision": reached,
+                "previous": before,
+                "changed": before != reached,
+                **({"vector_index": vectors} if vectors else {}),
+            }
+        )
     else:
-        click.echo(f"{redact_url(sql_url)} is at revision {reached}")
+        if before == reached:
+            click.echo(f"{where}: already at revision {reached}, nothing to do")
+        else:
+            start = "an empty database" if before is None else f"revision {before}"
+            click.echo(f"{where}: upgraded from {start} to revision {reached}")
         if vectors == "pgvector":
             click.echo("vector index: pgvector (semcache_vectors, HNSW), shared by every replica")
         elif vectors:
@@ -64,6 +78,26 @@ def db_upgrade(ctx: CliContext, url: str | None, revision: str, as_json: bool) -
                 + ("has no pgvector extension" if vectors == "missing" else "has pgvector, but this role may not create it: "
                    "run `CREATE EXTENSION vector;` as a superuser, then `semcache db upgrade` again")
             )
+
+
+def _revision_now(url: str) -> str | None:
+    """The revision before an upgrade (``None``: a new or unmigrated database)."""
+    from sqlalchemy.engine import make_url
+
+    from ..db.migrate import current_revision
+    from ..tiers.sql import make_engine
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        if not Path(str(u.database)).exists():
+            return None  # do not create the file here: the upgrade does, or says why not
+    engine = make_engine(url)
+    try:
+        return current_revision(engine)
+    finally:
+        engine.dispose()
 
 
 def _vector_index_state(url: str) -> str | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import click
 
 from .options import filter_options, filters, json_option, parse_params, pass_ctx, target_options
-from .output import NotFoundError, duration, echo_json, kv, short, table
-from .targets import CliContext, Query, open_target
+from .output import NotFoundError, duration, echo_json, iso_utc, kv, plural, short, table
+from .targets import CliContext, Criteria, Query, open_target
 
 __all__ = ["lookup", "ls", "show"]
 
@@ -37,12 +38,20 @@ def ls(
 ) -> None:
     """List entries, newest first, filtered and paginated."""
     which = filters(namespace, model, tag, scope, prompt_pattern, older_than)
-    entries = open_target(ctx).list(which, limit, (page - 1) * limit)
+    target = open_target(ctx)
+    offset = (page - 1) * limit
+    entries = target.list(which, limit, offset)
+    counted = Criteria(**asdict(which))
+    total = target.count_all() if counted.is_empty() else target.count(counted)
+    # an entry written or removed between the two calls must not make the range lie
+    total = max(total, offset + len(entries)) if entries else total
     if as_json:
-        echo_json({"entries": entries, "page": page, "limit": limit})
+        echo_json({"entries": entries, "page": page, "limit": limit, "total": total})
         return
     if not entries:
-        click.echo("no entries" + (" on this page" if page > 1 else ""))
+        click.echo(
+            f"no entries on page {page} (of {plural(total, 'entry')})" if page > 1 and total else "no entries"
+        )
         return
     table(
         [
@@ -59,8 +68,9 @@ def ls(
         ],
         ["ID", "AGE", "TTL", "MODEL", "NAMESPACE", "TAGS", "PROMPT"],
     )
-    if len(entries) == limit:
-        click.echo(f"(page {page}; next: --page {page + 1})")
+    shown = f"showing {offset + 1}\u2013{offset + len(entries)} of {total}"
+    more = offset + len(entries) < total
+    click.echo(f"({shown}, page {page}" + (f"; next: --page {page + 1})" if more else ")"))
 
 
 @click.command()
@@ -78,6 +88,9 @@ def show(ctx: CliContext, entry_id: str, as_json: bool) -> None:
         return
     value = entry.pop("value", None)
     b64 = entry.pop("value_base64", None)
+    for when in ("created_at", "expires_at"):
+        if isinstance(entry.get(when), (int, float)):
+            entry[when] = iso_utc(entry[when])
     entry["age"] = duration(entry.pop("age_seconds", None))
     entry["ttl_left"] = duration(entry.pop("ttl_seconds_left", None))
     kv(entry)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from .options import json_option, pass_ctx, target_options
-from .output import CliError, echo_json, kv
+from .output import CliError, echo_json, kv, plural
 from .targets import CliContext, open_target
 
 __all__ = ["index"]
@@ -35,7 +35,7 @@ def index_rebuild(ctx: CliContext, reembed: bool, progress: bool | None, as_json
     if as_json:
         echo_json({"vectors": n})
     else:
-        click.echo(f"index holds {n} vectors")
+        click.echo(f"index holds {plural(n, 'vector')}")
 
 
 @index.command("check")
@@ -52,9 +52,15 @@ def index_check(ctx: CliContext, as_json: bool) -> None:
         unembedded = (data.get("l3_total_live") or 0) - (data.get("l3_embedded") or 0)
         if data.get("semantic") and unembedded > 0:
             # not an error: long prompts are exact-only, and other embedders' vectors are never compared
+            others = data.get("l3_other_embedders") or {}
+            whose = "; ".join(
+                [f"{plural(n, 'carries', 'carry')} vectors from {m}" for m, n in others.items()]
+                + ([f"{data['l3_without_vector']} no vector at all"] if data.get("l3_without_vector") else [])
+            )
             click.echo(
-                f"note: {unembedded} live entries have no vector from {data.get('embedder')}; "
-                "`semcache index rebuild --reembed` embeds them"
+                f"note: {plural(unembedded, 'live entry', 'live entries')} {'has' if unembedded == 1 else 'have'} "
+                f"no vector from {data.get('embedder')}" + (f" ({whose})" if whose else "")
+                + "; `semcache index rebuild --reembed` embeds them"
             )
     if data.get("semantic") and data.get("consistent") is False:
         raise CliError("the index and L3 disagree: run `semcache index rebuild`")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .options import filter_options, json_option, parse_params, pass_ctx, target_options
-from .output import echo_json
-from .targets import CliContext, Criteria, open_target
+from .output import CliError, echo_json, plural
+from .targets import CliContext, Criteria, LocalTarget, RemoteTarget, Target, open_target
 
 __all__ = ["flush", "invalidate"]
 
@@ -15,7 +17,49 @@ def _report_removed(removed: int, as_json: bool) -> None:
     if as_json:
         echo_json({"removed": removed})
     else:
-        click.echo(f"removed {removed} entries")
+        click.echo(f"removed {plural(removed, 'entry')}")
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str, unasked: str) -> None:
+    """Ask ``question`` on a terminal; without one (a script, a pipe) fail, saying ``unasked``.
+
+    Raises:
+        CliError: stdin is not a terminal, or the answer was no.
+    """
+    if not _stdin_is_terminal():
+        raise CliError(f"{unasked}, and stdin is not a terminal to ask on: pass --yes")
+    if not click.confirm(question, default=False, err=True):
+        raise CliError("not confirmed: nothing removed")
+
+
+def _where(target: Target) -> str:
+    """Where a removal acts, for its confirmation question: the sidecar, or the local tiers."""
+    from ..config import redact_url
+
+    if isinstance(target, RemoteTarget):
+        return f"the sidecar at {target.url}"
+    parts = []
+    if isinstance(target, LocalTarget):
+        cfg = target.config
+        if cfg.redis is not None:
+            parts.append(", ".join(redact_url(u.strip()) for u in cfg.redis.url.split(",")))
+        if cfg.sql is not None:
+            parts.append(redact_url(cfg.sql.url))
+    return " + ".join(parts) or "the local store"
+
+
+def _flush_what(target: Target, n: int) -> str:
+    """``all 5 entries``; on a sidecar, whether the token reaches every tenant or only its own."""
+    if isinstance(target, RemoteTarget):
+        try:
+            target.stats()  # admin only
+        except CliError:
+            return f"{plural(n, 'entry')} (every entry of this token's tenant)"
+    return f"all {plural(n, 'entry')}"
 
 
 @click.command()
@@ -79,10 +123,13 @@ def invalidate(
         if as_json:
             echo_json({"matched": matched, "dry_run": True})
         else:
-            click.echo(f"would remove {matched} entries")
+            click.echo(f"would remove {plural(matched, 'entry')}")
         return
     if matched > confirm_over and not yes:
-        click.confirm(f"remove {matched} entries?", abort=True, err=True)
+        _confirm(
+            f"remove {plural(matched, 'entry')} from {_where(target)}?",
+            f"{plural(matched, 'entry')} match, more than --confirm-over {confirm_over}",
+        )
     _report_removed(target.invalidate(criteria), as_json)
 
 
@@ -95,10 +142,6 @@ def flush(ctx: CliContext, yes: bool, as_json: bool) -> None:
     """Remove every entry (with a tenant token on --server: every entry of that tenant)."""
     target = open_target(ctx)
     if not yes:
-        what = (
-            "every entry of this token's tenant (or all, for the admin)"
-            if target.remote
-            else f"all {target.count_all()} entries"
-        )
-        click.confirm(f"remove {what}?", abort=True, err=True)
+        what = f"{_flush_what(target, target.count_all())} from {_where(target)}"
+        _confirm(f"remove {what}?", f"flush would remove {what}")
     _report_removed(target.flush(), as_json)

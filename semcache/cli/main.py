@@ -11,7 +11,7 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 not found, 4 cannot reach the target
 One module per command group: :mod:`~semcache.cli.serve`, :mod:`~semcache.cli.stats`,
 :mod:`~semcache.cli.entries` (ls, show, lookup), :mod:`~semcache.cli.invalidate`
 (invalidate, flush), :mod:`~semcache.cli.db`, :mod:`~semcache.cli.index`,
-:mod:`~semcache.cli.bench`. This module is the root group and the entry point.
+:mod:`~semcache.cli.model`, :mod:`~semcache.cli.bench`. This module is the root group and the entry point.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from .entries import lookup, ls, show
 from .feedback import feedback
 from .index import index
 from .invalidate import flush, invalidate
+from .model import model
 from .options import target_options
-from .output import one_line, translate
+from .output import log_notes, one_line, translate
 from .serve import serve
 from .stats import stats
 from .targets import CliContext
@@ -59,17 +60,23 @@ class _Group(click.Group):
 )
 @click.version_option(package_name="semcache", prog_name="semcache", message="%(prog)s %(version)s")
 @target_options(envvars=True)
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Also print the library's warnings (a tier in back-off, ...)."
+)
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, verbose: bool) -> None:
     """semcache: a multi-level semantic cache for LLM calls.
 
     Commands act on the local store (SQLite semcache.db by default; --sql-url,
     --redis-url) or on a running sidecar (--server URL --token T).
     """
     ctx.ensure_object(CliContext)
+    # a command says what went wrong in its own one line; the library's warnings (a tier
+    # backing off, ...) printed ahead of it would only repeat it, worse (the server logs them)
+    ctx.call_on_close(log_notes(quiet=not verbose and ctx.invoked_subcommand != "serve"))
 
 
-for _command in (serve, stats, ls, show, lookup, invalidate, flush, feedback, calibrate, db, index, bench):
+for _command in (serve, stats, ls, show, lookup, invalidate, flush, feedback, calibrate, db, index, model, bench):
     cli.add_command(_command)
 
 

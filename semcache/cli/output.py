@@ -7,7 +7,9 @@ Every other CLI module imports from here; this module imports none of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -20,8 +22,11 @@ __all__ = [
     "UnreachableError",
     "duration",
     "echo_json",
+    "iso_utc",
     "kv",
+    "log_notes",
     "one_line",
+    "plural",
     "short",
     "table",
     "translate",
@@ -125,7 +130,61 @@ def duration(seconds: float | None) -> str:
     return f"{s:.0f}s"
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 entry``, ``3 entries``, ``0 entries``: the count with the noun that fits it."""
+    if many is None:
+        many = one[:-1] + "ies" if one.endswith("y") and one[-2:-1] not in "aeiou" else one + "s"
+    return f"{n} {one if n == 1 else many}"
+
+
+def iso_utc(epoch: float | None) -> str | None:
+    """``1764654851.2`` -> ``2025-12-02T05:54:11Z`` (seconds, UTC); ``None`` stays ``None``."""
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(float(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def short(text: str, n: int = 60) -> str:
     """``text`` on one line, cut to ``n`` characters with an ellipsis."""
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# -- the library's log ---------------------------------------------------------------
+#: Loggers whose INFO lines say what a long step is doing (the first ONNX export).
+NOTE_LOGGERS = ("semcache.embedders.onnx",)
+
+
+def log_notes(*, quiet: bool) -> Callable[[], None]:
+    """Print the library's progress notes on stderr as ``semcache: ...`` lines; with
+    ``quiet``, hold back its warnings (a tier backing off, ...), which would come ahead
+    of the command's own one-line error. Returns what undoes both."""
+    undo: list[Callable[[], None]] = []
+    if quiet:
+        root = logging.getLogger("semcache")
+        level = root.level
+        root.setLevel(logging.ERROR)
+        undo.append(lambda: root.setLevel(level))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("semcache: %(message)s"))
+    for name in NOTE_LOGGERS:
+        logger = logging.getLogger(name)
+        saved = (logger.level, logger.propagate)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(handler)
+
+        def restore(logger: logging.Logger = logger, saved: tuple[int, bool] = saved) -> None:
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
+
+        undo.append(restore)
+
+    def undo_all() -> None:
+        for u in reversed(undo):
+            u()
+
+    return undo_all

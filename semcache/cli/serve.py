@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import secrets
+import socket
 from dataclasses import replace
 from typing import Any
 
 import click
 
 from .options import pass_ctx, target_options
+from .output import CliError
 from .targets import CliContext
 
 __all__ = ["serve"]
@@ -104,4 +107,37 @@ def serve(
         # secure by default, and the first command still just works: a one-off admin token
         generated = "sc-" + secrets.token_urlsafe(24)
         config = replace(config, admin_token=generated)
-    run_server(config, generated_token=generated)
+    # before the model loads (seconds): a port in use is said at once
+    check_port(config.host, config.port)
+    try:
+        run_server(config, generated_token=generated)
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has shut down gracefully, or the cache was still opening
+        click.echo("semcache: stopped", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` the way uvicorn will (SO_REUSEADDR), and let go at once.
+
+    Raises:
+        CliError: the port is in use, or the address cannot be listened on.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"port {port} on {host} is in use, so the sidecar could not start: stop what "
+                    "listens there, or pass another --port (0: any free port)"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise CliError(
+                    f"may not listen on port {port} on {host} (ports below 1024 need privileges): pass another --port"
+                ) from None
+            raise CliError(f"cannot listen on {host}:{port} ({exc.strerror or exc}), so the sidecar could not start") from None

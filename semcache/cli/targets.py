@@ -380,7 +380,7 @@ class LocalTarget(Target):
         if missed:
             raise UnreachableError(
                 f"tier {', '.join(missed)} could not be reached and missed the {what} "
-                f"({removed} entries removed from the other tiers); run it again once it is back"
+                f"({removed} {'entry' if removed == 1 else 'entries'} removed from the other tiers); run it again once it is back"
             )
         return removed
 
@@ -472,8 +472,8 @@ class RemoteTarget(Target):
         )
         return int(data["matched"])
 
-    def count_all(self) -> int:
-        raise CliError("counting every entry needs the local store; use `semcache stats`")
+    def count_all(self) -> int:  # every entry is older than 0 s: all the token may reach
+        return self.count(Criteria(older_than_seconds=0.0))
 
     def invalidate(self, criteria: Criteria) -> int:
         return int(

@@ -154,21 +154,25 @@ def test_lookup_and_explain(runner, sqlite_db):
     assert lines[-1] == "decision: miss"
 
 
-def test_invalidate_dry_run_confirmation_and_criteria(runner, sqlite_db):
+def test_invalidate_dry_run_confirmation_and_criteria(runner, sqlite_db, monkeypatch):
     base = ["--sql-url", sqlite_db, "invalidate"]
     assert js(run(runner, *base, "--model", "m2", "--dry-run", "--json")) == {
         "matched": 3,
         "dry_run": True,
     }
-    # more than --confirm-over: asks; "n" aborts and removes nothing
+    assert run(runner, *base, "--model", "m2", "--dry-run").stdout == "would remove 3 entries\n"
+    assert run(runner, *base, "--tag", "support", "--dry-run").stdout == "would remove 1 entry\n"
+    # more than --confirm-over on a terminal: asks, naming the count and the database;
+    # "n" removes nothing
+    monkeypatch.setattr("semcache.cli.invalidate._stdin_is_terminal", lambda: True)
     r = run(runner, *base, "--model", "m2", "--confirm-over", "2", input="n\n")
-    assert r.exit_code == 1 and "remove 3 entries?" in r.stderr
+    assert r.exit_code == 1 and f"remove 3 entries from {sqlite_db}?" in r.stderr
+    assert "Error: not confirmed: nothing removed" in r.stderr and "Aborted!" not in r.output
     assert js(run(runner, "--sql-url", sqlite_db, "stats", "--json"))["entries"] == 5
     r = run(runner, *base, "--model", "m2", "--confirm-over", "2", input="y\n")
     assert r.exit_code == 0 and "removed 3 entries" in r.stdout
-    assert js(run(runner, *base, "--tag", "geo", "--pattern", "*Italy*", "--json")) == {
-        "removed": 1
-    }
+    r = run(runner, *base, "--tag", "geo", "--pattern", "*Italy*")
+    assert r.stdout == "removed 1 entry\n"
     remaining = js(run(runner, "--sql-url", sqlite_db, "ls", "--json"))["entries"]
     assert [e["prompt"] for e in remaining] == ["What is the capital of France?"]
     eid = remaining[0]["entry_id"]
@@ -186,9 +190,14 @@ def test_invalidate_by_exact_prompt_and_age(runner, sqlite_db):
     assert js(run(runner, "--sql-url", sqlite_db, "stats", "--json"))["entries"] == 3
 
 
-def test_flush_asks_unless_yes(runner, sqlite_db):
+def test_flush_asks_unless_yes(runner, sqlite_db, monkeypatch):
+    r = run(runner, "--sql-url", sqlite_db, "flush")  # not a terminal: nothing to ask on
+    assert r.exit_code == 1 and r.stderr == (
+        f"Error: flush would remove all 5 entries from {sqlite_db}, and stdin is not a terminal to ask on: pass --yes\n"
+    )
+    monkeypatch.setattr("semcache.cli.invalidate._stdin_is_terminal", lambda: True)
     r = run(runner, "--sql-url", sqlite_db, "flush", input="n\n")
-    assert r.exit_code == 1 and "remove all 5 entries?" in r.stderr
+    assert r.exit_code == 1 and f"remove all 5 entries from {sqlite_db}?" in r.stderr
     assert js(run(runner, "--sql-url", sqlite_db, "flush", "--yes", "--json")) == {"removed": 5}
     assert js(run(runner, "--sql-url", sqlite_db, "stats", "--json"))["entries"] == 0
 

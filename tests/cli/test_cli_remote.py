@@ -73,7 +73,8 @@ def test_admin_stats_and_index(runner, seeded):
     assert js(runner.invoke(cli, [*base, "index", "rebuild", "--json"]))["vectors"] == 4
 
 
-def test_invalidate_is_confined_to_the_tenant(runner, seeded):
+def test_invalidate_is_confined_to_the_tenant(runner, seeded, monkeypatch):
+    monkeypatch.setattr("semcache.cli.invalidate._stdin_is_terminal", lambda: True)
     a = ["--server", seeded.url, "--token", TENANT_A]
     b = ["--server", seeded.url, "--token", TENANT_B]
     assert js(
@@ -89,6 +90,22 @@ def test_invalidate_is_confined_to_the_tenant(runner, seeded):
     }
     assert js(runner.invoke(cli, [*b, "flush", "--yes", "--json"])) == {"removed": 0}
     assert len(js(runner.invoke(cli, [*a, "ls", "--json"]))["entries"]) == 1
+
+
+def test_flush_says_how_many_entries_and_which_sidecar(runner, seeded, monkeypatch):
+    monkeypatch.setattr("semcache.cli.invalidate._stdin_is_terminal", lambda: True)
+    a = ["--server", seeded.url, "--token", TENANT_A]
+    r = runner.invoke(cli, [*a, "flush"], input="n\n")
+    assert r.exit_code == 1, r.output
+    assert f"remove 3 entries (every entry of this token's tenant) from the sidecar at {seeded.url}?" in r.stderr
+    r = runner.invoke(cli, ["--server", seeded.url, "--token", ADMIN, "flush"], input="n\n")
+    assert f"remove all 4 entries from the sidecar at {seeded.url}?" in r.stderr
+    monkeypatch.setattr("semcache.cli.invalidate._stdin_is_terminal", lambda: False)
+    r = runner.invoke(cli, [*a, "flush"])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: flush would remove 3 entries") and "pass --yes" in r.stderr
+    assert len(js(runner.invoke(cli, [*a, "ls", "--json"]))["entries"]) == 3  # nothing removed
+    page = runner.invoke(cli, [*a, "ls", "--limit", "2", "--page", "2"])
+    assert page.stdout.splitlines()[-1] == "(showing 3\u20133 of 3, page 2)"
 
 
 def test_remote_errors(runner, seeded):
