@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
+import logging
 import os
 import re
+import shutil
 import threading
+import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,17 @@ from ._models import (
 )
 from .base import check_embeddings
 
-__all__ = ["DEFAULT_ONNX_THREADS", "STATE_OUTPUTS", "OnnxEmbedder", "export_onnx", "onnx_cache_root"]
+__all__ = [
+    "DEFAULT_ONNX_THREADS",
+    "STATE_OUTPUTS",
+    "OnnxEmbedder",
+    "ensure_exported",
+    "export_onnx",
+    "onnx_cache_root",
+    "remove_stale_exports",
+]
+
+log = logging.getLogger(__name__)
 
 #: The exported graph's further outputs: every token's state at the last layer and at the
 #: middle one (layers 6 and 3 of all-MiniLM-L6-v2), which the pair verifier reads; one
@@ -57,26 +72,109 @@ def onnx_cache_root(onnx_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(base).expanduser() / "semcache" / "onnx"
 
 
-def _fingerprint(model_dir: Path) -> str:
-    """Hash what determines the exported graph: configs by content, weights by size and mtime."""
+_CONFIG_FILES = ("config.json", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: In the cache root: the content hash of each weights file seen, by path, size and mtime.
+_HASH_MEMO = ".weight-hashes.json"
+#: In each export folder: what was exported from where (written before the graph lands).
+_MARKER = "export.json"
+_EXPORT_DIR = re.compile(r"[A-Za-z0-9._-]+-[0-9a-f]{16}")
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_file(path: Path, data: Any) -> bool:
+    """Write atomically; ``False`` when the folder is read-only (a baked image, say)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+
+
+def _weights_digest(path: Path, root: Path) -> str:
+    """The sha256 of a weights file, hashed once per (path, size, mtime) and remembered in
+    ``root``: a new virtualenv (new files, new mtimes, same bytes) costs one read, not an export."""
+    st = path.stat()
+    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo_path = root / _HASH_MEMO
+    memo = _read_json_file(memo_path)
+    memo = memo if isinstance(memo, dict) else {}
+    got = memo.get(stamp)
+    if isinstance(got, str):
+        return got
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    # keep the memo small: files that are gone (a deleted virtualenv) are forgotten
+    memo = {k: v for k, v in memo.items() if Path(k.rsplit("|", 2)[0]).exists()}
+    memo[stamp] = digest
+    _write_json_file(memo_path, memo)
+    return digest
+
+
+def _fingerprint(model_dir: Path, root: Path) -> str:
+    """Hash what determines the exported graph, by content: the export format, the
+    configs and the weights (the same model in another virtualenv shares one export)."""
     h = hashlib.sha256(_EXPORT_FORMAT.encode())
-    for rel in (
-        "config.json",
-        "sentence_bert_config.json",
-        "modules.json",
-        "1_Pooling/config.json",
-    ):
+    for rel in _CONFIG_FILES:
         path = model_dir / rel
         if path.is_file():
             h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    # Hashing ~100 MB of weights on every start would cost more than loading the session;
-    # size + mtime change whenever the package or snapshot is replaced.
-    for rel in ("model.safetensors", "pytorch_model.bin"):
+    for rel in _WEIGHT_FILES:
         path = model_dir / rel
         if path.is_file():
-            st = path.stat()
-            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{rel}:{_weights_digest(path, root)}".encode())
     return h.hexdigest()[:16]
+
+
+def _note_source(folder: Path, model_dir: Path) -> None:
+    """Record that ``model_dir`` uses this export (best effort: the folder may be read-only)."""
+    marker = _read_json_file(folder / _MARKER)
+    if isinstance(marker, dict) and str(model_dir) not in marker.get("sources", []):
+        marker["sources"] = [*marker.get("sources", []), str(model_dir)]
+        _write_json_file(folder / _MARKER, marker)
+
+
+def _is_stale(folder: Path) -> bool:
+    """An export folder nothing uses any more: one of the old layout (no marker), of
+    another export format, or whose model folders are all gone. A folder with anything
+    else in it (an export in progress writes a temporary file) is never touched."""
+    names = {p.name for p in folder.iterdir()}
+    if not names <= {"model.onnx", _MARKER}:
+        return False
+    marker = _read_json_file(folder / _MARKER)
+    if not isinstance(marker, dict):
+        return "model.onnx" in names
+    if marker.get("format") != _EXPORT_FORMAT:
+        return True
+    return not any(Path(src).exists() for src in marker.get("sources", []))
+
+
+def remove_stale_exports(root: Path, keep: str | None = None) -> list[Path]:
+    """Remove semcache's own export folders under ``root`` that nothing uses (see
+    :func:`_is_stale`), except ``keep``; return the folders removed."""
+    removed: list[Path] = []
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and p.name != keep and _EXPORT_DIR.fullmatch(p.name)]
+    except OSError:
+        return removed
+    for folder in folders:
+        try:
+            if _is_stale(folder):
+                shutil.rmtree(folder)
+                removed.append(folder)
+        except OSError:
+            continue
+    return removed
 
 
 def _safe_name(model: str | None) -> str:
@@ -105,7 +203,9 @@ def export_onnx(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Eager attention traces into plain ops; the SDPA path adds data-dependent branches.
-    model = AutoModel.from_pretrained(str(src), attn_implementation="eager")
+    with _quiet_transformers():
+        # "Loading weights: 100%|...|" would land in a server's log
+        model = AutoModel.from_pretrained(str(src), attn_implementation="eager")
     model.eval()
     with_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
@@ -150,10 +250,49 @@ def export_onnx(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
                 opset_version=_OPSET,
                 do_constant_folding=True,
             )
+        # the marker first: a folder with a graph and no marker is of the old layout
+        _write_json_file(
+            target.parent / _MARKER,
+            {"format": _EXPORT_FORMAT, "sources": [str(src)], "exported_at": time.time()},
+        )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars and notes off for a block, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def ensure_exported(model_dir: Path, path: Path, model: str) -> bool:
+    """Export ``model_dir`` to ``path`` unless it is there, saying so before and after
+    (INFO on the ``semcache.embedders.onnx`` logger, which the CLI prints), and remove
+    stale exports beside it; whether it exported."""
+    if path.is_file():
+        _note_source(path.parent, model_dir)
+        return False
+    log.info("exporting %s to ONNX (once per model version; about 20 s) to %s", model, path.parent)
+    t0 = time.perf_counter()
+    export_onnx(model_dir, path)
+    log.info("ONNX export of %s done in %.1fs", model, time.perf_counter() - t0)
+    gone = remove_stale_exports(path.parent.parent, keep=path.parent.name)
+    if gone:
+        log.info("removed %d stale ONNX export(s): %s", len(gone), ", ".join(p.name for p in gone))
+    return True
 
 
 class OnnxEmbedder(ModelEmbedder):
@@ -189,6 +328,7 @@ class OnnxEmbedder(ModelEmbedder):
         self._model_name = None if self._default else model
         self._onnx_dir = onnx_dir
         self._onnx_path = Path(onnx_path) if onnx_path is not None else None
+        self._cached_path: Path | None = None
         self.num_threads = num_threads if num_threads is not None else DEFAULT_ONNX_THREADS
         self._session: Any = None
         self._tokenizer: Any = None
@@ -225,9 +365,12 @@ class OnnxEmbedder(ModelEmbedder):
         """Where the ONNX file is (or will be exported); reads the model's config files."""
         if self._onnx_path is not None:
             return self._onnx_path
-        model_dir = self._resolve()
-        folder = f"{_safe_name(self._model_name)}-{_fingerprint(model_dir)}"
-        return onnx_cache_root(self._onnx_dir) / folder / "model.onnx"
+        if self._cached_path is None:
+            model_dir = self._resolve()
+            root = onnx_cache_root(self._onnx_dir)
+            folder = f"{_safe_name(self._model_name)}-{_fingerprint(model_dir, root)}"
+            self._cached_path = root / folder / "model.onnx"
+        return self._cached_path
 
     def _load(self) -> None:
         try:
@@ -247,8 +390,8 @@ class OnnxEmbedder(ModelEmbedder):
         tokenizer.enable_truncation(max_length=info["max_tokens"])
         tokenizer.no_padding()
         path = self.onnx_path
-        if not path.is_file():
-            export_onnx(model_dir, path)
+        if self._onnx_path is None:
+            ensure_exported(model_dir, path, _safe_name(self._model_name))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.num_threads
         opts.inter_op_num_threads = 1
