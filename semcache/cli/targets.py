@@ -270,8 +270,8 @@ class LocalTarget(Target):
     def stats(self) -> dict[str, Any]:
         from ..config import redact_url
         from ..db.migrate import current_revision, head_revision
-        from ..tiers.redis import RedisBackend
         from ..tiers.base import ProcessMemory
+        from ..tiers.redis import RedisBackend
         from ..tiers.sql import SQLBackend
 
         cache = self.cache

@@ -57,7 +57,7 @@ def write(path, rows) -> str:
 @pytest.fixture
 def fake_verifier(monkeypatch):
     """``--verifier table`` resolves to the verifier set here."""
-    import semcache.verify.resolve as resolve
+    from semcache.verify import resolve
 
     holder: dict[str, TableVerifier] = {}
     real = resolve.resolve_verifier

@@ -11,7 +11,6 @@ import pytest
 
 from semcache import CacheConfig, Policy, SemanticCache, SQLConfig, build_request
 from semcache.cli.main import cli
-from semcache.embedders import HashingEmbedder
 from semcache.feedback import load_labels
 from semcache.server.app import create_app
 from tests._sidecar import TENANT_A, TENANT_B, SidecarThread, auth, server_config
