@@ -50,6 +50,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -65,8 +66,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig  # noqa: E402
-from semcache.embedders.callable import CallableEmbedder  # noqa: E402
+from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig
+from semcache.embedders.callable import CallableEmbedder
 
 DIM = 384
 CLUSTER = 50
@@ -179,7 +180,7 @@ def postgres(bin_dir: str) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         as_pg = ["runuser", "-u", "postgres", "--"]
-    run = lambda *a: subprocess.run([*as_pg, *a], check=True, stdout=subprocess.DEVNULL)  # noqa: E731
+    run = lambda *a: subprocess.run([*as_pg, *a], check=True, stdout=subprocess.DEVNULL)
     run(os.path.join(bin_dir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
     opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c shared_buffers=2GB -c maintenance_work_mem=2GB "
             "-c max_parallel_maintenance_workers=1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -421,7 +422,7 @@ def print_growth(all_results: list[dict[str, Any]]) -> None:
         by.setdefault(r["backend"], []).append(r)
     print("\nGrowth (ratio to the previous size)")
     for backend, rs in by.items():
-        for a, b in zip(rs, rs[1:]):
+        for a, b in itertools.pairwise(rs):
             parts = []
             for key in GROWTH:
                 if a.get(key) and b.get(key):
