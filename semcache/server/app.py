@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+
+from pydantic import BaseModel
 
 from ..async_cache import AsyncSemanticCache
 from ..config import UNSET
@@ -44,15 +46,20 @@ from .models import (
     EntryView,
     ErrorBody,
     ExplainRequest,
+    ExplainResponse,
     FeedbackRequest,
     FeedbackResponse,
     FlushResponse,
+    JSON_TEXT_SCHEMA,
     HealthResponse,
+    IndexCheckResponse,
+    IndexRebuildResponse,
     InvalidateRequest,
     InvalidateResponse,
     LookupRequest,
     LookupResponse,
     ReadyResponse,
+    StatsResponse,
     StoreRequest,
     StoreResponse,
 )
@@ -61,6 +68,9 @@ try:
     import httpx
     from fastapi import APIRouter, FastAPI, Path, Query, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.routing import APIRoute
+    from starlette.routing import Match
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -72,17 +82,36 @@ __all__ = ["Sidecar", "create_app"]
 
 log = logging.getLogger("semcache.server")
 
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or invalid token."},
-    403: {"model": ErrorBody, "description": "The token may not do this."},
-    413: {"model": ErrorBody, "description": "The request body is too large."},
-    422: {"model": ErrorBody, "description": "Malformed JSON or invalid fields."},
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The cache refused the request.",
+    401: "Missing or invalid token.",
+    403: "The token may not do this (another tenant's namespace; an admin route).",
+    404: "No such entry (for this token).",
+    409: "The cache's configuration does not allow this.",
+    413: "The request body is too large.",
+    422: "Malformed JSON, invalid fields, or a body that breaks a rule of its schema.",
+    503: "A tier the request needs is unavailable.",
 }
+
+
+def errors(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route for these error statuses (``ErrorBody`` each);
+    ``descriptions`` (``e404="..."``) replace the default words."""
+    return {
+        code: {
+            "model": ErrorBody,
+            "description": descriptions.get(f"e{code}", _ERROR_DESCRIPTIONS[code]),
+        }
+        for code in codes
+    }
+
+
+#: A route that needs a token and uses the cache.
+_CACHE_ERRORS = (400, 401, 403, 409, 503)
+#: ... and takes a JSON body.
+_BODY_ERRORS = (*_CACHE_ERRORS, 413, 422)
 # The id of GET and DELETE /v1/entries/{entry_id}, and their documented 404.
 _EntryId = Annotated[str, Path(min_length=1, max_length=256)]
-_NO_SUCH_ENTRY: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "No such entry (for this token)."}
-}
 
 
 class BodyLimitMiddleware:
@@ -186,21 +215,6 @@ def _selector(sc: Sidecar, principal: Principal, body: InvalidateRequest) -> Sel
     )
 
 
-def _named_something(body: InvalidateRequest) -> bool:
-    return bool(
-        body.keys
-        or body.entry_id
-        or body.prompt is not None
-        or body.messages is not None
-        or body.scope is not None
-        or body.namespace is not None
-        or body.model is not None
-        or body.tag is not None
-        or body.older_than_seconds is not None
-        or body.prompt_pattern is not None
-    )
-
-
 def tier_state(status: Any) -> str:
     """A tier's health (``"ok"``, ``"down: …"``, ``"failed: …"``) as one word, its message dropped."""
     text = str(status)
@@ -231,9 +245,9 @@ def readiness(health: Mapping[str, Any]) -> tuple[str, dict[str, str], list[str]
 
 
 def _api_router() -> APIRouter:
-    router = APIRouter(responses=_ERROR_RESPONSES)
+    router = APIRouter()
 
-    @router.get("/healthz", response_model=HealthResponse, tags=["health"], responses={})
+    @router.get("/healthz", response_model=HealthResponse, tags=["health"], operation_id="healthz")
     async def healthz() -> Any:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
@@ -242,6 +256,7 @@ def _api_router() -> APIRouter:
         "/readyz",
         response_model=ReadyResponse,
         tags=["health"],
+        operation_id="readyz",
         responses={
             503: {
                 "model": ReadyResponse,
@@ -298,8 +313,14 @@ def _api_router() -> APIRouter:
     @router.get(
         "/metrics",
         tags=["health"],
+        operation_id="metrics",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}},
+        responses={
+            200: {
+                "description": "The Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     )
     async def metrics(sc: SidecarDep) -> Response:
         """Prometheus metrics (no token needed, like most scrape targets)."""
@@ -308,7 +329,13 @@ def _api_router() -> APIRouter:
         body = await sc.run(sc.metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @router.post("/v1/lookup", response_model=LookupResponse, tags=["cache"])
+    @router.post(
+        "/v1/lookup",
+        response_model=LookupResponse,
+        tags=["cache"],
+        operation_id="lookup",
+        responses=errors(*_BODY_ERRORS),
+    )
     async def lookup(body: LookupRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Look a prompt up: exact first, then semantic within its scope (tenant included)."""
         req = _cache_request(body, principal.namespace(body.namespace))
@@ -323,7 +350,13 @@ def _api_router() -> APIRouter:
             return JSONResponse({"hit": False, "key": req.key})
         return JSONResponse({"key": req.key, **_hit_fields(hit, body.include_value)})
 
-    @router.post("/v1/explain", tags=["cache"])
+    @router.post(
+        "/v1/explain",
+        response_model=ExplainResponse,
+        tags=["cache"],
+        operation_id="explain",
+        responses=errors(*_BODY_ERRORS),
+    )
     async def explain(body: ExplainRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Explain a lookup: the exact key, the nearest candidates with similarity and checks, the decision."""
         ns = principal.namespace(body.namespace)
@@ -339,7 +372,30 @@ def _api_router() -> APIRouter:
         )
         return JSONResponse(out)
 
-    @router.post("/v1/entries", response_model=StoreResponse, status_code=201, tags=["cache"])
+    @router.post(
+        "/v1/entries",
+        response_model=StoreResponse,
+        status_code=201,
+        tags=["cache"],
+        operation_id="store",
+        responses=errors(*_BODY_ERRORS),
+        openapi_extra={
+            "responses": {
+                "201": {
+                    "links": {
+                        "getEntry": {
+                            "operationId": "getEntry",
+                            "parameters": {"entry_id": "$response.body#/entry_id"},
+                        },
+                        "deleteEntry": {
+                            "operationId": "deleteEntry",
+                            "parameters": {"entry_id": "$response.body#/entry_id"},
+                        },
+                    }
+                }
+            }
+        },
+    )
     async def store(body: StoreRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Store a response for a prompt in every tier and the index."""
         req = _cache_request(body, principal.namespace(body.namespace))
@@ -363,7 +419,13 @@ def _api_router() -> APIRouter:
             status_code=201,
         )
 
-    @router.get("/v1/entries", response_model=EntryList, tags=["entries"])
+    @router.get(
+        "/v1/entries",
+        response_model=EntryList,
+        tags=["entries"],
+        operation_id="listEntries",
+        responses=errors(*_CACHE_ERRORS, 422),
+    )
     async def list_entries(
         sc: SidecarDep,
         principal: PrincipalDep,
@@ -402,7 +464,8 @@ def _api_router() -> APIRouter:
         "/v1/entries/{entry_id}",
         response_model=EntryView,
         tags=["entries"],
-        responses=_NO_SUCH_ENTRY,
+        operation_id="getEntry",
+        responses=errors(*_CACHE_ERRORS, 404, 422),
     )
     async def get_entry(
         entry_id: _EntryId,
@@ -422,7 +485,8 @@ def _api_router() -> APIRouter:
         "/v1/entries/{entry_id}",
         response_model=InvalidateResponse,
         tags=["entries"],
-        responses=_NO_SUCH_ENTRY,
+        operation_id="deleteEntry",
+        responses=errors(*_CACHE_ERRORS, 404, 413, 422),
     )
     async def delete_entry(
         entry_id: _EntryId,
@@ -437,11 +501,15 @@ def _api_router() -> APIRouter:
             return error_response(404, "no such entry", "not_found")
         return JSONResponse({"removed": removed, "matched": None, "dry_run": False})
 
-    @router.post("/v1/invalidate", response_model=InvalidateResponse, tags=["entries"])
+    @router.post(
+        "/v1/invalidate",
+        response_model=InvalidateResponse,
+        tags=["entries"],
+        operation_id="invalidate",
+        responses=errors(*_BODY_ERRORS),
+    )
     async def invalidate(body: InvalidateRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Remove entries by id, exact prompt, scope, tag, model, pattern or age (criteria AND); or count them."""
-        if not _named_something(body):
-            raise InvalidInputError("name at least one criterion (or use /v1/flush)")
         sel = _selector(sc, principal, body)
         if body.dry_run:
             n = await sc.cache.count(sel)
@@ -449,7 +517,13 @@ def _api_router() -> APIRouter:
         removed = await sc.cache.invalidate_selector(sel)
         return JSONResponse({"removed": removed, "matched": None, "dry_run": False})
 
-    @router.post("/v1/flush", response_model=FlushResponse, tags=["entries"])
+    @router.post(
+        "/v1/flush",
+        response_model=FlushResponse,
+        tags=["entries"],
+        operation_id="flush",
+        responses=errors(*_CACHE_ERRORS, 413),
+    )
     async def flush(sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Remove every entry: all of them for the admin, the tenant's own for a tenant token."""
         if principal.tenant is None:
@@ -459,7 +533,11 @@ def _api_router() -> APIRouter:
         return JSONResponse({"removed": removed})
 
     @router.post(
-        "/v1/feedback", response_model=FeedbackResponse, tags=["cache"], responses=_NO_SUCH_ENTRY
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        tags=["cache"],
+        operation_id="feedback",
+        responses=errors(*_BODY_ERRORS, 404),
     )
     async def feedback(body: FeedbackRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Report whether a hit answered its request correctly (the label is kept).
@@ -487,26 +565,106 @@ def _api_router() -> APIRouter:
             return error_response(404, "no such entry", "not_found")
         return JSONResponse(result.as_dict())
 
-    @router.get("/v1/stats", tags=["admin"])
+    @router.get(
+        "/v1/stats",
+        response_model=StatsResponse,
+        tags=["admin"],
+        operation_id="stats",
+        responses=errors(401, 403),
+    )
     async def stats(sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Cache counters: hits by tier and kind, misses, sets, errors, savings, index (admin)."""
         principal.require_admin()
         return JSONResponse(sc.cache.stats())
 
-    @router.post("/v1/index/rebuild", tags=["admin"])
+    @router.post(
+        "/v1/index/rebuild",
+        response_model=IndexRebuildResponse,
+        tags=["admin"],
+        operation_id="rebuildIndex",
+        responses=errors(*_CACHE_ERRORS, 413, 422),
+    )
     async def index_rebuild(sc: SidecarDep, principal: PrincipalDep, reembed: bool = False) -> Any:
         """Rebuild the in-process index from L3, optionally re-embedding entries without vectors (admin)."""
         principal.require_admin()
         n = await sc.cache.rebuild_index(reembed=reembed, progress=False)
         return JSONResponse({"vectors": n})
 
-    @router.get("/v1/index/check", tags=["admin"])
+    @router.get(
+        "/v1/index/check",
+        response_model=IndexCheckResponse,
+        tags=["admin"],
+        operation_id="checkIndex",
+        responses=errors(*_CACHE_ERRORS),
+    )
     async def index_check(sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Compare the index with L3 (admin)."""
         principal.require_admin()
         return JSONResponse(await sc.cache.check_index())
 
     return router
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path (HEAD with GET)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute):
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE:
+                methods |= route.methods or set()
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def _exact_key_rules(node: Any) -> None:
+    """Rewrite pydantic's ``patternProperties`` (from a dict whose keys have a pattern) as
+    what the validator does: every key must match (``propertyNames``), every value is of
+    the value schema (``additionalProperties``). In place, everywhere in ``node``."""
+    if isinstance(node, dict):
+        pp = node.get("patternProperties")
+        if isinstance(pp, dict) and len(pp) == 1 and "additionalProperties" not in node:
+            ((pattern, value),) = pp.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {"pattern": pattern}
+            node["additionalProperties"] = value
+        for v in node.values():
+            _exact_key_rules(v)
+    elif isinstance(node, list):
+        for v in node:
+            _exact_key_rules(v)
+
+
+def _openapi(
+    app: FastAPI, auth: bool, DOCUMENTED_MODELS: tuple[type[BaseModel], ...]  # noqa: N803
+) -> Callable[[], dict[str, Any]]:
+    """The app's ``openapi()``: FastAPI's document, with the rules it cannot say itself."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            _exact_key_rules(doc)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in DOCUMENTED_MODELS:  # named by a route's document, used by none's code
+                schemas.setdefault(model.__name__, model.model_json_schema())
+            schemas.setdefault("JsonText", JSON_TEXT_SCHEMA)
+            if not auth:  # --no-auth: every caller is admin, no token is asked for
+                doc.get("components", {}).pop("securitySchemes", None)
+                for item in doc["paths"].values():
+                    for op in item.values():
+                        op.pop("security", None)
+                        for code in ("401", "403"):
+                            op.get("responses", {}).pop(code, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    return openapi
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -547,9 +705,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             return error_response(
                 422, "the request body is not valid JSON (UTF-8)", "invalid_request_error"
             )
-        return error_response(
-            exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path; name them all
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, str(exc.detail), "http_error", headers=headers)
 
     @app.exception_handler(SemcacheError)
     async def _semcache(request: Request, exc: SemcacheError) -> JSONResponse:
@@ -578,7 +738,7 @@ def create_app(
         A FastAPI (ASGI) application; ``app.state.sidecar`` holds its :class:`Sidecar`.
     """
     from ..contrib.prometheus import PrometheusMiddleware
-    from .proxy import proxy_router
+    from .proxy import DOCUMENTED_MODELS, proxy_router
 
     cfg = config if config is not None else ServerConfig()
     sidecar = Sidecar(cfg, cache=cache, upstream_transport=upstream_transport)
@@ -602,6 +762,7 @@ def create_app(
     app.state.sidecar = sidecar
     app.include_router(_api_router())
     app.include_router(proxy_router())
+    app.openapi = _openapi(app, cfg.auth, DOCUMENTED_MODELS)  # type: ignore[method-assign]
     _install_error_handlers(app)
     # added last = outermost: metrics see every response, 413s included
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)

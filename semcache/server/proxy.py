@@ -70,9 +70,10 @@ from ..readthrough import (
     finished,
 )
 from ..singleflight import AsyncRedisLock, SingleFlight
+from ..types import Selector
 from . import proxy_stream
 from .auth import Principal
-from .models import ChatCompletionBody, ErrorBody
+from .models import ChatCompletion, ChatCompletionBody, ErrorBody, ModelList
 from .proxy_convert import (
     CacheOptions,
     as_completion,
@@ -83,12 +84,22 @@ from .proxy_convert import (
 )
 from .proxy_stream import Save, Shared, replay
 from .proxy_support import HostDep, PrincipalDep, ProxyHost
-from .proxy_upstream import Upstream, call_upstream, flight_key, pass_back, upstream_headers
+from .proxy_upstream import (
+    Upstream,
+    call_upstream,
+    flight_key,
+    get_upstream,
+    pass_back,
+    upstream_headers,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Proxy", "proxy_router"]
+__all__ = ["DOCUMENTED_MODELS", "Proxy", "proxy_router"]
+
+#: Models the proxy's document refers to by name without a route returning them as such.
+DOCUMENTED_MODELS = (ChatCompletion,)
 
 log = logging.getLogger("semcache.server")
 
@@ -177,9 +188,20 @@ class Proxy:
             req = build_request(
                 messages=messages, model=body.model, params=params, namespace=principal.tenant
             )
-        except InvalidInputError:
+        except InvalidInputError as exc:
             if sc.upstream is None:
-                raise  # cache-only: nothing else could answer, so say why it cannot be keyed
+                # cache-only: a request the cache cannot key is never in it, so it is a miss
+                # (nothing else could answer); the message says why it cannot be keyed
+                return JSONResponse(
+                    error_json(
+                        f"cache miss and no upstream is configured: the request cannot be "
+                        f"cached ({exc})",
+                        "cache_miss",
+                        404,
+                    ),
+                    status_code=404,
+                    headers={"x-semcache": "bypass"},
+                )
             # a valid OpenAI request the cache cannot key (no user turn, an image-only or
             # blank last turn, a very long model name): the upstream still answers it
             return await self._bypass(request, payload, principal, opts, stream)
@@ -357,27 +379,87 @@ class Proxy:
         return Response(up.body, status_code=up.status, headers={**up.headers, **marker})
 
 
+class EventStreamResponse(Response):
+    """The media type of a streamed answer (only what the OpenAPI document shows first)."""
+
+    media_type = "text/event-stream"
+
+
+#: Statuses an upstream answers that are passed through unchanged (the body as it wrote it).
+_PASSED_THROUGH: dict[int | str, str] = {
+    400: "The upstream rejected the request (passed through).",
+    401: "Missing or invalid token, or (passed through) the upstream rejected the key.",
+    403: "The token may not do this, or (passed through) the upstream refused.",
+    404: "A miss with no upstream configured (cache-only mode), or (passed through) an "
+    "upstream 404 (an unknown model, say).",
+    413: "The request body is too large.",
+    422: "Malformed JSON or invalid fields, or (passed through) the upstream's 422.",
+    429: "The upstream's rate limit (passed through, with its `retry-after` and "
+    "`x-ratelimit-*` headers).",
+    500: "The upstream failed (passed through).",
+    502: "The upstream is unreachable (or, passed through, its own 502).",
+    503: "A tier is unavailable, or (passed through) the upstream is.",
+    504: "The upstream timed out (or, passed through, its own 504).",
+    "4XX": "Another upstream client error, passed through.",
+    "5XX": "Another upstream server error, passed through.",
+}
+_HIT_HEADERS: dict[str, Any] = {
+    "X-Semcache": {
+        "description": "`hit` (from the cache), `miss` (from the upstream) or `bypass`.",
+        "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]},
+    },
+    "X-Semcache-Kind": {
+        "description": "On a hit: `exact` or `semantic`.",
+        "schema": {"type": "string", "enum": ["exact", "semantic"]},
+    },
+    "X-Semcache-Similarity": {"description": "On a hit: the similarity.", "schema": {"type": "string"}},
+    "X-Semcache-Tier": {"description": "On a hit: the tier.", "schema": {"type": "string"}},
+    "X-Semcache-Entry-Id": {"description": "On a hit: the entry.", "schema": {"type": "string"}},
+    "X-Semcache-Age": {"description": "On a hit: seconds since stored.", "schema": {"type": "string"}},
+}
+_SSE_DESCRIPTION = (
+    "Server-sent events: `data: {chat.completion.chunk}` lines, each followed by a blank "
+    "line, and `data: [DONE]` last."
+)
+
+
+def _chat_responses() -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": (
+                "With `stream: true`, server-sent events (`text/event-stream`); otherwise a "
+                "`chat.completion` (`application/json`). The event stream is listed first: "
+                "a client that reads only one of them reads the body as text, which is right "
+                "for both."
+            ),
+            "headers": _HIT_HEADERS,
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": _SSE_DESCRIPTION}
+                },
+                "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+            },
+        }
+    }
+    for code, words in _PASSED_THROUGH.items():
+        # named in full: the route's own media type (the event stream) is not the errors'
+        out[code] = {
+            "description": words,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
+    return out
+
+
 def proxy_router() -> APIRouter:
-    """The router with ``POST /v1/chat/completions``."""
+    """The router with ``POST /v1/chat/completions`` and ``GET /v1/models``."""
     router = APIRouter()
 
     @router.post(
         "/v1/chat/completions",
         tags=["openai"],
-        responses={
-            200: {
-                "description": "A chat.completion (or, with stream=true, server-sent chunks).",
-                "content": {"application/json": {}, "text/event-stream": {}},
-            },
-            401: {"model": ErrorBody},
-            403: {"model": ErrorBody},
-            404: {
-                "model": ErrorBody,
-                "description": "A miss with no upstream configured (cache-only mode).",
-            },
-            413: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-        },
+        operation_id="chatCompletions",
+        response_class=EventStreamResponse,
+        responses=_chat_responses(),
     )
     async def chat_completions(
         body: ChatCompletionBody, request: Request, sc: HostDep, principal: PrincipalDep
@@ -385,4 +467,51 @@ def proxy_router() -> APIRouter:
         """OpenAI-compatible chat completions: answered from the cache, or forwarded upstream and stored."""
         return await sc.proxy.handle(request, body, principal)  # type: ignore[no-any-return]
 
+    @router.get(
+        "/v1/models",
+        tags=["openai"],
+        operation_id="listModels",
+        response_model=ModelList,
+        responses={
+            code: {"model": ErrorBody, "description": _PASSED_THROUGH[code]}
+            for code in (401, 403, 404, 429, 500, 502, 503, 504, "4XX", "5XX")
+        },
+    )
+    async def list_models(request: Request, sc: HostDep, principal: PrincipalDep) -> Response:
+        """The models: the upstream's list (forwarded, with the same credentials as a chat
+        call), or, cache-only, the models of the newest entries (the tenant's own for a
+        tenant token)."""
+        if sc.upstream is not None:
+            headers = upstream_headers(request, principal, sc.config.upstream_api_key)
+            up = await get_upstream(sc, "models", headers)
+            return Response(up.body, status_code=up.status, headers=up.headers)
+        models = await _cached_models(sc, principal)
+        data = [{"id": m, "object": "model", "owned_by": "semcache"} for m in models]
+        return JSONResponse({"object": "list", "data": data})
+
     return router
+
+
+#: How many of the newest entries the cache-only ``/v1/models`` reads.
+MODELS_SCAN = 1000
+
+
+async def _cached_models(sc: ProxyHost, principal: Principal) -> list[str]:
+    """The distinct models of the newest :data:`MODELS_SCAN` entries, in order of first sight."""
+    sel = Selector(namespace=principal.tenant) if principal.tenant is not None else None
+    seen: dict[str, None] = {}
+    list_entries: Any = getattr(sc.cache, "list_entries", None)
+    if list_entries is None:
+        return []
+    page = 500
+    for offset in range(0, MODELS_SCAN, page):
+        try:
+            entries = await list_entries(sel, limit=page, offset=offset)
+        except InvalidInputError:  # L1 only: nothing to list
+            break
+        for e in entries:
+            if e.model:
+                seen.setdefault(e.model, None)
+        if len(entries) < page:
+            break
+    return list(seen)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Protocol
 
 import httpx
-from fastapi import Depends, Header, Request
-from fastapi.security import HTTPBearer
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from ..keys import Request as CacheRequest
 from ..readthrough import AsyncCache
@@ -96,13 +96,24 @@ def host(request: Request) -> ProxyHost:
     return request.app.state.sidecar  # type: ignore[no-any-return]
 
 
-_bearer = HTTPBearer(auto_error=False, description="A tenant token, or the admin token.")
+_bearer = HTTPBearer(
+    auto_error=False, description="A tenant token, or the admin token."
+)
+_token_header = APIKeyHeader(
+    name="X-Semcache-Token",
+    auto_error=False,
+    scheme_name="semcacheToken",
+    description=(
+        "The semcache token in a header of its own, which leaves `Authorization` free for "
+        "the caller's upstream key (the proxy)."
+    ),
+)
 
 
 def principal(
     request: Request,
     _doc: Annotated[Any, Depends(_bearer)] = None,
-    x_semcache_token: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_semcache_token: Annotated[str | None, Depends(_token_header)] = None,
 ) -> Principal:
     """Resolve the caller (a FastAPI dependency)."""
     return host(request).auth.resolve(request.headers.get("authorization"), x_semcache_token)

@@ -26,6 +26,7 @@ from .proxy_support import ProxyHost
 __all__ = [
     "Upstream",
     "call_upstream",
+    "get_upstream",
     "flight_key",
     "open_stream",
     "pass_back",
@@ -151,3 +152,15 @@ async def open_stream(
             await resp.aclose()
         return Upstream(resp.status_code, content, pass_back(resp.headers))
     return resp
+
+
+async def get_upstream(host: ProxyHost, path: str, headers: dict[str, str]) -> Upstream:
+    """One ``GET`` of the upstream (``models``, say), read to the end."""
+    assert host.upstream is not None
+    headers = {k: v for k, v in headers.items() if k != "content-type"}
+    try:
+        resp = await host.upstream.get(path, headers=headers)
+    except httpx.HTTPError as exc:
+        return _transport_failure(host, exc, JSON)
+    host.metrics.upstream_requests.labels(str(resp.status_code)).inc()
+    return Upstream(resp.status_code, resp.content, pass_back(resp.headers))

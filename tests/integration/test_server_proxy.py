@@ -233,14 +233,19 @@ async def test_requests_the_cache_cannot_key_go_upstream_uncached(sidecar, upstr
     assert (await sidecar.get("/v1/entries", headers=auth(TENANT_A))).json()["entries"] == []
 
 
-async def test_requests_the_cache_cannot_key_are_422_without_an_upstream(tmp_path):
+async def test_requests_the_cache_cannot_key_are_a_miss_without_an_upstream(tmp_path):
+    # a valid OpenAI request that cannot be cached is never in the cache: cache-only, it is
+    # the documented 404 miss (not a 422 the schema does not announce), saying why
     async with in_process(create_app(server_config(tmp_path))) as client:
         r = await client.post(
             "/v1/chat/completions",
             json={"model": "m", "messages": [{"role": "system", "content": "x"}]},
             headers=auth(TENANT_A),
         )
-        assert r.status_code == 422 and "user turn" in r.json()["error"]["message"]
+        assert r.status_code == 404, r.text
+        assert r.headers["x-semcache"] == "bypass"
+        error = r.json()["error"]
+        assert error["type"] == "cache_miss" and "user turn" in error["message"]
 
 
 async def test_no_upstream_means_cache_only(tmp_path):
