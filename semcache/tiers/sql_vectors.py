@@ -49,6 +49,19 @@ def vector_text(v: np.ndarray) -> str:
 
 _table: Table | None = None
 
+#: The search's settings, for the session of the pooled connection that runs it: the
+#: HNSW candidate list, the iterative scan with its budget, and a plan made for each
+#: search's own scope (never a generic plan of the prepared statement: a small scope takes
+#: its btree and an exact sort, a large one the HNSW scan). They change nothing else the
+#: SQL tier runs on that connection, but for re-planning its prepared statements.
+_SETTINGS = text(
+    "SELECT set_config('hnsw.ef_search', :ef, false), "
+    "set_config('hnsw.iterative_scan', 'strict_order', false), "
+    "set_config('hnsw.max_scan_tuples', :mst, false), "
+    "set_config('plan_cache_mode', 'force_custom_plan', false)"
+)
+_SETTINGS_MARK = "semcache_vector_search"
+
 
 def _vectors_table() -> Table:
     global _table
@@ -162,19 +175,15 @@ class VectorsPart(SQLPart):
         inner products, best first."""
         v = np.asarray(vector, dtype=np.float32).ravel()
         stmt = self._search_stmt(int(v.size))
+        settings = (int(max(ef_search, k)), int(max_scan_tuples))
         try:
-            with self._guard(), self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "SELECT set_config('hnsw.ef_search', :ef, true), "
-                        "set_config('hnsw.iterative_scan', 'strict_order', true), "
-                        "set_config('hnsw.max_scan_tuples', :mst, true), "
-                        # planned for this scope each time, never a generic plan: a
-                        # small scope takes its btree, a large one the HNSW scan
-                        "set_config('plan_cache_mode', 'force_custom_plan', true)"
-                    ),
-                    {"ef": str(int(max(ef_search, k))), "mst": str(int(max_scan_tuples))},
-                )
+            with self._guard(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                # the search's settings once per pooled connection, for its session: then a
+                # search is one statement, with no transaction around it
+                info = conn.connection.info
+                if info.get(_SETTINGS_MARK) != settings:
+                    conn.execute(_SETTINGS, {"ef": str(settings[0]), "mst": str(settings[1])})
+                    info[_SETTINGS_MARK] = settings
                 rows = conn.execute(stmt, {"q": vector_text(v), "m": embedder_id, "s": scope, "k": int(k)}).all()
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
