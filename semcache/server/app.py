@@ -69,7 +69,6 @@ try:
     from fastapi import APIRouter, FastAPI, Path, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
-    from fastapi.routing import APIRoute
     from starlette.routing import Match
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -537,7 +536,12 @@ def _api_router() -> APIRouter:
         response_model=FeedbackResponse,
         tags=["cache"],
         operation_id="feedback",
-        responses=errors(*_BODY_ERRORS, 404),
+        responses=errors(
+            *_BODY_ERRORS,
+            404,
+            e409="The report contradicts the entry: another scope than the entry's, or the "
+            "entry's own prompt given as the request of a semantic hit.",
+        ),
     )
     async def feedback(body: FeedbackRequest, sc: SidecarDep, principal: PrincipalDep) -> Any:
         """Report whether a hit answered its request correctly (the label is kept).
@@ -563,6 +567,10 @@ def _api_router() -> APIRouter:
             )
         except UnknownEntryError:  # removed meanwhile
             return error_response(404, "no such entry", "not_found")
+        except InvalidInputError as exc:
+            # a well-formed report that contradicts the entry (another scope; the entry's
+            # own prompt as the request of a semantic hit): a conflict with what is stored
+            return error_response(409, str(exc), "conflict")
         return JSONResponse(result.as_dict())
 
     @router.get(
@@ -605,16 +613,21 @@ def _api_router() -> APIRouter:
     return router
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app answers on the request's path (HEAD with GET)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, APIRoute):
-            match, _ = route.matches({**request.scope, "method": "GET"})
-            if match != Match.NONE:
-                methods |= route.methods or set()
-    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+    """Every method some route of the app answers on the request's path: each method is
+    tried against the routes, as routing would match it."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in routes
+        )
+    ]
 
 
 def _exact_key_rules(node: Any) -> None:
@@ -635,6 +648,20 @@ def _exact_key_rules(node: Any) -> None:
             _exact_key_rules(v)
 
 
+def _stream_schemas(doc: dict[str, Any]) -> None:
+    """An event stream described by ``itemSchema`` (each event) keeps a ``schema`` of no
+    type for the whole stream: FastAPI's default ``string`` would not hold for it read as
+    the list of its events, as OpenAPI 3.2 reads it."""
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            for response in op.get("responses", {}).values():
+                media = response.get("content", {}).get("text/event-stream")
+                if isinstance(media, dict) and "itemSchema" in media:
+                    media["schema"] = {
+                        k: v for k, v in media.get("schema", {}).items() if k != "type"
+                    }
+
+
 def _openapi(
     app: FastAPI, auth: bool, DOCUMENTED_MODELS: tuple[type[BaseModel], ...]  # noqa: N803
 ) -> Callable[[], dict[str, Any]]:
@@ -650,6 +677,7 @@ def _openapi(
                 routes=app.routes,
             )
             _exact_key_rules(doc)
+            _stream_schemas(doc)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             for model in DOCUMENTED_MODELS:  # named by a route's document, used by none's code
                 schemas.setdefault(model.__name__, model.model_json_schema())

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     WithJsonSchema,
@@ -94,7 +95,8 @@ def check_text(value: Any, depth: int = 0) -> None:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON value of another type is a 422 (as the schema says), never coerced
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -185,7 +187,7 @@ class Message(BaseModel):
     """One OpenAI-style chat message, as the proxy forwards it; fields beyond ``role`` and
     ``content`` are kept (they are scope)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -194,7 +196,7 @@ class Message(BaseModel):
 class TextPart(BaseModel):
     """A text part of a message's content."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: Literal["text"]
     text: _NoNul
@@ -204,7 +206,7 @@ class MediaPart(BaseModel):
     """A part of a message's content that is not text (an image, audio, a file, a refusal):
     scope, never matched on."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: Literal["image_url", "input_audio", "file", "refusal"]
 
@@ -226,7 +228,7 @@ class UserMessage(BaseModel):
     """A user turn: its content holds text to match on (the last user turn's text is
     matched; every user turn must have some)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["user"]
     content: PromptText | Annotated[
@@ -252,7 +254,7 @@ class UserMessage(BaseModel):
 class OtherMessage(BaseModel):
     """A system, developer, assistant, tool or function turn (scope, never matched on)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
@@ -298,7 +300,7 @@ class _Scoped(_Body):
     it out); a body with both or neither is a 422.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_EXACTLY_ONE_PROMPT)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_EXACTLY_ONE_PROMPT)
 
     prompt: PromptText | None = Field(
         None,
@@ -342,11 +344,20 @@ class LookupRequest(_Scoped):
     include_value: bool = Field(True, description="Return the cached value on a hit.")
 
 
+def _integral(value: Any) -> Any:
+    """``5.0`` as ``5``: JSON Schema's ``integer`` is any number without a fraction."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class ExplainRequest(_Scoped):
     """Explain the decision for a prompt: nearest candidates, checks, decision."""
 
     threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    k: int = Field(5, ge=1, le=50, description="How many nearest candidates to show.")
+    k: Annotated[int, BeforeValidator(_integral)] = Field(
+        5, ge=1, le=50, description="How many nearest candidates to show."
+    )
 
 
 class StoreRequest(_Scoped):
@@ -406,7 +417,7 @@ class InvalidateRequest(_Body):
     `messages` are alternatives: at most one of them. A tenant is always confined to its
     own entries."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_INVALIDATE_RULES)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_INVALIDATE_RULES)
 
     entry_id: str | None = Field(None, description="One entry id (its exact key).", min_length=1)
     keys: list[str] = Field(
@@ -722,7 +733,7 @@ class ChatCompletion(BaseModel):
 class ChatCompletionBody(BaseModel):
     """An OpenAI chat completion request; fields not listed are forwarded unchanged."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(..., min_length=1)
     messages: list[Message] = Field(..., min_length=1)

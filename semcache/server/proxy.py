@@ -435,7 +435,19 @@ def _chat_responses() -> dict[int | str, dict[str, Any]]:
             "headers": _HIT_HEADERS,
             "content": {
                 "text/event-stream": {
-                    "schema": {"type": "string", "description": _SSE_DESCRIPTION}
+                    # the whole stream (any: read as text); each event, in itemSchema
+                    "schema": {"description": _SSE_DESCRIPTION},
+                    "itemSchema": {
+                        "type": "object",
+                        "description": "One event: `data` is a `chat.completion.chunk` as JSON, or `[DONE]`.",
+                        "properties": {
+                            "data": {"type": "string"},
+                            "event": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer"},
+                        },
+                        "required": ["data"],
+                    },
                 },
                 "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
             },

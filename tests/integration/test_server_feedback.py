@@ -117,16 +117,17 @@ async def test_bad_bodies_get_422_with_a_json_error(app_client, body):
     assert (await _lookup(client, Q))["hit"] is True
 
 
-async def test_request_semantics_errors_get_422(app_client):
+async def test_request_semantics_errors_get_422_and_a_conflict_409(app_client):
     _, client = app_client
     entry = await _store(client, model="m")
-    for body in (
-        {"prompt": Q, "model": "other"},  # another scope than the entry's
-        {"prompt": "how do I\u0000 reverse"},  # a NUL in the prompt
-        {"prompt": "   "},  # nothing but blanks
+    for body, status in (
+        # a well-formed report that contradicts the entry: a conflict, not a schema violation
+        ({"prompt": Q, "model": "other"}, 409),  # another scope than the entry's
+        ({"prompt": "how do I\u0000 reverse"}, 422),  # a NUL in the prompt
+        ({"prompt": "   "}, 422),  # nothing but blanks
     ):
         r = await _feedback(client, entry_id=entry, correct=False, **body)
-        assert r.status_code == 422, (body, r.text)
+        assert r.status_code == status, (body, r.text)
         assert r.json()["error"]["message"]
     assert (await _lookup(client, Q, model="m"))["hit"] is True
 
@@ -135,4 +136,4 @@ async def test_the_route_is_in_the_openapi_document(app_client):
     _, client = app_client
     doc = (await client.get("/openapi.json")).json()
     op = doc["paths"]["/v1/feedback"]["post"]
-    assert {"200", "404", "422"} <= set(op["responses"])
+    assert {"200", "404", "409", "422"} <= set(op["responses"])
