@@ -409,3 +409,212 @@ async def test_prompt_pattern_filters_before_it_pages(client, monkeypatch):
     assert await page(limit=2, offset=3) == []
     # other criteria still apply, in the database
     assert await page(limit=10, model="no-such-model") == []
+
+
+# -- the OpenAPI document: what client generators and schemathesis rely on ---------------
+
+
+def _validator(doc: dict, name: str):
+    """A JSON Schema validator for the document's component ``name`` (refs resolved in it)."""
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    )
+
+
+async def test_operation_ids_are_readable(client):
+    doc = (await client.get("/openapi.json")).json()
+    ids = {
+        (method.upper(), path): op["operationId"]
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
+    assert ids == {
+        ("GET", "/healthz"): "healthz",
+        ("GET", "/readyz"): "readyz",
+        ("GET", "/metrics"): "metrics",
+        ("POST", "/v1/lookup"): "lookup",
+        ("POST", "/v1/explain"): "explain",
+        ("POST", "/v1/entries"): "store",
+        ("GET", "/v1/entries"): "listEntries",
+        ("GET", "/v1/entries/{entry_id}"): "getEntry",
+        ("DELETE", "/v1/entries/{entry_id}"): "deleteEntry",
+        ("POST", "/v1/invalidate"): "invalidate",
+        ("POST", "/v1/flush"): "flush",
+        ("POST", "/v1/feedback"): "feedback",
+        ("GET", "/v1/stats"): "stats",
+        ("POST", "/v1/index/rebuild"): "rebuildIndex",
+        ("GET", "/v1/index/check"): "checkIndex",
+        ("POST", "/v1/chat/completions"): "chatCompletions",
+        ("GET", "/v1/models"): "listModels",
+    }
+
+
+async def test_routes_without_a_token_document_no_auth_errors(client):
+    doc = (await client.get("/openapi.json")).json()
+    for path in ("/healthz", "/readyz", "/metrics"):
+        op = doc["paths"][path]["get"]
+        assert "security" not in op, path
+        assert not {"401", "403"} & set(op["responses"]), path
+        assert (await client.get(path)).status_code in (200, 503)  # and indeed none is asked
+    lookup_op = doc["paths"]["/v1/lookup"]["post"]
+    assert {"401", "403", "413", "422", "503"} <= set(lookup_op["responses"])
+    assert lookup_op["security"] == [{"HTTPBearer": []}, {"semcacheToken": []}]
+    error = lookup_op["responses"]["422"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+async def test_auth_off_documents_no_auth(tmp_path):
+    async with in_process(create_app(server_config(tmp_path, auth=False))) as c:
+        doc = (await c.get("/openapi.json")).json()
+    op = doc["paths"]["/v1/lookup"]["post"]
+    assert "security" not in op and "401" not in op["responses"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/v1/entries", "GET, POST"),
+        ("PUT", "/v1/entries", "GET, POST"),
+        ("POST", "/v1/entries/abc", "GET, DELETE"),
+        ("DELETE", "/v1/lookup", "POST"),
+    ],
+)
+async def test_405_allow_names_every_method_of_the_path(client, method, path, allow):
+    r = await client.request(method, path, headers=auth(TENANT_A))
+    assert r.status_code == 405
+    assert r.headers["allow"] == allow
+    assert r.json()["error"]["code"] == 405
+
+
+async def test_request_bodies_are_models_without_a_top_level_one_of(client):
+    doc = (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for name in ("LookupRequest", "StoreRequest", "ExplainRequest", "FeedbackRequest", "InvalidateRequest"):
+        schema = schemas[name]
+        assert schema["type"] == "object" and "properties" in schema, name
+        assert not {"oneOf", "anyOf", "allOf"} & set(schema), name
+    for path, ref in (("/v1/lookup", "LookupRequest"), ("/v1/entries", "StoreRequest"), ("/v1/explain", "ExplainRequest")):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{ref}"}
+
+
+#: Bodies for /v1/lookup, each with whether the route accepts it.
+LOOKUP_BODIES = [
+    ({"prompt": "x", "messages": None}, True),  # a null is the same as leaving it out
+    ({"prompt": None, "messages": [{"role": "user", "content": "x"}]}, True),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, True),
+    ({}, False),  # neither
+    ({"prompt": None, "messages": None}, False),
+    ({"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, False),  # both
+    ({"messages": [{"role": "tool", "content": "x"}]}, False),  # no user turn
+    ({"messages": [{"role": "user", "content": "   "}]}, False),  # a blank user turn
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]}, False),
+    ({"prompt": " \t\n\u3000"}, False),  # blank
+    ({"prompt": "a\u0000b"}, False),  # NUL
+    ({"prompt": "x", "model": "m" * 256}, False),
+    ({"prompt": "x", "include_value": 0}, False),  # no coercion: a number is not a boolean
+    ({"prompt": "x", "threshold": False}, False),
+    ({"prompt": "x", "threshold": 1}, True),
+]
+
+
+@pytest.mark.parametrize(("body", "accepted"), LOOKUP_BODIES)
+async def test_the_lookup_schema_says_what_the_route_accepts(client, body, accepted):
+    doc = (await client.get("/openapi.json")).json()
+    assert _validator(doc, "LookupRequest").is_valid(body) is accepted
+    r = await client.post("/v1/lookup", json=body, headers=auth(TENANT_A))
+    assert (r.status_code == 200) is accepted, r.text
+    if not accepted:
+        assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        ({"prompt": "x", "value": 1, "tags": ["a", "b"]}, True),
+        ({"prompt": "x", "value": 1, "tags": [""]}, False),
+        ({"prompt": "x", "value": 1, "tags": ["t" * 256]}, False),
+        ({"prompt": "x", "value": 1, "metadata": {"usage": {"total_tokens": 5}, "n": [1, "a"]}}, True),
+        ({"prompt": "x", "value": 1, "metadata": {"deep": [{"s": "a\u0000"}]}}, False),
+        ({"prompt": "x", "value": 1, "metadata": {"k\u0000": 1}}, False),
+        ({"prompt": "x", "value": 1, "ttl_seconds": 0}, False),
+        ({"prompt": "x"}, False),  # no value
+    ],
+)
+async def test_the_store_schema_says_what_the_route_accepts(client, body, accepted):
+    doc = (await client.get("/openapi.json")).json()
+    assert _validator(doc, "StoreRequest").is_valid(body) is accepted
+    r = await client.post("/v1/entries", json=body, headers=auth(TENANT_A))
+    assert (r.status_code == 201) is accepted, r.text
+    if not accepted:
+        assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        ({"tag": "x"}, True),
+        ({"prompt": "x", "dry_run": True}, True),
+        ({"keys": ["a"]}, True),
+        ({}, False),  # no criterion
+        ({"dry_run": True, "params": {"t": 1}}, False),  # neither is a criterion
+        ({"keys": []}, False),
+        ({"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, False),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, False),
+    ],
+)
+async def test_the_invalidate_schema_says_what_the_route_accepts(client, body, accepted):
+    doc = (await client.get("/openapi.json")).json()
+    assert _validator(doc, "InvalidateRequest").is_valid(body) is accepted
+    r = await client.post("/v1/invalidate", json=body, headers=auth(TENANT_A))
+    assert (r.status_code == 200) is accepted, r.text
+    if not accepted:
+        assert r.status_code == 422
+
+
+async def test_explain_stats_and_index_answers_match_their_schemas(client):
+    doc = (await client.get("/openapi.json")).json()
+    await store(client, model="m")
+    answers = {
+        "ExplainResponse": await client.post(
+            "/v1/explain", json={"prompt": "what is the capital of france", "model": "m"}, headers=auth(TENANT_A)
+        ),
+        "StatsResponse": await client.get("/v1/stats", headers=auth(ADMIN)),
+        "IndexRebuildResponse": await client.post("/v1/index/rebuild", headers=auth(ADMIN)),
+        "IndexCheckResponse": await client.get("/v1/index/check", headers=auth(ADMIN)),
+    }
+    routes = {
+        "ExplainResponse": ("/v1/explain", "post"),
+        "StatsResponse": ("/v1/stats", "get"),
+        "IndexRebuildResponse": ("/v1/index/rebuild", "post"),
+        "IndexCheckResponse": ("/v1/index/check", "get"),
+    }
+    for name, r in answers.items():
+        assert r.status_code == 200, r.text
+        path, method = routes[name]
+        documented = doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+        assert documented["schema"] == {"$ref": f"#/components/schemas/{name}"}
+        v = _validator(doc, name)
+        assert v.is_valid(r.json()), (name, r.json())
+    assert answers["ExplainResponse"].json()["candidates"][0]["guards"]
+    # and the schemas say something: a wrong shape is not valid
+    assert not _validator(doc, "ExplainResponse").is_valid({"key": "k"})
+    assert not _validator(doc, "IndexRebuildResponse").is_valid({"vectors": "many"})
+
+
+async def test_models_cache_only_are_the_models_in_the_cache(client):
+    await store(client, model="m-a1")
+    await store(client, prompt="another question", model="m-a2")
+    await store(client, prompt="no model at all")
+    await store(client, token=TENANT_B, model="m-b")
+    r = await client.get("/v1/models", headers=auth(TENANT_A))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list"
+    assert sorted(m["id"] for m in body["data"]) == ["m-a1", "m-a2"]  # the tenant's own
+    assert all(m["object"] == "model" for m in body["data"])
+    admin = (await client.get("/v1/models", headers=auth(ADMIN))).json()
+    assert sorted(m["id"] for m in admin["data"]) == ["m-a1", "m-a2", "m-b"]
+    assert (await client.get("/v1/models")).status_code == 401

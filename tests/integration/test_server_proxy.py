@@ -662,3 +662,56 @@ async def test_followers_of_a_streamed_leader_with_an_error_status_ask_upstream_
         )
         assert [r.status_code for r in rs] == [401, 401]
         assert all("x-semcache-shared" not in r.headers for r in rs) and len(seen) == 2
+
+
+# -- the OpenAPI document of the proxy ------------------------------------------------------
+
+
+async def test_the_chat_route_documents_both_answers_and_every_passed_status(sidecar):
+    doc = (await sidecar.get("/openapi.json")).json()
+    op = doc["paths"]["/v1/chat/completions"]["post"]
+    ok = op["responses"]["200"]
+    # the event stream first (a client reading one of them reads text, right for both)
+    assert list(ok["content"]) == ["text/event-stream", "application/json"]
+    assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletion"}
+    assert "ChatCompletion" in doc["components"]["schemas"]
+    event = ok["content"]["text/event-stream"]["itemSchema"]
+    assert event["required"] == ["data"]
+    assert "X-Semcache" in ok["headers"]
+    passed = {"400", "401", "403", "404", "422", "429", "500", "502", "503", "504", "4XX", "5XX"}
+    assert passed <= set(op["responses"])
+    for code in passed:
+        content = op["responses"][code]["content"]
+        assert content == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+async def test_answers_have_the_documented_content_types(sidecar, upstream):
+    body = {"model": "stand-in-1", "messages": Q}
+    streamed = await sidecar.post("/v1/chat/completions", json={**body, "stream": True}, headers=auth(TENANT_A))
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    plain = await sidecar.post("/v1/chat/completions", json=body, headers=auth(TENANT_A))
+    assert plain.headers["content-type"].startswith("application/json") and plain.json()["choices"]
+    limited = await sidecar.post(
+        "/v1/chat/completions",
+        json={"model": "stand-in-1", "messages": [{"role": "user", "content": "[[error:429]]"}]},
+        headers=auth(TENANT_A),
+    )
+    assert limited.status_code == 429 and limited.json()["error"]["message"] == "stand-in error 429"
+
+
+async def test_models_are_forwarded_to_the_upstream(sidecar, upstream):
+    r = await sidecar.get("/v1/models", headers=auth(TENANT_A))
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == [{"id": "stand-in-1", "object": "model", "owned_by": "test"}]
+    # the official client lists them too
+    listed = await oai(sidecar).models.list()
+    assert [m.id for m in listed.data] == ["stand-in-1"]
+    assert (await sidecar.get("/v1/models")).status_code == 401
+
+
+async def test_models_upstream_unreachable_is_a_502(tmp_path):
+    cfg = server_config(tmp_path, upstream_url="http://127.0.0.1:9/v1")
+    async with in_process(create_app(cfg)) as client:
+        r = await client.get("/v1/models", headers=auth(TENANT_A))
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_unreachable"
