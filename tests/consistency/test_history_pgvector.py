@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tests._history import FaultInjector, WorkloadSpec, run_workload
+from tests._history import WorkloadSpec, run_workload
 from tests._servers import PostgresServer, PostgresServerUnavailable
-from tests.consistency.test_history import _explain, _report
+from tests.consistency.test_history import _explain, _report, redis_and_postgres_faults
 
 pytestmark = [pytest.mark.pgvector, pytest.mark.postgres]
 
@@ -61,20 +61,7 @@ def test_semantic_reads_on_pgvector_without_redis(own_pgvector, tmp_path):
 
 
 def test_semantic_reads_on_pgvector_and_redis_under_faults(own_pgvector, own_redis, tmp_path, key_prefix):
-    def redis_kill():
-        own_redis.kill()
-        time.sleep(0.3)  # pacing: the outage lasts a moment
-        own_redis.start()
-
-    def postgres_kill():
-        own_pgvector.kill()
-        own_pgvector.start()
-
-    injector = FaultInjector(
-        {"redis_kill": redis_kill, "postgres_restart": own_pgvector.restart, "postgres_kill": postgres_kill},
-        pause=1.5,
-        first_after=1.0,
-    )
+    injector = redis_and_postgres_faults(own_redis, own_pgvector)
     spec = _spec(sql_url=own_pgvector.url, redis_url=own_redis.url, redis_prefix=key_prefix,
                  duration=12.0, ops_per_thread=15_000)
     result = run_workload(spec, tmp_path, injector=injector)
