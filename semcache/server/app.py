@@ -790,7 +790,11 @@ def create_app(
         version=__version__,
         summary="A multi-level semantic cache for LLM calls: JSON API and OpenAI-compatible proxy.",
         lifespan=lifespan,
+        # /docs is served below with Swagger UI's own files, not from a CDN (offline hosts)
+        docs_url=None,
+        redoc_url=None,
     )
+    _install_docs(app)
     app.state.sidecar = sidecar
     app.include_router(_api_router())
     app.include_router(proxy_router())
@@ -800,3 +804,27 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(PrometheusMiddleware, metrics=sidecar.metrics)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the files of the ``swagger-ui-bundle`` package, served
+    at ``/docs/assets``, so that the page works on a host with no internet access."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # pragma: no cover - a server extra; without it there is no /docs
+        return
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
