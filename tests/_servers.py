@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,31 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+
+
+class _Managed:
+    """``with server:`` starts it (closing it again if the start fails) and closes it."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class RedisServerUnavailable(RuntimeError):
@@ -99,7 +125,7 @@ def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(_Managed):
     """A private ``redis-server`` on a loopback port, files in a temp dir.
 
     No persistence (``--save '' --appendonly no``): every :meth:`start`
@@ -211,21 +237,6 @@ class RedisServer:
                 shutil.rmtree(self._dir, ignore_errors=True)
                 self._dir = None
 
-    # -- context manager ----------------------------------------------------
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:  # last-resort safety net; close() is the API
         try:
@@ -302,7 +313,7 @@ def _pg_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class PostgresServer:
+class PostgresServer(_Managed):
     """A private PostgreSQL cluster on a loopback port, files in a temp dir.
 
     ``initdb`` runs once (trust auth on loopback, fsync off); :meth:`start` creates
@@ -514,21 +525,6 @@ class PostgresServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    # -- context manager ----------------------------------------------------
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -580,7 +576,7 @@ def find_redis_cli() -> str:
     raise RedisServerUnavailable("redis-cli not found (it comes with redis-server)")
 
 
-class RedisClusterServer:
+class RedisClusterServer(_Managed):
     """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, on
     loopback ports (each with its bus port free), files in a temp dir, no persistence.
 
@@ -803,20 +799,6 @@ class RedisClusterServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> RedisClusterServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:  # last-resort safety net; close() is the API
         try:
