@@ -142,6 +142,18 @@ class AsyncSemanticCache:
         """Same as :meth:`SemanticCache.stats` (no I/O)."""
         return self._cache.stats()
 
+    def namespace_stats(self, namespace: str | None) -> dict[str, Any]:
+        """Same as :meth:`SemanticCache.namespace_stats` (no I/O)."""
+        return self._cache.namespace_stats(namespace)
+
+    def namespace_rows(self, limit: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Same as :meth:`SemanticCache.namespace_rows` (no I/O)."""
+        return self._cache.namespace_rows(limit)
+
+    def track_namespaces(self, namespaces: Sequence[str | None]) -> None:
+        """Same as :meth:`SemanticCache.track_namespaces` (no I/O)."""
+        self._cache.track_namespaces(namespaces)
+
     # -- reads -----------------------------------------------------------------
     def lookup_memory(self, request: Request) -> Hit | None:
         """An exact hit from L1, answered on the event loop without a thread hop; else ``None``.

@@ -30,7 +30,7 @@ from .keys import Request, build_request
 from .lookup import Reader
 from .reindex import Reindexer
 from .replicas import Replicas
-from .stats import Counters, collect
+from .stats import Counters, collect, namespace_report, namespace_rows
 from .store import Writer
 from .tiers import build_tiers
 from .tiers.base import Backend
@@ -375,6 +375,26 @@ class SemanticCache:
         out["feedback"]["blocked_pairs"] = self._feedback.blocked_pairs
         out["audits"]["running"] = self._audits.running
         return out
+
+    def namespace_stats(self, namespace: str | None) -> dict[str, Any]:
+        """One namespace's (a tenant's) counters since open: lookups, hits by kind, misses,
+        hit rate, sets, invalidated, tokens and money saved (:func:`semcache.stats.namespace_report`).
+
+        Counted in this process, like :meth:`stats`. The first
+        :data:`~semcache.stats.MAX_TRACKED_NAMESPACES` namespaces seen are counted one by
+        one; a later one reports ``"tracked": false`` and zeros.
+        """
+        tracked, c = self._core.tenants.get(namespace)
+        return namespace_report(namespace, tracked, c)
+
+    def namespace_rows(self, limit: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The first ``limit`` namespaces' :meth:`namespace_stats`, in the order first seen
+        (a stable set: what bounds a per-tenant metric's labels), and the rest summed."""
+        return namespace_rows(self._core.tenants, limit)
+
+    def track_namespaces(self, namespaces: Sequence[str | None]) -> None:
+        """Count these namespaces one by one first, in this order (a sidecar's tenants)."""
+        self._core.tenants.register(namespaces)
 
     def health(self) -> dict[str, Any]:
         """Ping every tier: ``{"l1": "ok", "l2": "down: ...", "l3": "failed: ..."}``."""

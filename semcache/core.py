@@ -18,7 +18,7 @@ from .config import DEFAULT_SIMILARITY_THRESHOLD, MAX_TTL_SECONDS, UNSET, CacheC
 from .errors import BackendError, ConfigurationError, InvalidInputError, SerializationError, VerifierError
 from .index.base import VectorIndex
 from .keys import Request
-from .stats import Counters
+from .stats import Counters, NamespaceCounters
 from .types import Entry, Hit
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class Core:
         self.timer = timer
         self.chain = chain
         self.stats = stats
+        #: The lookups, hits, writes and savings of each namespace (tenant).
+        self.tenants = NamespaceCounters()
         self.embedder: Any = None
         self.index: VectorIndex | None = None
         self.guards: list[Any] = []
@@ -346,7 +348,8 @@ class Core:
             self.on_corrupt([entry.key])
             return None
         self.stats.inc(f"hits_{tier}_{kind}")
-        self.count_saved(entry.metadata, entry.model)
+        self.tenants.inc(entry.namespace, f"hits_{tier}_{kind}")
+        self.count_saved(entry.metadata, entry.model, entry.namespace)
         return Hit(
             value=value,
             key=entry.key,
@@ -360,8 +363,13 @@ class Core:
             verifier_score=verifier_score,
         )
 
-    def count_saved(self, metadata: Mapping[str, Any] | None, model: str | None) -> None:
-        """Count the tokens and money a served answer saved."""
+    def miss(self, request: Request) -> None:
+        """Count a lookup that found nothing."""
+        self.stats.inc("misses")
+        self.tenants.inc(request.namespace, "misses")
+
+    def count_saved(self, metadata: Mapping[str, Any] | None, model: str | None, namespace: str | None = None) -> None:
+        """Count the tokens and money a served answer saved (in ``namespace`` too)."""
         meta = metadata or {}
         usage = meta.get("usage")
         if isinstance(usage, Mapping):
@@ -369,9 +377,12 @@ class Core:
                 v = usage.get(k)
                 if isinstance(v, int) and v >= 0:
                     self.stats.inc(f"saved_{k}", v)
+                    if k == "total_tokens":
+                        self.tenants.inc(namespace, "saved_total_tokens", v)
         cost = meta.get("cost")
         if not isinstance(cost, (int, float)) and self.config.prices is not None:
             # priced at hit time, so a price table set later also covers older entries
             cost = self.config.prices.cost_usd(model or meta.get("response_model"), usage)
         if isinstance(cost, (int, float)) and cost > 0:
             self.stats.inc("saved_cost_microusd", round(cost * 1e6))
+            self.tenants.inc(namespace, "saved_cost_microusd", round(cost * 1e6))

@@ -156,7 +156,7 @@ class Reader:
             hit = self.semantic(request, now, thr, embedding)
             if hit is not None:
                 return hit
-        core.stats.inc("misses")
+        core.miss(request)
         return None
 
     def vector(self, request: Request, v: np.ndarray | None) -> np.ndarray | None:
@@ -304,7 +304,7 @@ class Reader:
                 if found:
                     pending.append((i, now, found))
                 else:
-                    core.stats.inc("misses")
+                    core.miss(req)
                     out[i] = LookupOutcome(None, v)
             except Exception as exc:  # noqa: BLE001 - one caller's bad request must not fail the others
                 out[i] = LookupOutcome(error=exc, embedding=v)
@@ -328,7 +328,7 @@ class Reader:
                 try:
                     hit = self.decide(requests[i], now, found, part)
                     if hit is None:
-                        core.stats.inc("misses")
+                        core.miss(requests[i])
                     out[i] = LookupOutcome(hit, v)
                 except Exception as exc:  # noqa: BLE001 - one caller's error must not fail the others
                     out[i] = LookupOutcome(error=exc, embedding=v)

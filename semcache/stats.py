@@ -5,12 +5,30 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .core import Core
 
-__all__ = ["Counters", "audit_report", "collect", "feedback_report", "report", "wilson_upper"]
+__all__ = [
+    "MAX_TRACKED_NAMESPACES",
+    "OTHER_NAMESPACES",
+    "Counters",
+    "NamespaceCounters",
+    "audit_report",
+    "collect",
+    "feedback_report",
+    "namespace_report",
+    "namespace_rows",
+    "report",
+    "wilson_upper",
+]
+
+#: Namespaces counted one by one; lookups and writes of further ones are counted together.
+MAX_TRACKED_NAMESPACES = 10_000
+#: The row that counts every namespace past the limit.
+OTHER_NAMESPACES = "_other"
 
 
 class Counters:
@@ -29,6 +47,95 @@ class Counters:
         """A copy of every counter."""
         with self._lock:
             return dict(self._c)
+
+
+class NamespaceCounters:
+    """Thread-safe counters per namespace (a sidecar's tenant), bounded in memory.
+
+    The first ``limit`` namespaces seen are counted one by one, for the life of the
+    process; every later one is counted in the shared :data:`OTHER_NAMESPACES` row (and
+    reported as not tracked). Membership only grows and the order is the order first
+    seen, so the first *k* namespaces are the same at every scrape, and a per-namespace
+    metric over them is monotonic: that is what bounds a metric's label values.
+    """
+
+    def __init__(self, limit: int = MAX_TRACKED_NAMESPACES) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._rows: dict[str | None, Counter[str]] = {}
+        self._other: Counter[str] = Counter()
+
+    def _row(self, namespace: str | None) -> Counter[str]:
+        row = self._rows.get(namespace)
+        if row is None:
+            if len(self._rows) >= self.limit:
+                return self._other
+            row = self._rows[namespace] = Counter()
+        return row
+
+    def register(self, namespaces: Iterable[str | None]) -> None:
+        """Track these namespaces first (a sidecar's configured tenants), in this order."""
+        with self._lock:
+            for ns in namespaces:
+                self._row(ns)
+
+    def inc(self, namespace: str | None, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name`` of ``namespace``."""
+        with self._lock:
+            self._row(namespace)[name] += n
+
+    def get(self, namespace: str | None) -> tuple[bool, dict[str, int]]:
+        """Whether ``namespace`` is tracked, and a copy of its counters (empty if not)."""
+        with self._lock:
+            row = self._rows.get(namespace)
+            return row is not None, dict(row or {})
+
+    def snapshot(self) -> tuple[list[tuple[str | None, dict[str, int]]], dict[str, int]]:
+        """Every tracked namespace's counters in the order first seen, and the rest's."""
+        with self._lock:
+            return [(ns, dict(c)) for ns, c in self._rows.items()], dict(self._other)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+
+def namespace_report(namespace: str | None, tracked: bool, c: dict[str, int]) -> dict[str, Any]:
+    """The stats of one namespace since open: ``lookups``, ``hits`` (``hits_by`` tier and
+    kind, as in :func:`report`, and ``hits_exact`` / ``hits_semantic``), ``misses``,
+    ``hit_rate``, ``sets``, ``invalidated`` (by selectors naming the namespace),
+    ``saved_tokens`` and ``saved_cost_usd``. ``tracked`` is false for a namespace past
+    :data:`MAX_TRACKED_NAMESPACES` (all zeros)."""
+    hits_by = {k[5:]: v for k, v in sorted(c.items()) if k.startswith("hits_")}
+    hits = sum(hits_by.values())
+    misses = c.get("misses", 0)
+    lookups = hits + misses
+    return {
+        "namespace": namespace,
+        "tracked": tracked,
+        "lookups": lookups,
+        "hits": hits,
+        "hits_by": hits_by,
+        "hits_exact": sum(v for k, v in hits_by.items() if k.endswith("_exact")),
+        "hits_semantic": sum(v for k, v in hits_by.items() if k.endswith("_semantic")),
+        "misses": misses,
+        "hit_rate": hits / lookups if lookups else None,
+        "sets": c.get("sets", 0),
+        "invalidated": c.get("invalidated", 0),
+        "saved_tokens": c.get("saved_total_tokens", 0),
+        "saved_cost_usd": c.get("saved_cost_microusd", 0) / 1e6,
+    }
+
+
+def namespace_rows(counters: NamespaceCounters, limit: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The reports of the first ``limit`` namespaces tracked (in the order first seen),
+    and one report summing every other namespace (``namespace`` :data:`OTHER_NAMESPACES`)."""
+    rows, other = counters.snapshot()
+    rest: Counter[str] = Counter(other)
+    for _, c in rows[limit:]:
+        rest.update(c)
+    kept = [namespace_report(ns, True, c) for ns, c in rows[:limit]]
+    return kept, namespace_report(OTHER_NAMESPACES, False, dict(rest))
 
 
 def wilson_upper(k: int, n: int, z: float = 1.959964) -> float | None:
@@ -147,6 +254,7 @@ def collect(core: Core) -> dict[str, Any]:
         ts.update(errors=slot.errors, skipped=slot.skipped, down=chain.down(slot), failed=slot.failed is not None, behind=slot.behind)
         tiers[slot.name] = ts
     out = report(core.stats.snapshot(), tiers)
+    out["namespaces_tracked"] = len(core.tenants)
     if core.index is not None:
         out["index"] = core.index.stats()
         out["embedder"] = core.embedder.model_id

@@ -159,6 +159,8 @@ class Writer:
                 # before it serves again
                 chain.missed(slot, versions={e.key: e.version - 1 for e in entries})
         core.stats.inc("sets", len(entries))
+        for e in entries:
+            core.tenants.inc(e.namespace, "sets")
         if s3 is not None and not durable:
             core.stats.inc("not_durable", len(entries))
             log.warning("%d write(s) reached no durable tier (L3 and L2 down); kept in memory only", len(entries))
@@ -244,6 +246,8 @@ class Writer:
         if index is not None and selector.all:
             index.clear()
         core.stats.inc("invalidated", len(gone))
+        if gone and not selector.all and selector.namespace is not None:
+            core.tenants.inc(selector.namespace, "invalidated", len(gone))
         from .events import invalidate_message
 
         self.publish(invalidate_message(() if selector.all else gone, selector, version))

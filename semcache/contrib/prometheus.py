@@ -51,11 +51,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
 class CacheStatsCollector(Collector):
     """Exposes a cache's own counters (``stats()``) as Prometheus metrics at scrape time.
 
-    ``cache`` is a cache, or a function returning the current one.
+    ``cache`` is a cache, or a function returning the current one. ``tenant_limit``
+    bounds the ``tenant`` label of the per-tenant families: the first that many
+    namespaces the cache tracked (in the order first seen, so the set is stable and each
+    series monotonic) get their own value, and every other namespace is summed under
+    ``tenant="_other"``; the default namespace is ``tenant="_default"``.
     """
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: Any, *, tenant_limit: int = 50) -> None:
         self.cache = cache
+        self.tenant_limit = tenant_limit
 
     def _current(self) -> Any:
         c = self.cache
@@ -64,9 +69,11 @@ class CacheStatsCollector(Collector):
     def collect(self) -> Iterator[Any]:
         """Yield the metric families (called by the registry on every scrape)."""
         try:
-            s = self._current().stats()
+            cache = self._current()
+            s = cache.stats()
         except Exception:  # noqa: BLE001 - a scrape must not fail because a tier's stats did
             return
+        yield from self._tenants(cache)
         hits = CounterMetricFamily(
             "semcache_hits", "Cache hits by tier and kind.", labels=["tier", "kind"]
         )
@@ -171,6 +178,29 @@ class CacheStatsCollector(Collector):
         )
 
 
+    def _tenants(self, cache: Any) -> Iterator[Any]:
+        rows_of = getattr(cache, "namespace_rows", None)
+        if rows_of is None:
+            return
+        rows, other = rows_of(self.tenant_limit)
+        if any(other[k] for k in ("lookups", "sets", "invalidated")):
+            rows.append(other)
+        hits = CounterMetricFamily("semcache_tenant_hits", "Hits by tenant (namespace) and kind.", labels=["tenant", "kind"])
+        misses = CounterMetricFamily("semcache_tenant_misses", "Lookups that found nothing, by tenant.", labels=["tenant"])
+        sets = CounterMetricFamily("semcache_tenant_sets", "Entries stored, by tenant.", labels=["tenant"])
+        tokens = CounterMetricFamily("semcache_tenant_saved_tokens", "LLM tokens not spent thanks to hits, by tenant.", labels=["tenant"])
+        cost = CounterMetricFamily("semcache_tenant_saved_cost_dollars", "Money not spent thanks to hits (USD), by tenant.", labels=["tenant"])
+        for row in rows:
+            tenant = "_default" if row["namespace"] is None else str(row["namespace"])
+            for kind in ("exact", "semantic"):
+                hits.add_metric([tenant, kind], row[f"hits_{kind}"])
+            misses.add_metric([tenant], row["misses"])
+            sets.add_metric([tenant], row["sets"])
+            tokens.add_metric([tenant], row["saved_tokens"])
+            cost.add_metric([tenant], row["saved_cost_usd"])
+        yield from (hits, misses, sets, tokens, cost)
+
+
 class CacheMetrics:
     """The sidecar's metrics, in a private registry.
 
@@ -179,9 +209,11 @@ class CacheMetrics:
             function returning the current one) whose ``stats()`` feed the hit, miss,
             error and savings counters (optional).
         registry: where to register (default: a new :class:`CollectorRegistry`).
+        tenant_limit: how many tenants get their own ``tenant`` label value in the
+            per-tenant families (the rest share ``_other``; :class:`CacheStatsCollector`).
     """
 
-    def __init__(self, cache: Any = None, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, cache: Any = None, *, registry: CollectorRegistry | None = None, tenant_limit: int = 50) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.lookup_seconds = Histogram(
             "semcache_lookup_seconds",
@@ -216,7 +248,7 @@ class CacheMetrics:
             registry=self.registry,
         )
         if cache is not None:
-            self.registry.register(CacheStatsCollector(cache))
+            self.registry.register(CacheStatsCollector(cache, tenant_limit=tenant_limit))
 
     def observe_lookup(self, route: str, result: str, seconds: float) -> None:
         """Record one lookup's latency (``result``: ``exact``, ``semantic`` or ``miss``)."""

@@ -582,12 +582,23 @@ def _api_router() -> APIRouter:
         response_model=StatsResponse,
         tags=["admin"],
         operation_id="stats",
-        responses=errors(401, 403),
+        responses=errors(401, 403, 422),
     )
-    async def stats(sc: SidecarDep, principal: PrincipalDep) -> Any:
-        """Cache counters: hits by tier and kind, misses, sets, errors, savings, index (admin)."""
-        principal.require_admin()
-        return JSONResponse(sc.cache.stats())
+    async def stats(
+        sc: SidecarDep,
+        principal: PrincipalDep,
+        namespace: Annotated[
+            str | None,
+            Query(description="One namespace's counters (a tenant token: its own, with or without this)."),
+        ] = None,
+    ) -> Any:
+        """Cache counters: hits by tier and kind, misses, sets, errors, savings, index (the
+        admin); one namespace's lookups, hits, misses, sets and savings for a tenant token,
+        or for the admin with ``namespace``. Counted by this sidecar process since it started."""
+        ns = principal.namespace(namespace)
+        if ns is None:
+            return JSONResponse(sc.cache.stats())
+        return JSONResponse(sc.cache.namespace_stats(ns))
 
     @router.post(
         "/v1/index/rebuild",

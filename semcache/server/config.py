@@ -147,6 +147,7 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "prices": _to_prices,
     "log_level": lambda n, v: str(v).lower(),
     "access_log": _to_bool,
+    "tenant_metrics_limit": _to_int,
     # cache settings, with the same names as CacheConfig.from_env
     "redis_url": _to_optional_str,
     "redis_prefix": lambda n, v: str(v),
@@ -321,6 +322,9 @@ class ServerConfig:
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     log_level: str = "info"
     access_log: bool = False
+    #: Tenants with their own ``tenant`` label in the per-tenant metrics: the configured
+    #: tenants first, then namespaces in the order first seen; the rest share ``_other``.
+    tenant_metrics_limit: int = 50
 
     def __post_init__(self) -> None:
         if (
@@ -333,6 +337,8 @@ class ServerConfig:
             raise ConfigurationError("max_body_bytes must be positive")
         if not 0 <= self.batch_window_ms <= 1000:
             raise ConfigurationError("batch_window_ms must be in [0, 1000]")
+        if isinstance(self.tenant_metrics_limit, bool) or not isinstance(self.tenant_metrics_limit, int) or not 0 <= self.tenant_metrics_limit <= 10_000:
+            raise ConfigurationError(f"tenant_metrics_limit must be in 0..10000, got {self.tenant_metrics_limit!r}")
         if self.batch_max < 1 or self.batch_concurrency < 1:
             raise ConfigurationError("batch_max and batch_concurrency must be at least 1")
         if self.upstream_timeout_seconds <= 0:

@@ -654,9 +654,18 @@ class ExplainResponse(BaseModel):
 
 
 class StatsResponse(BaseModel):
-    """The cache's counters since it opened (more fields may be present)."""
+    """The cache's counters since it opened (more fields may be present); with
+    ``namespace`` set, one namespace's (a tenant token's own, or the admin's
+    ``?namespace=``), with no tier, index or embedder fields."""
 
     model_config = ConfigDict(extra="allow")
+
+    namespace: str | None = Field(None, description="Set when the counters are one namespace's.")
+    tracked: bool | None = Field(
+        None, description="One namespace: false past the tracked-namespace limit (all zeros then)."
+    )
+    lookups: int | None = None
+    hit_rate: float | None = None
 
     hits: int
     misses: int

@@ -109,7 +109,7 @@ class Sidecar:
         self.cache = cache if cache is not None else AsyncSemanticCache(config.cache)
         self.auth = TokenAuth(config.tokens, config.admin_token, enabled=config.auth)
         # the collector reads whichever cache is current (a restarted lifespan builds a new one)
-        self.metrics = CacheMetrics(lambda: self.cache)
+        self.metrics = CacheMetrics(lambda: self.cache, tenant_limit=config.tenant_metrics_limit)
         self.batcher = self._batcher()
         self._upstream_transport = upstream_transport
         self.upstream: httpx.AsyncClient | None = None
@@ -148,6 +148,8 @@ class Sidecar:
             self.cache = AsyncSemanticCache(self.config.cache)
             self.batcher = self._batcher()
         await self.cache.open()
+        # the configured tenants take the first per-tenant metric labels
+        self.cache.track_namespaces(sorted(set(self.config.tokens.values())))
         # load the models now, not inside the first caller's request
         await warm_up(self.cache)
         if self.config.upstream_url is not None:

@@ -195,7 +195,6 @@ async def test_auth(client):
     r = await client.post("/v1/lookup", json={"prompt": Q}, headers={"x-semcache-token": TENANT_A})
     assert r.status_code == 200
     for method, path in (
-        ("GET", "/v1/stats"),
         ("POST", "/v1/index/rebuild"),
         ("GET", "/v1/index/check"),
     ):
