@@ -582,7 +582,7 @@ def _api_router() -> APIRouter:
         response_model=StatsResponse,
         tags=["admin"],
         operation_id="stats",
-        responses=errors(401, 403, 422),
+        responses=errors(401, 403),
     )
     async def stats(
         sc: SidecarDep,
