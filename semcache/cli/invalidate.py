@@ -56,9 +56,11 @@ def _flush_what(target: Target, n: int) -> str:
     """``all 5 entries``; on a sidecar, whether the token reaches every tenant or only its own."""
     if isinstance(target, RemoteTarget):
         try:
-            target.stats()  # admin only
+            tenant = target.stats().get("namespace")  # a tenant token's stats name its tenant
         except CliError:
-            return f"{plural(n, 'entry')} (every entry of this token's tenant)"
+            tenant = None
+        if tenant is not None:
+            return f"{plural(n, 'entry')} (every entry of this token's tenant, {tenant})"
     return f"all {plural(n, 'entry')}"
 
 

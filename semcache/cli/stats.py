@@ -26,6 +26,23 @@ def stats(ctx: CliContext, as_json: bool) -> None:
         return
     hits, misses = data.get("hits", 0), data.get("misses", 0)
     total = hits + misses
+    if data.get("namespace") is not None:
+        # a tenant token's stats: its own tenant's counters, nothing cache-wide
+        kv(
+            {
+                "sidecar": data.get("target"),
+                "tenant": data["namespace"],
+                "hits": hits,
+                "misses": misses,
+                "hit rate": f"{hits / total:.1%}" if total else "-",
+                "hits by tier/kind": data.get("hits_by") or None,
+                "sets": data.get("sets"),
+                "invalidated": data.get("invalidated"),
+                "tokens saved": data.get("saved_tokens"),
+                "money saved": f"${data.get('saved_cost_usd', 0):.4f}",
+            }
+        )
+        return
     kv(
         {
             "sidecar": data.get("target"),

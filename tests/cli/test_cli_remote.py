@@ -58,8 +58,14 @@ def test_read_commands_as_a_tenant(runner, seeded):
         )
     )
     assert explained["candidates"][0]["prompt"] == "How do I reset my password?"
-    # stats are the admin's
+    # a tenant's stats are its own tenant's: no cache-wide figure
+    own = js(runner.invoke(cli, [*base, "stats", "--json"]))
+    assert own["namespace"] == "tenant-a" and own["sets"] >= 3 and own["hits"] >= 1
+    assert "tiers" not in own and "index" not in own
     r = runner.invoke(cli, [*base, "stats"])
+    assert r.exit_code == 0 and "tenant-a" in r.stdout and "index vectors" not in r.stdout
+    # the index's commands are the admin's
+    r = runner.invoke(cli, [*base, "index", "check"])
     assert r.exit_code == 1 and "admin" in r.stderr and "HTTP 403" in r.stderr
 
 
@@ -97,7 +103,7 @@ def test_flush_says_how_many_entries_and_which_sidecar(runner, seeded, monkeypat
     a = ["--server", seeded.url, "--token", TENANT_A]
     r = runner.invoke(cli, [*a, "flush"], input="n\n")
     assert r.exit_code == 1, r.output
-    assert f"remove 3 entries (every entry of this token's tenant) from the sidecar at {seeded.url}?" in r.stderr
+    assert f"remove 3 entries (every entry of this token's tenant, tenant-a) from the sidecar at {seeded.url}?" in r.stderr
     r = runner.invoke(cli, ["--server", seeded.url, "--token", ADMIN, "flush"], input="n\n")
     assert f"remove all 4 entries from the sidecar at {seeded.url}?" in r.stderr
     monkeypatch.setattr("semcache.cli.invalidate._stdin_is_terminal", lambda: False)
