@@ -30,7 +30,7 @@ def test_every_public_method_has_an_async_twin_with_the_same_parameters():
 
 
 def test_blocking_methods_are_awaitable_and_pure_ones_are_not():
-    pure = {"request", "threshold_for", "embeddable", "count_saved_call", "stats", "lookup_memory", "cached", "wrap", "options"}
+    pure = {"request", "threshold_for", "embeddable", "count_saved_call", "stats", "namespace_stats", "namespace_rows", "track_namespaces", "lookup_memory", "cached", "wrap", "options"}
     for name, member in _public(AsyncSemanticCache).items():
         if isinstance(member, property) or not callable(member):
             continue
