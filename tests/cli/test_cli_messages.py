@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -117,14 +118,45 @@ def test_a_tier_back_off_warning_does_not_come_ahead_of_the_error(sqlite_db, tmp
 def test_bench_outside_a_checkout_says_what_it_needs(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("semcache.cli.bench._CHECKOUT", tmp_path / "site-packages")  # an installed package
-    r = runner.invoke(cli, ["bench", "--list"])
+    r = run(runner, "bench", "--list")  # the installed benchmarks need no checkout
+    names = [line.split()[0] for line in r.stdout.splitlines() if not line.startswith(" ")]
+    assert r.exit_code == 0 and names[0] == "sidecar_load" and "api" in names
+    assert "pip install 'semcache-llm[embed,server]'" in r.stdout
+    # the two that are scripts of a checkout say what they need, and where to get it
+    r = runner.invoke(cli, ["bench", "verifier"])
     assert r.exit_code == 3 and "not installed with the package" in r.stderr and "--dir" in r.stderr
-    r = run(runner, "bench", "--dir", str(ROOT / "benchmarks"), "--list")
-    assert r.exit_code == 0 and "sidecar_load" in r.stdout.split()
-    r = runner.invoke(cli, ["bench", "--list"], env={"SEMCACHE_BENCHMARKS_DIR": str(ROOT / "benchmarks")})
-    assert r.exit_code == 0 and "sidecar_load" in r.stdout.split()
-    r = runner.invoke(cli, ["bench", "--dir", str(tmp_path), "--list"])
-    assert r.exit_code == 3 and "holds no bench_*.py" in r.stderr
+    assert "training/synthetic.py" in r.stderr
+    r = runner.invoke(cli, ["bench", "history"])
+    assert r.exit_code == 3 and "pip install 'semcache-llm[test]'" in r.stderr
+    r = runner.invoke(cli, ["bench", "--dir", str(tmp_path), "verifier"])
+    assert r.exit_code == 3 and "holds no bench_verifier.py" in r.stderr
+    r = runner.invoke(cli, ["bench", "nope"])
+    assert r.exit_code == 3 and "no benchmark 'nope'" in r.stderr
+
+
+def test_bench_names_the_missing_extra(runner, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a))
+    r = runner.invoke(cli, ["bench", "tiers"])
+    assert r.exit_code == 1 and "needs the redis extra: pip install 'semcache-llm[embed,redis]'" in r.stderr
+
+
+def test_bench_runs_a_checkout_script_with_dir(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("semcache.cli.bench._CHECKOUT", tmp_path / "site-packages")
+    calls = []
+    monkeypatch.setattr("semcache.cli.bench.subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    r = run(runner, "bench", "--dir", str(ROOT / "benchmarks"), "verifier", "-n", "5")
+    assert r.exit_code == 0
+    (cmd, env), = calls
+    assert cmd[1:] == [str(ROOT / "benchmarks" / "bench_verifier.py"), "-n", "5"]
+    r = run(runner, "bench", "api", "-N", "100")
+    assert r.exit_code == 0
+    cmd, env = calls[-1]
+    assert cmd[1:] == ["-m", "semcache.bench.api", "-N", "100"]
+    assert env["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS", "1")
 
 
 def test_serve_on_a_port_in_use_fails_before_anything_loads(runner, tmp_path, monkeypatch):
