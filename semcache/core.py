@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from cachetools import LRUCache
 
+from . import tracing
 from .chain import TierChain
 from .config import DEFAULT_SIMILARITY_THRESHOLD, MAX_TTL_SECONDS, UNSET, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidInputError, SerializationError, VerifierError
@@ -308,7 +309,9 @@ class Core:
 
         if self.embedder is None or self.index is None:
             raise ConfigurationError("this cache has no embedder (semantic matching is off)")
+        t0 = time.perf_counter()
         out = self.embedder.embed(list(texts))
+        tracing.embedded(time.perf_counter() - t0)
         checked: np.ndarray = check_embeddings(out, len(texts), self.index.dim)
         return checked
 

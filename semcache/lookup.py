@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import tracing
 from .chain import Skip, TierSlot
 from .config import UNSET
 from .core import Core
@@ -121,6 +122,7 @@ class Reader:
         return None if found is None else self.promote(found[0], found[1], now, token, started)
 
     # -- lookups ----------------------------------------------------------------------
+    @tracing.traced("semcache.lookup", tracing.record_lookup, found_only=True)
     def lookup_memory(self, request: Request) -> Hit | None:
         """An exact hit from L1 alone, never blocking; ``None`` is not a miss."""
         core = self.core
@@ -143,6 +145,7 @@ class Reader:
             return None
         return self.core.hit(entry, slot.name, "exact", 1.0, now)
 
+    @tracing.traced("semcache.lookup", tracing.record_lookup)
     def lookup(self, request: Request, *, threshold: Any = UNSET, semantic: bool = True, embedding: np.ndarray | None = None, exact: bool = True) -> Hit | None:
         """Exact first, then semantic; counts a miss."""
         core = self.core
@@ -198,6 +201,7 @@ class Reader:
         assert index is not None
         for key, sim in index.search(request.scope, v, k):
             if sim < thr:
+                tracing.refused("threshold", sim)
                 break
             if core.blocked(request.key, key):
                 continue
@@ -222,6 +226,7 @@ class Reader:
         """The semantic path without a verifier: the nearest live candidate decides."""
         for c in self.live(request, now, thr, v, self.core.config.index.top_k):
             if self.vetoed(request, c.entry):
+                tracing.refused("guard", c.similarity)
                 # the nearest candidate is a different question; anything further away
                 # is less likely to be the same one, so this is a miss (and a rejected
                 # candidate is not promoted)
@@ -249,6 +254,7 @@ class Reader:
         threshold, promoted; ``None`` when none does or the verifier failed."""
         core = self.core
         if scores is None:
+            tracing.refused("verifier_error", survivors[0].similarity)
             return None  # the verifier failed: never an unverified hit
         vthr = core.verifier_threshold(request.namespace)
         assert vthr is not None
@@ -259,8 +265,10 @@ class Reader:
                 entry, slot = self.promote(c.entry, c.tier, now, c.token, c.started)
                 return core.hit(entry, slot.name, "semantic", min(1.0, c.similarity), now, float(score))
         core.stats.inc("verifier_rejections", len(survivors))
+        tracing.refused("verifier", survivors[0].similarity)
         return None
 
+    @tracing.traced("semcache.lookup", tracing.record_lookup_many)
     def lookup_many(self, requests: Sequence[Request], thresholds: Sequence[Any] | None) -> list[LookupOutcome]:
         """A batch: exact paths first (no embedding), then one embedding call for every
         remaining embeddable text, then each semantic search, then one verifier call for

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tracing
 from .chain import Skip
 from .config import UNSET
 from .core import Core, validate_ttl
@@ -70,6 +71,7 @@ class Writer:
         """The entry with its embedding attached."""
         return replace(entry, embedding=np.asarray(v, dtype=np.float32).tobytes(), embedder_id=self.core.embedder.model_id)
 
+    @tracing.traced("semcache.store", tracing.record_store)
     def store(self, request: Request, value: Any, *, ttl_seconds: Any, tags: Iterable[str], metadata: Mapping[str, Any] | None, embedding: np.ndarray | None) -> Entry:
         """Store one response; see :meth:`SemanticCache.store`."""
         core = self.core
@@ -86,6 +88,7 @@ class Writer:
             entry = self.with_vector(entry, embedding)
         return self.write([entry], now)[0]
 
+    @tracing.traced("semcache.store", tracing.record_store_many)
     def set_many(self, items: Iterable[Mapping[str, Any]], batch_size: int) -> list[Entry]:
         """Store many responses, embedding in batches; see :meth:`SemanticCache.set_many`."""
         from .errors import InvalidInputError

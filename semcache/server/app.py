@@ -781,6 +781,7 @@ def create_app(
         A FastAPI (ASGI) application; ``app.state.sidecar`` holds its :class:`Sidecar`.
     """
     from ..contrib.prometheus import PrometheusMiddleware
+    from ..tracing import TracingMiddleware
     from .proxy import DOCUMENTED_MODELS, proxy_router
 
     cfg = config if config is not None else ServerConfig()
@@ -814,6 +815,8 @@ def create_app(
     # added last = outermost: metrics see every response, 413s included
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(PrometheusMiddleware, metrics=sidecar.metrics)
+    # outermost: a request's server span (a child of its traceparent) holds all its spans
+    app.add_middleware(TracingMiddleware)
     return app
 
 

@@ -15,10 +15,11 @@ for a window.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ class _Item:
     request: Request
     threshold: Any
     future: asyncio.Future[LookupResult]
+    #: the caller's context: a batch runs in its first caller's (its trace's span)
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class MicroBatcher:
@@ -127,7 +130,7 @@ class MicroBatcher:
             self._timer = None
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         self._in_flight += 1
-        task = loop.create_task(self._run(batch))
+        task = batch[0].context.run(loop.create_task, self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from fastapi import Request
 
+from .. import tracing
 from .auth import Principal
 from .proxy_convert import JSON, error_bytes
 from .proxy_support import ProxyHost
@@ -120,10 +121,15 @@ async def call_upstream(
 ) -> Upstream:
     """One unstreamed upstream call, read to the end."""
     assert host.upstream is not None
-    try:
-        resp = await host.upstream.post("chat/completions", json=payload, headers=headers)
-    except httpx.HTTPError as exc:
-        return _transport_failure(host, exc, {})
+    with tracing.client_span("POST", host.upstream.base_url, "chat/completions") as span:
+        try:
+            resp = await host.upstream.post(
+                "chat/completions", json=payload, headers=tracing.inject(headers)
+            )
+        except httpx.HTTPError as exc:
+            span.failed(exc)
+            return _transport_failure(host, exc, {})
+        span.status(resp.status_code)
     host.metrics.upstream_requests.labels(str(resp.status_code)).inc()
     return Upstream(resp.status_code, resp.content, pass_back(resp.headers))
 
@@ -135,15 +141,19 @@ async def open_stream(
 
     An open response is the caller's to close; a failure (no response, or a status
     other than 200, read to the end and closed) comes back as an :class:`Upstream`.
+    Its span ends with the response headers.
     """
     assert host.upstream is not None
-    try:
-        upstream_req = host.upstream.build_request(
-            "POST", "chat/completions", json=payload, headers=headers
-        )
-        resp = await host.upstream.send(upstream_req, stream=True)
-    except httpx.HTTPError as exc:
-        return _transport_failure(host, exc, JSON)
+    with tracing.client_span("POST", host.upstream.base_url, "chat/completions") as span:
+        try:
+            upstream_req = host.upstream.build_request(
+                "POST", "chat/completions", json=payload, headers=tracing.inject(headers)
+            )
+            resp = await host.upstream.send(upstream_req, stream=True)
+        except httpx.HTTPError as exc:
+            span.failed(exc)
+            return _transport_failure(host, exc, JSON)
+        span.status(resp.status_code)
     host.metrics.upstream_requests.labels(str(resp.status_code)).inc()
     if resp.status_code != 200:
         try:
@@ -158,9 +168,12 @@ async def get_upstream(host: ProxyHost, path: str, headers: dict[str, str]) -> U
     """One ``GET`` of the upstream (``models``, say), read to the end."""
     assert host.upstream is not None
     headers = {k: v for k, v in headers.items() if k != "content-type"}
-    try:
-        resp = await host.upstream.get(path, headers=headers)
-    except httpx.HTTPError as exc:
-        return _transport_failure(host, exc, JSON)
+    with tracing.client_span("GET", host.upstream.base_url, path) as span:
+        try:
+            resp = await host.upstream.get(path, headers=tracing.inject(headers))
+        except httpx.HTTPError as exc:
+            span.failed(exc)
+            return _transport_failure(host, exc, JSON)
+        span.status(resp.status_code)
     host.metrics.upstream_requests.labels(str(resp.status_code)).inc()
     return Upstream(resp.status_code, resp.content, pass_back(resp.headers))

@@ -63,10 +63,13 @@ def run_server(
     import uvicorn
 
     from ..async_cache import AsyncSemanticCache
+    from ..tracing import configure_from_env
     from .app import create_app
     from .sidecar import warm_up
 
     _describe_startup(config, generated_token, echo)
+    if configure_from_env() is not None:
+        echo("semcache: OpenTelemetry traces on (configured from the OTEL_* environment variables)")
     # open (and migrate a new database, load the model) before binding, so that a bad
     # URL or an old schema is one clear error instead of a failed lifespan traceback
     cache = AsyncSemanticCache(config.cache)

@@ -1,0 +1,220 @@
+"""OpenTelemetry traces through the sidecar's proxy: the caller's ``traceparent`` is the
+parent of the server span, the upstream request carries a ``traceparent`` of the same
+trace, and the lookup, the upstream call and the store are spans of that trace.
+
+The spans go to an SDK provider with an in-memory exporter that is handed to semcache
+alone (:func:`semcache.tracing.set_tracer_provider`), never installed as
+OpenTelemetry's global provider: that one can be set only once per process, so a test
+that set it would leak into every later test. Each test gets a fresh provider and
+puts the global one back (``None``) at teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from semcache import tracing
+from semcache.server.app import create_app
+from tests._sidecar import TENANT_A, auth, in_process, server_config
+from tests.upstream import StandInUpstream
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+BODY = {"model": "stand-in-1", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+TENANT = "tenant-a"  # TENANT_A's namespace
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with StandInUpstream(delay_seconds=0.0, chunk_delay_seconds=0.0) as up:
+        yield up
+
+
+@pytest.fixture
+def exporter():
+    provider = TracerProvider()
+    out = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(out))
+    tracing.set_tracer_provider(provider)
+    try:
+        yield out
+    finally:
+        tracing.set_tracer_provider(None)
+        provider.shutdown()
+
+
+@pytest.fixture
+async def sidecar(tmp_path, upstream):
+    upstream.reset()
+    cfg = server_config(tmp_path, upstream_url=upstream.base_url, upstream_api_key="sk-upstream")
+    async with in_process(create_app(cfg)) as client:
+        yield client
+
+
+def _hex(n: int, width: int) -> str:
+    return format(n, f"0{width}x")
+
+
+def _upstream_traceparent(upstream, i: int = -1) -> tuple[str, str]:
+    """The (trace id, parent span id) of the ``traceparent`` the upstream's ``i``-th call carried."""
+    value = upstream.headers[i]["traceparent"]
+    version, trace_id, span_id, flags = value.split("-")
+    assert version == "00" and int(flags, 16) & 1  # sampled
+    return trace_id, span_id
+
+
+def _by_name(spans, name: str):
+    found = [s for s in spans if s.name == name]
+    assert len(found) == 1, [s.name for s in spans]
+    return found[0]
+
+
+def _assert_no_raw_tenant(spans) -> None:
+    for s in spans:
+        for value in s.attributes.values():
+            assert TENANT not in str(value), (s.name, s.attributes)
+
+
+async def test_a_miss_is_one_trace_from_the_callers_traceparent_to_the_upstream(sidecar, upstream, exporter):
+    r = await sidecar.post(
+        "/v1/chat/completions", json=BODY, headers={**auth(TENANT_A), "traceparent": TRACEPARENT}
+    )
+    assert r.status_code == 200 and r.headers["x-semcache"] == "miss"
+    spans = exporter.get_finished_spans()
+    server = _by_name(spans, "POST /v1/chat/completions")
+    assert server.kind is trace.SpanKind.SERVER
+    # a child of the caller's span, in the caller's trace
+    assert _hex(server.context.trace_id, 32) == TRACE_ID
+    assert server.parent is not None and _hex(server.parent.span_id, 16) == PARENT_ID
+    assert server.attributes["http.route"] == "/v1/chat/completions"
+    assert server.attributes["http.response.status_code"] == 200
+    lookup = _by_name(spans, "semcache.lookup")
+    call = _by_name(spans, "POST")
+    store = _by_name(spans, "semcache.store")
+    # lookup, upstream call and store: children of the server span, in the same trace
+    for s in (lookup, call, store):
+        assert s.context.trace_id == server.context.trace_id, s.name
+        assert s.parent is not None and s.parent.span_id == server.context.span_id, s.name
+    # the upstream request carried the upstream span's own context
+    trace_id, span_id = _upstream_traceparent(upstream)
+    assert trace_id == TRACE_ID and span_id == _hex(call.context.span_id, 16)
+    assert call.kind is trace.SpanKind.CLIENT
+    assert call.attributes["http.request.method"] == "POST"
+    assert call.attributes["server.address"] == "127.0.0.1"
+    assert call.attributes["http.response.status_code"] == 200
+    assert call.attributes["url.full"].endswith("/chat/completions")
+    # the lookup went through the micro-batcher: a batch of one, a miss
+    assert lookup.attributes["semcache.decision"] == "miss"
+    assert lookup.attributes["semcache.batch_size"] == 1
+    assert lookup.attributes["semcache.embedding_ms"] > 0
+    want = hashlib.sha256(TENANT.encode()).hexdigest()[:16]
+    assert lookup.attributes["semcache.tenant"] == want and store.attributes["semcache.tenant"] == want
+    assert store.attributes["semcache.durable"] is True
+    # in time order: the lookup ends before the upstream call starts, the store after it ends
+    assert lookup.end_time <= call.start_time and call.end_time <= store.start_time
+    _assert_no_raw_tenant(spans)
+
+
+async def test_an_exact_hit_is_a_lookup_span_of_its_own_request(sidecar, upstream, exporter):
+    await sidecar.post("/v1/chat/completions", json=BODY, headers=auth(TENANT_A))
+    exporter.clear()
+    other_trace = "0af7651916cd43dd8448eb211c80319c"
+    r = await sidecar.post(
+        "/v1/chat/completions",
+        json=BODY,
+        headers={**auth(TENANT_A), "traceparent": f"00-{other_trace}-b7ad6b7169203331-01"},
+    )
+    assert r.headers["x-semcache"] == "hit" and upstream.calls == 1
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["POST /v1/chat/completions", "semcache.lookup"]
+    server = _by_name(spans, "POST /v1/chat/completions")
+    lookup = _by_name(spans, "semcache.lookup")
+    assert _hex(lookup.context.trace_id, 32) == other_trace
+    assert lookup.parent.span_id == server.context.span_id
+    assert lookup.attributes["semcache.decision"] == "hit"
+    assert lookup.attributes["semcache.tier"] == "l1"
+    assert lookup.attributes["semcache.kind"] == "exact"
+    assert lookup.attributes["semcache.similarity"] == 1.0
+    _assert_no_raw_tenant(spans)
+
+
+async def test_a_semantic_hit_records_its_similarity(sidecar, upstream, exporter):
+    await sidecar.post("/v1/chat/completions", json=BODY, headers=auth(TENANT_A))
+    exporter.clear()
+    near = {**BODY, "messages": [{"role": "user", "content": "what is the capital of france"}]}
+    r = await sidecar.post("/v1/chat/completions", json=near, headers=auth(TENANT_A))
+    assert r.headers["x-semcache"] == "hit" and r.headers["x-semcache-kind"] == "semantic"
+    lookup = _by_name(exporter.get_finished_spans(), "semcache.lookup")
+    assert lookup.attributes["semcache.kind"] == "semantic"
+    assert lookup.attributes["semcache.similarity"] == pytest.approx(
+        float(r.headers["x-semcache-similarity"]), abs=1e-4
+    )
+    assert 0.8 <= lookup.attributes["semcache.similarity"] < 1.0
+
+
+async def test_a_streamed_miss_carries_the_trace_upstream_and_stores_in_it(sidecar, upstream, exporter):
+    r = await sidecar.post(
+        "/v1/chat/completions",
+        json={**BODY, "stream": True},
+        headers={**auth(TENANT_A), "traceparent": TRACEPARENT},
+    )
+    assert r.status_code == 200 and "data: [DONE]" in r.text
+    spans = exporter.get_finished_spans()
+    server = _by_name(spans, "POST /v1/chat/completions")
+    call = _by_name(spans, "POST")
+    store = _by_name(spans, "semcache.store")
+    assert {s.context.trace_id for s in spans} == {int(TRACE_ID, 16)}
+    assert call.parent.span_id == server.context.span_id
+    assert store.parent.span_id == server.context.span_id
+    trace_id, span_id = _upstream_traceparent(upstream)
+    assert trace_id == TRACE_ID and span_id == _hex(call.context.span_id, 16)
+
+
+async def test_without_a_traceparent_the_server_span_starts_the_trace(sidecar, upstream, exporter):
+    r = await sidecar.post("/v1/chat/completions", json=BODY, headers=auth(TENANT_A))
+    assert r.status_code == 200
+    spans = exporter.get_finished_spans()
+    server = _by_name(spans, "POST /v1/chat/completions")
+    assert server.parent is None
+    trace_id, span_id = _upstream_traceparent(upstream)
+    assert trace_id == _hex(server.context.trace_id, 32)
+    assert span_id == _hex(_by_name(spans, "POST").context.span_id, 16)
+
+
+async def test_an_upstream_error_status_marks_the_upstream_span(sidecar, upstream, exporter):
+    bad = {**BODY, "messages": [{"role": "user", "content": "please fail [[error:503]]"}]}
+    r = await sidecar.post("/v1/chat/completions", json=bad, headers=auth(TENANT_A))
+    assert r.status_code == 503
+    spans = exporter.get_finished_spans()
+    call = _by_name(spans, "POST")
+    assert call.attributes["http.response.status_code"] == 503
+    assert call.attributes["error.type"] == "503"
+    assert call.status.status_code is trace.StatusCode.ERROR
+    assert not [s for s in spans if s.name == "semcache.store"]  # an error is not stored
+
+
+async def test_probes_get_no_server_span(sidecar, exporter):
+    assert (await sidecar.get("/healthz")).status_code == 200
+    assert (await sidecar.get("/metrics")).status_code in (200, 401)
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_with_no_provider_the_callers_traceparent_still_reaches_the_upstream(sidecar, upstream):
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("a global tracer provider is set in this process")
+    r = await sidecar.post(
+        "/v1/chat/completions", json=BODY, headers={**auth(TENANT_A), "traceparent": TRACEPARENT}
+    )
+    assert r.status_code == 200
+    # no span was made: the upstream gets the caller's own context
+    assert _upstream_traceparent(upstream) == (TRACE_ID, PARENT_ID)
