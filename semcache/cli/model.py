@@ -28,8 +28,9 @@ def model() -> None:
 def model_export(name: str | None, onnx_dir: str | None, as_json: bool) -> None:
     """Export the model to ONNX unless an export of the same files is there (then: nothing to do).
 
-    The first `semcache serve` otherwise does it (about 20 s and 900 MB of memory, once
-    per model version). Needs the `embed` extra (torch, transformers, onnx).
+    The first `semcache serve` otherwise does it (10-20 s, once per model version), in a
+    child process that peaks at about 800 MB. Needs the `embed` extra (torch,
+    transformers, onnx).
     """
     from ..embedders.onnx import OnnxEmbedder
 

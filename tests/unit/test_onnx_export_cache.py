@@ -94,7 +94,7 @@ def test_ensure_exported_says_what_it_does_and_cleans_up(tmp_path, monkeypatch, 
         dest.write_bytes(b"graph")
         return dest
 
-    monkeypatch.setattr(onnx_mod, "export_onnx", fake_export)
+    monkeypatch.setattr(onnx_mod, "export_in_child", fake_export)
     caplog.set_level(logging.INFO, logger="semcache.embedders.onnx")
     assert ensure_exported(src, path, "m") is True
     said = [r.getMessage() for r in caplog.records]
