@@ -50,11 +50,13 @@ __all__ = [
     "client_span",
     "configure_from_env",
     "embedded",
+    "fastapi_options",
     "inject",
     "refused",
     "set_tracer_provider",
     "tenant_hash",
     "traced",
+    "untraced",
 ]
 
 log = logging.getLogger("semcache")
@@ -303,12 +305,31 @@ def client_span(method: str, base_url: Any, path: str) -> Iterator[_Client]:
         yield _Client(span)
 
 
+def untraced(scope: Mapping[str, Any]) -> bool:
+    """Whether an ASGI request gets no server span (the probes and ``/metrics``)."""
+    return scope.get("path") in UNTRACED_PATHS
+
+
+def fastapi_options() -> dict[str, Any]:
+    """The ``FastAPI(...)`` keywords of a FastAPI with native telemetry (its own server
+    spans): the same paths untraced. Empty for a FastAPI without it."""
+    import inspect
+
+    from fastapi import FastAPI
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"exclude": untraced}}
+
+
 class TracingMiddleware:
     """ASGI middleware: a server span per HTTP request, a child of the caller's W3C
     ``traceparent`` when it sent one, named ``{method} {route template}``.
 
-    With no tracer provider configured no span is made, but the caller's trace context
-    is still current, so the proxy's upstream call carries it on.
+    A FastAPI that makes server spans itself (its native telemetry, on once a global
+    provider is set) keeps its own: this one then adds nothing. With no tracer provider
+    configured no span is made, but the caller's trace context is still current, so the
+    proxy's upstream call carries it on.
     """
 
     def __init__(self, app: Any) -> None:
@@ -316,7 +337,12 @@ class TracingMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Handle one ASGI call."""
-        if not AVAILABLE or scope["type"] != "http" or scope.get("path") in UNTRACED_PATHS:
+        if (
+            not AVAILABLE
+            or scope["type"] != "http"
+            or untraced(scope)
+            or getattr(scope.get("fastapi.telemetry"), "span", None) is not None
+        ):
             await self.app(scope, receive, send)
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}

@@ -781,7 +781,7 @@ def create_app(
         A FastAPI (ASGI) application; ``app.state.sidecar`` holds its :class:`Sidecar`.
     """
     from ..contrib.prometheus import PrometheusMiddleware
-    from ..tracing import TracingMiddleware
+    from ..tracing import TracingMiddleware, fastapi_options
     from .proxy import DOCUMENTED_MODELS, proxy_router
 
     cfg = config if config is not None else ServerConfig()
@@ -805,6 +805,7 @@ def create_app(
         # /docs is served below with Swagger UI's own files, not from a CDN (offline hosts)
         docs_url=None,
         redoc_url=None,
+        **fastapi_options(),
     )
     _install_docs(app)
     app.state.sidecar = sidecar

@@ -218,3 +218,88 @@ async def test_with_no_provider_the_callers_traceparent_still_reaches_the_upstre
     assert r.status_code == 200
     # no span was made: the upstream gets the caller's own context
     assert _upstream_traceparent(upstream) == (TRACE_ID, PARENT_ID)
+
+
+_GLOBAL_PROVIDER = """
+import asyncio, json, sys, tempfile
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+from semcache.server.app import create_app
+from tests._sidecar import TENANT_A, auth, in_process, server_config
+from tests.upstream import StandInUpstream
+
+
+async def main(up):
+    cfg = server_config(Path(tempfile.mkdtemp()), upstream_url=up.base_url, upstream_api_key="k")
+    async with in_process(create_app(cfg)) as client:
+        r = await client.post(
+            "/v1/chat/completions", json=json.loads(sys.argv[2]),
+            headers={**auth(TENANT_A), "traceparent": sys.argv[1]},
+        )
+        assert r.status_code == 200, r.text
+        assert (await client.get("/healthz")).status_code == 200
+
+
+with StandInUpstream() as up:
+    asyncio.run(main(up))
+    upstream_traceparent = up.headers[-1]["traceparent"]
+spans = [
+    {
+        "name": s.name,
+        "kind": s.kind.name,
+        "trace": format(s.context.trace_id, "032x"),
+        "id": format(s.context.span_id, "016x"),
+        "parent": s.parent and format(s.parent.span_id, "016x"),
+    }
+    for s in exporter.get_finished_spans()
+]
+print(json.dumps({"upstream": upstream_traceparent, "spans": spans}))
+"""
+
+
+def test_with_a_global_provider_one_server_span_and_one_trace():
+    """Set as OpenTelemetry's global provider (what ``semcache serve`` does from ``OTEL_*``),
+    in a subprocess: whichever makes the server span (FastAPI's native telemetry, where
+    the installed FastAPI has it, or semcache's middleware), there is exactly one, a
+    child of the caller's span, and every span is in the caller's trace."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER, TRACEPARENT, json.dumps(BODY)],
+        capture_output=True, text=True, timeout=120, cwd=root, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    spans = got["spans"]
+    servers = [s for s in spans if s["kind"] == "SERVER"]
+    assert len(servers) == 1, spans  # the /healthz probe has none, the request one
+    server = servers[0]
+    assert server["name"] == "POST /v1/chat/completions" and server["parent"] == PARENT_ID
+    assert {s["trace"] for s in spans} == {TRACE_ID}
+    names = [s["name"] for s in spans]
+    assert names.count("semcache.lookup") == 1 and names.count("semcache.store") == 1
+    (call,) = [s for s in spans if s["kind"] == "CLIENT"]
+    _, trace_id, span_id, _ = got["upstream"].split("-")
+    assert trace_id == TRACE_ID and span_id == call["id"]
+    # every span descends from the server span
+    by_id = {s["id"]: s for s in spans}
+    for s in spans:
+        node = s
+        while node["id"] != server["id"]:
+            assert node["parent"] in by_id, (s, spans)
+            node = by_id[node["parent"]]
