@@ -70,6 +70,9 @@ TRACER_NAME = "semcache"
 UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 _override: Any = None  # the tracer of set_tracer_provider(), else None
+_UNKNOWN: Any = object()
+#: the API makes the global provider from this variable when it is first asked for
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 _global: tuple[Any, Any] = (None, None)  # (the global provider, its tracer)
 
 
@@ -93,7 +96,14 @@ def _tracer() -> Any:
         return _override
     if not AVAILABLE:
         return None
-    provider = trace.get_tracer_provider()
+    # a plain read of the global: get_tracer_provider() costs a microsecond or two a call
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None and not _PROVIDER_FROM_ENV:
+        return None  # none set yet
+    if provider is _global[0]:
+        return _global[1]
+    if provider is None or provider is _UNKNOWN:
+        provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
         return None
     if _global[0] is not provider:

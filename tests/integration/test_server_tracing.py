@@ -11,6 +11,7 @@ puts the global one back (``None``) at teardown.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
@@ -303,3 +304,53 @@ def test_with_a_global_provider_one_server_span_and_one_trace():
         while node["id"] != server["id"]:
             assert node["parent"] in by_id, (s, spans)
             node = by_id[node["parent"]]
+
+
+async def test_a_batch_queued_behind_another_runs_in_its_own_callers_trace(exporter):
+    """With one batch in flight, the next one is sent when the first ends: its lookup
+    span must be in the trace of the request it serves, not the first batch's."""
+    import threading
+
+    import anyio
+
+    from semcache import CacheConfig, MemoryConfig, Policy
+    from semcache.async_cache import AsyncSemanticCache
+    from semcache.embedders import HashingEmbedder
+    from semcache.server.batching import MicroBatcher
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Gated(HashingEmbedder):
+        """Holds its first embedding call until released."""
+
+        def embed(self, texts):
+            if not entered.is_set():
+                entered.set()
+                assert release.wait(30)
+            return super().embed(texts)
+
+    cfg = CacheConfig(memory=MemoryConfig(), sql=None, embedder=Gated(64), policy=Policy(verifier=None))
+    cache = AsyncSemanticCache(cfg)
+    await cache.open()
+    try:
+        batcher = MicroBatcher(cache, window_seconds=0, max_batch=1, concurrency=1)
+        caller = TracerProvider().get_tracer("the callers")
+        with caller.start_as_current_span("first request") as first:
+            one = asyncio.ensure_future(batcher.lookup(cache.request("the first question")))
+        assert await anyio.to_thread.run_sync(entered.wait, 30)  # its batch is embedding
+        with caller.start_as_current_span("second request") as second:
+            two = asyncio.ensure_future(batcher.lookup(cache.request("the second question")))
+        await asyncio.sleep(0)  # one loop turn: the second lookup is queued behind the first
+        assert len(batcher._pending) == 1
+        release.set()
+        await asyncio.gather(one, two)
+    finally:
+        release.set()
+        await cache.aclose()
+    lookups = [s for s in exporter.get_finished_spans() if s.name == "semcache.lookup"]
+    assert len(lookups) == 2
+    parents = {s.parent.span_id for s in lookups}
+    assert parents == {first.get_span_context().span_id, second.get_span_context().span_id}
+    for s in lookups:
+        want = first if s.parent.span_id == first.get_span_context().span_id else second
+        assert s.context.trace_id == want.get_span_context().trace_id
