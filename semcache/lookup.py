@@ -135,6 +135,7 @@ class Reader:
             return None
         return core.hit(entry, "l1", "exact", 1.0, now)
 
+    @tracing.traced("semcache.lookup", tracing.record_lookup)
     def exact(self, request: Request, now: float) -> Hit | None:
         """The exact path: L1 → L2 → L3 by key, promoting; never embeds."""
         found = self.fetch(request.key, now)

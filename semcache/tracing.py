@@ -8,7 +8,7 @@ span is started), and attributes are only computed for a span that records.
 
 Spans (the attribute list is in the README, "Traces"):
 
-* ``semcache.lookup`` — one per :meth:`~semcache.SemanticCache.lookup`, per
+* ``semcache.lookup`` — one per :meth:`~semcache.SemanticCache.lookup` (and ``lookup_exact``), per
   :meth:`~semcache.SemanticCache.lookup_many` batch (``semcache.batch_size``) and per
   L1 hit answered on the event loop (:meth:`~semcache.SemanticCache.lookup_memory`);
 * ``semcache.store`` — one per store, and per :meth:`~semcache.SemanticCache.set_many`;

@@ -123,6 +123,17 @@ def test_a_store_then_an_exact_hit(cache, exporter):
     _assert_no_raw_namespace(exporter)
 
 
+def test_the_exact_path_alone_is_a_lookup_span(cache, exporter):
+    req = cache.request(Q, namespace=NS)
+    assert cache.lookup_exact(req) is None
+    assert _only(exporter, "semcache.lookup").attributes["semcache.decision"] == "miss"
+    cache.store(req, "Paris")
+    exporter.clear()
+    assert cache.lookup_exact(req) is not None
+    span = _only(exporter, "semcache.lookup")
+    assert span.attributes["semcache.kind"] == "exact" and span.attributes["semcache.tier"] == "l1"
+
+
 def test_an_exact_hit_from_a_lower_tier_names_it(sqlite_url, exporter):
     with _cache(sqlite_url) as first:
         first.set(Q, "Paris", namespace=NS)
