@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -298,7 +299,7 @@ sys.meta_path.insert(0, _NoOtel())
 def _run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root, env=env
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root, env=env, check=False
     )
 
 
@@ -345,10 +346,10 @@ def test_without_opentelemetry_semcache_works_and_traces_nothing(tmp_path):
 class _Collector(http.server.BaseHTTPRequestHandler):
     """An OTLP/HTTP endpoint that keeps what it is sent."""
 
-    received: list[tuple[str, bytes]] = []
+    received: ClassVar[list[tuple[str, bytes]]] = []
     got = threading.Event()
 
-    def do_POST(self) -> None:  # noqa: N802 - the handler's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         type(self).received.append((self.path, body))
         type(self).got.set()
@@ -372,7 +373,7 @@ def test_the_sidecar_exports_over_otlp_http_when_the_endpoint_is_set(tmp_path, s
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
         if service:
             env["OTEL_SERVICE_NAME"] = service
-        code = textwrap.dedent(f"""
+        code = textwrap.dedent("""
             import json
             from opentelemetry import trace
             from semcache import CacheConfig, MemoryConfig, SemanticCache, tracing
