@@ -354,3 +354,88 @@ async def test_a_batch_queued_behind_another_runs_in_its_own_callers_trace(expor
     for s in lookups:
         want = first if s.parent.span_id == first.get_span_context().span_id else second
         assert s.context.trace_id == want.get_span_context().trace_id
+
+
+def test_semcache_serve_exports_the_trace_over_otlp_http(tmp_path, upstream):
+    """``semcache serve`` with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set sends its spans to that
+    endpoint (``/v1/traces``, protobuf), as ``OTEL_SERVICE_NAME``, in the caller's trace."""
+    import http.server
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    bodies: list[bytes] = []
+    arrived = threading.Condition()
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            with arrived:
+                bodies.append(self.path.encode() + b"\n" + body)
+                arrived.notify_all()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEMCACHE_", "OTEL_"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(root),
+        SEMCACHE_EMBEDDER="hashing",
+        SEMCACHE_VERIFIER="none",
+        SEMCACHE_TOKENS=f"{TENANT_A}={TENANT}",
+        SEMCACHE_UPSTREAM_URL=upstream.base_url,
+        SEMCACHE_UPSTREAM_API_KEY="sk-upstream",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}",
+        OTEL_SERVICE_NAME="semcache-eu-1",
+        OTEL_BSP_SCHEDULE_DELAY="50",  # ms: export soon after each span ends
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semcache", "serve", "--port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        url = None
+        while url is None:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "serve exited:\n" + "".join(lines)
+            lines.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            url = m.group(1) if m else None
+        assert any("OpenTelemetry traces on" in line for line in lines), lines
+        upstream.reset()
+        r = httpx.post(
+            url + "/v1/chat/completions", json=BODY,
+            headers={**auth(TENANT_A), "traceparent": TRACEPARENT}, timeout=30,
+        )
+        assert r.status_code == 200 and r.headers["x-semcache"] == "miss"
+        assert _upstream_traceparent(upstream)[0] == TRACE_ID
+        wanted = [b"/v1/traces", b"semcache.lookup", b"semcache.store", b"POST /v1/chat/completions"]
+        deadline = time.monotonic() + 30
+        with arrived:
+            while not all(w in b"".join(bodies) for w in wanted):
+                assert arrived.wait(max(0.0, deadline - time.monotonic())), b"".join(bodies)[:2000]
+        sent = b"".join(bodies)
+        assert bytes.fromhex(TRACE_ID) in sent and bytes.fromhex(PARENT_ID) in sent
+        assert b"service.name" in sent and b"semcache-eu-1" in sent
+        assert TENANT.encode() not in sent
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        collector.shutdown()
+        collector.server_close()
