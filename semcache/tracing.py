@@ -8,9 +8,10 @@ span is started), and attributes are only computed for a span that records.
 
 Spans (the attribute list is in the README, "Traces"):
 
-* ``semcache.lookup`` — one per :meth:`~semcache.SemanticCache.lookup` (and ``lookup_exact``), per
-  :meth:`~semcache.SemanticCache.lookup_many` batch (``semcache.batch_size``) and per
-  L1 hit answered on the event loop (:meth:`~semcache.SemanticCache.lookup_memory`);
+* ``semcache.lookup`` — one per :meth:`~semcache.SemanticCache.lookup` (and
+  ``lookup_exact``), per :meth:`~semcache.SemanticCache.lookup_many` batch
+  (``semcache.batch_size``) and per L1 hit answered on the event loop
+  (:meth:`~semcache.SemanticCache.lookup_memory`);
 * ``semcache.store`` — one per store, and per :meth:`~semcache.SemanticCache.set_many`;
 * ``POST`` / ``GET`` (client) — one per upstream call of the proxy, whose request
   carries the span's W3C ``traceparent``;
@@ -98,18 +99,19 @@ def _tracer() -> Any:
         return None
     # a plain read of the global: get_tracer_provider() costs a microsecond or two a call
     provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
-    if provider is None and not _PROVIDER_FROM_ENV:
-        return None  # none set yet
+    if provider is None:
+        if not _PROVIDER_FROM_ENV:
+            return None  # none set yet
+        provider = trace.get_tracer_provider()
+    elif provider is _UNKNOWN:
+        provider = trace.get_tracer_provider()
     if provider is _global[0]:
         return _global[1]
-    if provider is None or provider is _UNKNOWN:
-        provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
         return None
-    if _global[0] is not provider:
-        from ._version import __version__
+    from ._version import __version__
 
-        _global = (provider, provider.get_tracer(TRACER_NAME, __version__))
+    _global = (provider, provider.get_tracer(TRACER_NAME, __version__))
     return _global[1]
 
 
