@@ -439,3 +439,32 @@ def test_semcache_serve_exports_the_trace_over_otlp_http(tmp_path, upstream):
         proc.communicate(timeout=30)
         collector.shutdown()
         collector.server_close()
+
+
+async def test_the_models_list_is_an_upstream_get_span_in_the_callers_trace(sidecar, exporter):
+    r = await sidecar.get("/v1/models", headers={**auth(TENANT_A), "traceparent": TRACEPARENT})
+    assert r.status_code == 200
+    spans = exporter.get_finished_spans()
+    server = _by_name(spans, "GET /v1/models")
+    call = _by_name(spans, "GET")
+    assert call.kind is trace.SpanKind.CLIENT and call.parent.span_id == server.context.span_id
+    assert _hex(call.context.trace_id, 32) == TRACE_ID
+    assert call.attributes["http.request.method"] == "GET"
+    assert call.attributes["http.response.status_code"] == 200
+
+
+async def test_an_unreachable_upstream_marks_the_upstream_span(tmp_path, exporter):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = server_config(tmp_path, upstream_url=f"http://127.0.0.1:{port}/v1", upstream_api_key="k")
+    async with in_process(create_app(cfg)) as client:
+        r = await client.post("/v1/chat/completions", json=BODY, headers=auth(TENANT_A))
+    assert r.status_code == 502
+    call = _by_name(exporter.get_finished_spans(), "POST")
+    assert call.attributes["error.type"] == "ConnectError"
+    assert call.status.status_code is trace.StatusCode.ERROR
+    assert "http.response.status_code" not in call.attributes
+    assert call.attributes["server.port"] == port
