@@ -31,7 +31,11 @@ nothing.
 The workload (:func:`run_workload`) runs threads in several ``spawn``-ed processes,
 each with its own :class:`~semcache.SemanticCache` on the same tiers, doing
 random ``set``/``get``/``invalidate``/``delete``/``flush`` calls over a small key
-space, while the parent may inject faults (:class:`FaultInjector`).
+space, while the parent may inject faults (:class:`FaultInjector`). With
+``WorkloadSpec.trace`` each call also records what it saw on its way (:attr:`Op.detail`:
+the path a read took, each tier's answer, the index search's candidates, the versions
+written) and each process what its change-log follower did to its L1; :func:`story`
+prints all of it for the key of a violation.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import threading
 import time
 import traceback
@@ -62,6 +67,7 @@ __all__ = [
     "context",
     "format_op",
     "run_workload",
+    "story",
 ]
 
 INF = float("inf")
@@ -96,6 +102,10 @@ class Op:
     error: str | None = None
     #: The tier a hit came from (diagnostics only).
     tier: str | None = None
+    #: What the call saw on its way (diagnostics only, with ``WorkloadSpec.trace``): the
+    #: path a read took, each tier's answer, the index search's, the versions written.
+    #: Versions and times are written ``@<seconds>`` (shown relative to the run's start).
+    detail: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,7 +117,7 @@ class Op:
         return self.ret if self.ok and self.ret is not None else INF
 
     def to_json(self) -> list[Any]:
-        return [self.process, self.thread, self.op, self.key, self.value, self.invoke, self.ret, self.error, self.tier]
+        return [self.process, self.thread, self.op, self.key, self.value, self.invoke, self.ret, self.error, self.tier, self.detail]
 
     @classmethod
     def from_json(cls, row: Sequence[Any]) -> Op:
@@ -177,6 +187,11 @@ class Report:
         return "\n".join(out)
 
 
+def _relative(text: str, t0: float) -> str:
+    """``@<seconds>`` (a version or a time) as seconds since ``t0``."""
+    return re.sub(r"@(\d+(?:\.\d+)?)", lambda m: f"@{float(m.group(1)) - t0:.6f}", text)
+
+
 def format_op(op: Op, t0: float = 0.0) -> str:
     ret = "raised " + str(op.error) if op.error else f"{(op.ret or 0) - t0:9.4f}"
     arg = "" if op.key is None else f" {op.key[:8]}"
@@ -184,7 +199,8 @@ def format_op(op: Op, t0: float = 0.0) -> str:
         arg += f" := {op.value}"
     elif op.op == READ:
         arg += " -> " + ("miss" if op.value is None else f"{op.value}") + (f" [{op.tier}]" if op.tier else "")
-    return f"{op.process}/t{op.thread} {op.op}{arg}  [{op.invoke - t0:9.4f} .. {ret}]"
+    detail = "" if not op.detail else "   {" + _relative(op.detail, t0) + "}"
+    return f"{op.process}/t{op.thread} {op.op}{arg}  [{op.invoke - t0:9.4f} .. {ret}]{detail}"
 
 
 # -- the checker -------------------------------------------------------------------
@@ -335,6 +351,11 @@ class WorkloadSpec:
     semantic: bool = False
     #: ``IndexConfig.backend`` when ``semantic``.
     index: str = "auto"
+    #: With ``semantic``: the share of reads made by the semantic path alone.
+    semantic_share: float = 0.5
+    #: Record what each call saw (:attr:`Op.detail`) and, per process, the change-log
+    #: rows applied to its L1 (:attr:`RunResult.applied`): diagnostics, a little slower.
+    trace: bool = True
     l1_max_entries: int = 10_000
     l1_max_ttl_seconds: float | None = None
     processes: int = 2
@@ -377,6 +398,154 @@ class DistinctEmbedder:
         return len(text.split())
 
 
+def _ver(v: Any) -> str:
+    """A version (nanoseconds) or a time as ``@<seconds>``, exactly."""
+    if isinstance(v, int):
+        return f"@{v // 10**9}.{v % 10**9:09d}"
+    return f"@{float(v):.6f}"
+
+
+def _desc(got: Any) -> str:
+    if got is None:
+        return "none"
+    if isinstance(got, int):
+        return "tomb" + _ver(got)
+    try:
+        value = got.value
+    except Exception:  # noqa: BLE001 - diagnostics never fail a call
+        value = "?"
+    return f"{value}{_ver(got.version)}"
+
+
+class _Tracer:
+    """Notes what each call of one process saw on its way (tier answers, the index
+    search, the versions written), and what the change-log follower did to L1."""
+
+    def __init__(self, cache: Any) -> None:
+        self.local = threading.local()
+        #: [time, what, key, version, result] of the L1 changes made by other threads
+        #: than the calls' (the change-log follower).
+        self.applied: list[list[Any]] = []
+        #: Errors the index search swallowed (it answers them with no candidates).
+        self.errors: list[str] = []
+        core = cache._core
+        for slot in core.chain.slots:
+            self._wrap_tier(slot.name, slot.backend)
+        if core.index is not None:
+            self._wrap_search(core.index)
+
+    def begin(self) -> None:
+        self.local.buf = []
+
+    def end(self) -> str | None:
+        buf = getattr(self.local, "buf", None)
+        self.local.buf = None
+        return "; ".join(buf) if buf else None
+
+    def note(self, text: str) -> bool:
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            return False
+        buf.append(text)
+        return True
+
+    def _background(self, what: str, key: Any, version: Any, result: Any) -> None:
+        self.applied.append([time.time(), what, key, version, result, threading.current_thread().name])
+
+    def _wrap_tier(self, name: str, b: Any) -> None:
+        tr = self
+        if hasattr(b, "get"):
+            get = b.get
+
+            def traced_get(key: str, now: float) -> Any:
+                got = get(key, now)
+                tr.note(f"{name}.get={_desc(got)}")
+                return got
+
+            b.get = traced_get
+        if hasattr(b, "read"):
+            read = b.read
+
+            def traced_read(key: str, now: float) -> Any:
+                got = read(key, now)
+                tr.note(f"{name}.read={_desc(got)}")
+                return got
+
+            b.read = traced_read
+        set_ = b.set
+
+        def traced_set(entry: Any, now: float, **kw: Any) -> Any:
+            kept = set_(entry, now, **kw)
+            tr.note(f"{name}.set{_ver(entry.version)}{'' if kw.get('token') is None else '(promote)'}={'kept' if kept else 'refused'}")
+            return kept
+
+        b.set = traced_set
+        if name != "l1" and hasattr(b, "set_many"):
+            set_many = b.set_many
+
+            def traced_set_many(entries: Any, now: float) -> Any:
+                written = set_many(entries, now)
+                outcome = "done" if written is None else "written" if written else "refused"
+                tr.note(f"{name}.set_many{''.join(_ver(e.version) for e in entries)}={outcome}")
+                return written
+
+            b.set_many = traced_set_many
+        delete = b.delete
+
+        def traced_delete(keys: Any, version: Any = None) -> Any:
+            n = delete(keys, version)
+            if not tr.note(f"{name}.delete{'' if version is None else _ver(version)}={n}") and name == "l1":
+                for k in keys:
+                    tr._background("delete", k, version, n)
+            return n
+
+        b.delete = traced_delete
+        invalidate = b.invalidate
+
+        def traced_invalidate(selector: Any, now: float, version: Any = None) -> Any:
+            gone = invalidate(selector, now, version)
+            what = "flush" if selector.all else "invalidate"
+            if not tr.note(f"{name}.{what}{'' if version is None else _ver(version)}={len(gone)}") and name == "l1":
+                tr._background(what, None if selector.all else list(selector.keys), version, len(gone))
+            return gone
+
+        b.invalidate = traced_invalidate
+        if name == "l1":
+            clear = b.clear
+
+            def traced_clear() -> None:
+                clear()
+                tr._background("clear", None, None, None)
+
+            b.clear = traced_clear
+
+    def _wrap_search(self, index: Any) -> None:
+        tr = self
+        store = getattr(index, "store", None)
+        if store is not None and hasattr(store, "vector_search"):
+            # the index answers an error with no candidates: note the error itself
+            vector_search = store.vector_search
+
+            def traced_vector_search(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return vector_search(*args, **kwargs)
+                except Exception as exc:
+                    tr.note(f"vector_search raised {type(exc).__name__}: {str(exc)[:160]}")
+                    tr.errors.append(f"{type(exc).__name__}: {exc}"[:500])
+                    raise
+
+            store.vector_search = traced_vector_search
+        search = index.search
+
+        def traced_search(scope: str, vector: Any, k: int) -> Any:
+            found = search(scope, vector, k)
+            near = ",".join(f"{key[:8]}:{sim:.3f}" for key, sim in found if sim > 0.5)
+            tr.note(f"search(k={k})=[{near}]/{len(found)}")
+            return found
+
+        index.search = traced_search
+
+
 def _build_cache(spec: WorkloadSpec) -> Any:
     from semcache import CacheConfig, MemoryConfig, Policy, RedisConfig, SemanticCache, SQLConfig
 
@@ -416,6 +585,7 @@ def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, 
         cache = _build_cache(spec).open()
         prompts = spec.prompts()
         keys = [cache.request(p, model=spec.model).key for p in prompts]
+        tracer = _Tracer(cache) if spec.trace else None
     except BaseException:
         Path(out_path).write_text(json.dumps({"fatal": traceback.format_exc()}))
         ready.set()
@@ -439,14 +609,20 @@ def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, 
             value: str | None = None
             tier: str | None = None
             error: str | None = None
+            detail: str | None = None
             if op == WRITE:
                 counter += 1
                 value = f"{name}:t{t}:{counter}"
+            semantic_read = op == READ and spec.semantic and rng.random() < spec.semantic_share
+            if tracer is not None:
+                tracer.begin()
             invoke = time.time()
             try:
                 if op == WRITE:
-                    cache.set(prompts[k], value, model=spec.model)
-                elif op == READ and spec.semantic and rng.random() < 0.5:
+                    written = cache.set(prompts[k], value, model=spec.model)
+                    if tracer is not None:
+                        tracer.note(f"version{_ver(written.version)}")
+                elif semantic_read:
                     hit = cache.lookup(cache.request(prompts[k], model=spec.model), exact=False)
                     if hit is not None:
                         if hit.entry.key != key:
@@ -468,7 +644,11 @@ def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, 
                 if len(samples) < 5:
                     samples.append(traceback.format_exc())
             ret = None if error else time.time()
-            rec([name, t, op, key, value, invoke, ret, error, tier])
+            if tracer is not None:
+                detail = tracer.end()
+                if op == READ:
+                    detail = ("semantic: " if semantic_read else "get: ") + (detail or "")
+            rec([name, t, op, key, value, invoke, ret, error, tier, detail])
 
     threads = [threading.Thread(target=run, args=(t,), name=f"history-{name}-t{t}") for t in range(spec.threads)]
     ready.set()
@@ -479,6 +659,8 @@ def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, 
         th.join()
     stats = cache.stats()
     stats["calls_done_at"] = time.time()
+    if tracer is not None:
+        stats["search_errors"] = tracer.errors[:5] + ([f"... {len(tracer.errors)} in all"] if len(tracer.errors) > 5 else [])
     try:
         cache.close()
     except Exception:  # noqa: BLE001
@@ -489,9 +671,11 @@ def _worker(spec: WorkloadSpec, index: int, out_path: str, ready: Any, go: Any, 
             {
                 "ops": [row for rs in records for row in rs],
                 "samples": samples,
+                "applied": [] if tracer is None else tracer.applied,
                 "stats": {
                     k: stats[k]
-                    for k in ("hits", "misses", "sets", "invalidated", "evictions", "tier_errors", "calls_done_at", "closed_at")
+                    for k in ("hits", "misses", "sets", "invalidated", "evictions", "tier_errors", "search_errors", "calls_done_at", "closed_at")
+                    if k in stats
                 },
             }
         )
@@ -506,6 +690,9 @@ class RunResult:
     t0: float
     samples: list[str]
     stats: list[dict[str, Any]]
+    #: Per process, what its change-log follower did to its L1 (with ``WorkloadSpec.trace``):
+    #: ``[time, what, key(s), version, result, thread]``.
+    applied: dict[str, list[list[Any]]] = field(default_factory=dict)
 
 
 def run_workload(
@@ -570,14 +757,16 @@ def run_workload(
     history: list[Op] = []
     samples: list[str] = []
     stats: list[dict[str, Any]] = []
-    for p, path in zip(procs, paths):
+    applied: dict[str, list[list[Any]]] = {}
+    for i, (p, path) in enumerate(zip(procs, paths)):
         if p.exitcode != 0 or not os.path.exists(path):
             raise RuntimeError(f"worker {p.name} exited with {p.exitcode} without a history")
         data = json.loads(Path(path).read_text())
         history.extend(Op.from_json(row) for row in data["ops"])
         samples.extend(data["samples"])
         stats.append(data["stats"])
-    return RunResult(history, faults, elapsed, t0, samples, stats)
+        applied[f"p{i}"] = data.get("applied", [])
+    return RunResult(history, faults, elapsed, t0, samples, stats, applied)
 
 
 # -- faults --------------------------------------------------------------------------
@@ -643,6 +832,27 @@ def context(
     rows = rows[-max_rows:]
     rows = sorted(rows + marked, key=lambda o: o.invoke)
     return "\n".join(("  >> " if o in marked else "     ") + format_op(o, t0) for o in rows)
+
+
+def story(result: Any, v: Violation, *, before: float = 1.5, max_rows: int = 80) -> str:
+    """Everything known about the violation's key from ``before`` seconds before the
+    write it concerns until the read returned: every call on the key (and flushes) with
+    what it saw, and what the reading process's change-log follower did to its L1."""
+    t0 = result.t0
+    anchor = v.source or v.cause or v.op
+    start = anchor.invoke - before
+    end = v.op.ret or v.op.invoke
+    marked = [o for o in (v.source, v.cause, v.op) if o is not None]
+    rows: list[tuple[float, str]] = []
+    for o in result.history:
+        if (o.key == v.key or o.op == "flush") and o.invoke <= end and o.end >= start:
+            rows.append((o.invoke, ("  >> " if o in marked else "     ") + format_op(o, t0)))
+    for t, what, keys, version, n, thread in result.applied.get(v.op.process, ()):
+        if start <= t <= end and (keys is None or keys == v.key or (isinstance(keys, list) and v.key in keys)):
+            ver = "" if version is None else _relative(_ver(version), t0)
+            rows.append((t, f"     {v.op.process} {thread}: l1.{what}{ver} -> {n}  [{t - t0:9.4f}]"))
+    rows.sort(key=lambda r: r[0])
+    return "\n".join(r for _, r in rows[-max_rows:])
 
 
 def dump(history: Iterable[Op], path: str | os.PathLike[str]) -> None:

@@ -37,6 +37,7 @@ from tests._history import (
     check,
     context,
     run_workload,
+    story,
 )
 
 #: How long another process may still serve a version after a write or removal returned.
@@ -178,8 +179,12 @@ def _explain(report, result: RunResult, per_kind: int = 2) -> str:
             continue
         shown[v.kind] = shown.get(v.kind, 0) + 1
         lines.append(v.describe(result.t0))
-        lines.append("  history of the key around it:")
-        lines.append(context(result.history, v, t0=result.t0))
+        if any(o.detail for o in result.history):
+            lines.append("  the key's story (every call with what it saw, and the reader's L1 changes by its change-log follower):")
+            lines.append(story(result, v))
+        else:
+            lines.append("  history of the key around it:")
+            lines.append(context(result.history, v, t0=result.t0))
     if result.samples:
         lines.append("first exception:\n" + result.samples[0])
     return "\n".join(lines)
