@@ -8,8 +8,12 @@ found by all of them at commit, a new replica needs no rebuild, and no vector tr
 over pub/sub (:attr:`shared` tells the rest of the cache so).
 
 A search filters on the embedder id, the dimension and the scope inside the index scan
-(iterative scan, strict order). While L3 cannot be reached a search finds nothing — a
-semantic miss, counted in :meth:`stats` — and exact lookups go on from L1 and L2.
+(iterative scan, strict order); a scope with fewer vectors than
+``min(IndexConfig.hnsw_min_entries, EXACT_BELOW)`` is searched exactly instead, as the
+in-process index keeps its small scopes flat (the HNSW scan of a churned table can miss a
+committed row: :mod:`semcache.tiers.sql_vectors`). While L3 cannot be reached a search
+finds nothing — a semantic miss, counted in :meth:`stats` — and exact lookups go on from
+L1 and L2.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import BackendError, EmbeddingError
+from ..tiers.sql_vectors import EXACT_BELOW
 
 __all__ = ["PgVectorIndex"]
 
@@ -57,6 +62,8 @@ class PgVectorIndex:
         self._logged = -1e9
         self._lock = threading.Lock()
         self._dim_ready = False
+        #: Scopes with fewer vectors than this are searched exactly.
+        self.exact_below = min(int(self.config.hnsw_min_entries), EXACT_BELOW)
         self._ensure_dim()
 
     def _ensure_dim(self) -> bool:
@@ -112,6 +119,7 @@ class PgVectorIndex:
                     max(1, int(k)),
                     ef_search=self.config.hnsw_ef_search,
                     max_scan_tuples=MAX_SCAN_TUPLES,
+                    exact_below=self.exact_below,
                 )
             )
         except BackendError as exc:
@@ -158,6 +166,7 @@ class PgVectorIndex:
             "entries": size,
             "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": self.config.hnsw_ef_search},
             "iterative_scan": "strict_order",
+            "exact_below": self.exact_below,
             "searches": self._searches,
             "search_errors": self._errors,
         }

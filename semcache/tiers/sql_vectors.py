@@ -6,15 +6,26 @@ same transaction as the entry; a tombstone deletes it in the delete's transactio
 rows removed outright (flush, sweep) take their vector with them by cascade. So a
 committed entry is searchable by every replica at once, and a removed one by none.
 
-A search runs inside the HNSW index with the scope and the embedder as hard filters:
-pgvector's iterative index scan (``hnsw.iterative_scan = strict_order``, pgvector 0.8)
-keeps walking the graph until ``k`` rows of *this* scope are found (or
+A scope with fewer than ``exact_below`` vectors (1,000 by default) is searched exactly:
+its rows through the ``(embedder_id, scope)`` btree, every distance computed, sorted. That
+is decided in the statement itself (a count of the scope's rows, bounded by
+``exact_below``, gates one branch or the other), never left to the planner: on a table it
+has no statistics for (a new one, or one churned faster than autovacuum analyzes it) the
+planner takes the HNSW scan for a handful of rows too, and that scan is an approximation
+which, under churn of the same vectors (entries set, invalidated and set again, the graph
+full of dead tuples), can end without reaching a committed row: seen with four keys after a
+few thousand such calls from one thread, where a key set just before was missed by the
+next semantic read of it while an exact search of the same rows found it.
+
+A larger scope is searched inside the HNSW index with the scope and the embedder as hard
+filters: pgvector's iterative index scan (``hnsw.iterative_scan = strict_order``, pgvector
+0.8) keeps walking the graph until ``k`` rows of *this* scope are found (or
 ``hnsw.max_scan_tuples`` were visited), so the nearest entry of another tenant or model
-never takes a place in the answer. For a scope small enough, the planner prefers the
-``(embedder_id, scope)`` btree and an exact sort, which is exact anyway. The statement is
-planned for its scope at every execution (``plan_cache_mode = force_custom_plan``): a
-generic plan of the prepared statement would take the HNSW scan for a tiny scope too,
-and the iterative scan gives up after ``max_scan_tuples`` before finding it.
+never takes a place in the answer; like any HNSW search it may miss a neighbour (the
+in-process index is approximate past ``hnsw_min_entries`` too). The statement is planned
+for its scope at every execution (``plan_cache_mode = force_custom_plan``): a generic plan
+of the prepared statement would take the HNSW scan for a tiny scope too, and the
+iterative scan gives up after ``max_scan_tuples`` before finding it.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from ..errors import MissingDependencyError
 from ..types import Entry
 from .sql_engine import SQLPart, dialect_insert
 
-__all__ = ["VectorsPart", "vector_text"]
+__all__ = ["EXACT_BELOW", "VectorsPart", "vector_text"]
 
 
 def _vector_type() -> Any:
@@ -61,6 +72,9 @@ _SETTINGS = text(
     "set_config('plan_cache_mode', 'force_custom_plan', false)"
 )
 _SETTINGS_MARK = "semcache_vector_search"
+#: Scopes with fewer vectors than this are searched exactly (every distance computed),
+#: whatever the planner would choose: see the module's docstring.
+EXACT_BELOW = 1_000
 
 
 def _vectors_table() -> Table:
@@ -161,18 +175,36 @@ class VectorsPart(SQLPart):
             # the dimension is written into the statement, not bound: the partial HNSW
             # index (WHERE dim = d, on embedding::vector(d)) must match it at plan time
             dist = f"(embedding::vector({d}) <#> CAST(:q AS vector({d})))"
+            where = f"dim = {d} AND embedder_id = :m AND scope = :s"
             stmt = text(
-                f"SELECT key, {dist} AS d FROM {VECTORS} "
-                f"WHERE dim = {d} AND embedder_id = :m AND scope = :s ORDER BY {dist} LIMIT :k"
+                # how many rows the scope has, counted up to :exact (the btree, no vector
+                # read); each branch runs only when its condition holds (a one-time filter)
+                f"WITH n AS MATERIALIZED (SELECT count(*) AS c FROM (SELECT 1 FROM {VECTORS} WHERE {where} LIMIT :exact) AS s) "
+                # a small scope: every distance, sorted ("+ 0": no index gives that order)
+                f"(SELECT key, {dist} + 0 AS d FROM {VECTORS} "
+                f"WHERE {where} AND (SELECT c FROM n) < :exact ORDER BY {dist} + 0, key LIMIT :k) "
+                "UNION ALL "
+                # a large one: the HNSW scan
+                f"(SELECT key, {dist} AS d FROM {VECTORS} "
+                f"WHERE {where} AND (SELECT c FROM n) >= :exact ORDER BY {dist} LIMIT :k)"
             )
             self._search_stmts[dim] = stmt
         return stmt
 
     def vector_search(
-        self, scope: str, embedder_id: str, vector: np.ndarray, k: int, *, ef_search: int, max_scan_tuples: int
+        self,
+        scope: str,
+        embedder_id: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        ef_search: int,
+        max_scan_tuples: int,
+        exact_below: int = EXACT_BELOW,
     ) -> list[tuple[str, float]]:
         """The ``k`` nearest keys of ``scope`` embedded by ``embedder_id`` with their
-        inner products, best first."""
+        inner products, best first: exactly when the scope has fewer than
+        ``exact_below`` vectors, else by the HNSW index."""
         v = np.asarray(vector, dtype=np.float32).ravel()
         stmt = self._search_stmt(int(v.size))
         settings = (int(max(ef_search, k)), int(max_scan_tuples))
@@ -184,7 +216,9 @@ class VectorsPart(SQLPart):
                 if info.get(_SETTINGS_MARK) != settings:
                     conn.execute(_SETTINGS, {"ef": str(settings[0]), "mst": str(settings[1])})
                     info[_SETTINGS_MARK] = settings
-                rows = conn.execute(stmt, {"q": vector_text(v), "m": embedder_id, "s": scope, "k": int(k)}).all()
+                rows = conn.execute(
+                    stmt, {"q": vector_text(v), "m": embedder_id, "s": scope, "k": int(k), "exact": max(1, int(exact_below))}
+                ).all()
         except SQLAlchemyError as exc:
             raise self._translate(exc) from exc
         # <#> is the negative inner product
