@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -36,12 +37,13 @@ import numpy as np
 
 from semcache import CacheConfig, IndexConfig, MemoryConfig, Policy, SemanticCache, SQLConfig  # noqa: E402
 from semcache.bench.scale import Toy, fresh_database, postgres  # noqa: E402
-from semcache.tiers.sql_vectors import vector_text  # noqa: E402
+from semcache.tiers.sql_vectors import EXACT_BELOW, vector_text  # noqa: E402
+from semcache.tiers.sql_vectors import search_sql as product_search_sql  # noqa: E402
 
 
 #: The planner settings of each way to search.
 MODES: dict[str, dict[str, str]] = {
-    # what PgVectorIndex runs: the planner chooses HNSW (iterative) or the scope's btree
+    # what PgVectorIndex runs: exact below 1,000 rows in the scope, else HNSW (iterative)
     "semcache": {"hnsw.iterative_scan": "strict_order"},
     # HNSW forced (no sort allowed), still iterative: the filter inside the scan
     "hnsw, iterative": {"hnsw.iterative_scan": "strict_order", "enable_sort": "off", "enable_bitmapscan": "off"},
@@ -52,10 +54,16 @@ MODES: dict[str, dict[str, str]] = {
 }
 
 
-def search_sql(dim: int) -> str:
-    dist = f"(embedding::vector({dim}) <#> CAST(%(q)s AS vector({dim})))"
-    return (f"SELECT key FROM semcache_vectors WHERE dim = {dim} AND embedder_id = %(m)s AND scope = %(s)s "
-            f"ORDER BY {dist} LIMIT 4")
+def search_sql(dim: int, mode: str) -> str:
+    """semcache's own statement for its mode (exact below 1,000 rows, else HNSW), the plain
+    nearest-in-scope query for the others (whose settings force a plan)."""
+    if mode == "semcache":
+        sql = product_search_sql(dim)
+    else:
+        dist = f"(embedding::vector({dim}) <#> CAST(:q AS vector({dim})))"
+        sql = (f"SELECT key FROM semcache_vectors WHERE dim = {dim} AND embedder_id = :m AND scope = :s "
+               f"ORDER BY {dist} LIMIT :k")
+    return re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)  # psycopg's placeholders
 
 
 def run(url: str, n: int, scopes: int, probes: int) -> dict[str, Any]:
@@ -92,17 +100,17 @@ def run(url: str, n: int, scopes: int, probes: int) -> dict[str, Any]:
             right = empty = 0
             plan = ""
             for s, q, want in cases[shift]:
-                params = {"q": vector_text(q), "m": "toy-seeded-384", "s": scope_of[s]}
+                params = {"q": vector_text(q), "m": "toy-seeded-384", "s": scope_of[s], "k": 4, "exact": EXACT_BELOW}
                 with conn.transaction():
                     conn.execute("SET LOCAL hnsw.ef_search = 96")
                     for name, value in settings.items():
                         conn.execute(f"SET LOCAL {name} = {value}")
                     if not plan:
-                        plan = " / ".join(r[0].strip() for r in conn.execute("EXPLAIN " + search_sql(384), params)
+                        plan = " / ".join(r[0].strip() for r in conn.execute("EXPLAIN " + search_sql(384, mode), params)
                                           if "Scan" in r[0])
                     t1 = time.perf_counter()
                     # never prepared: a cached plan would outlive the settings of its mode
-                    rows = conn.execute(search_sql(384), params, prepare=False).fetchall()
+                    rows = conn.execute(search_sql(384, mode), params, prepare=False).fetchall()
                     times.append(time.perf_counter() - t1)
                 if not rows:
                     empty += 1

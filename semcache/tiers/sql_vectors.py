@@ -42,7 +42,7 @@ from ..errors import MissingDependencyError
 from ..types import Entry
 from .sql_engine import SQLPart, dialect_insert
 
-__all__ = ["EXACT_BELOW", "VectorsPart", "vector_text"]
+__all__ = ["EXACT_BELOW", "VectorsPart", "search_sql", "vector_text"]
 
 
 def _vector_type() -> Any:
@@ -90,6 +90,29 @@ def _vectors_table() -> Table:
             Column("embedding", _vector_type()(), nullable=False),
         )
     return _table
+
+
+def search_sql(dim: int) -> str:
+    """The search statement for vectors of ``dim`` dimensions, with the parameters ``:q``
+    (the query vector's text), ``:m`` (embedder id), ``:s`` (scope), ``:k`` and ``:exact``
+    (scopes with fewer rows are searched exactly): see the module's docstring."""
+    d = int(dim)
+    # the dimension is written into the statement, not bound: the partial HNSW index
+    # (WHERE dim = d, on embedding::vector(d)) must match it at plan time
+    dist = f"(embedding::vector({d}) <#> CAST(:q AS vector({d})))"
+    where = f"dim = {d} AND embedder_id = :m AND scope = :s"
+    return (
+        # how many rows the scope has, counted up to :exact (the btree, no vector read);
+        # each branch runs only when its condition holds (a one-time filter)
+        f"WITH n AS MATERIALIZED (SELECT count(*) AS c FROM (SELECT 1 FROM {VECTORS} WHERE {where} LIMIT :exact) AS s) "
+        # a small scope: every distance, sorted ("+ 0": no index gives that order)
+        f"(SELECT key, {dist} + 0 AS d FROM {VECTORS} "
+        f"WHERE {where} AND (SELECT c FROM n) < :exact ORDER BY {dist} + 0, key LIMIT :k) "
+        "UNION ALL "
+        # a large one: the HNSW scan
+        f"(SELECT key, {dist} AS d FROM {VECTORS} "
+        f"WHERE {where} AND (SELECT c FROM n) >= :exact ORDER BY {dist} LIMIT :k)"
+    )
 
 
 class VectorsPart(SQLPart):
@@ -171,24 +194,7 @@ class VectorsPart(SQLPart):
     def _search_stmt(self, dim: int) -> Any:
         stmt = self._search_stmts.get(dim)
         if stmt is None:
-            d = int(dim)
-            # the dimension is written into the statement, not bound: the partial HNSW
-            # index (WHERE dim = d, on embedding::vector(d)) must match it at plan time
-            dist = f"(embedding::vector({d}) <#> CAST(:q AS vector({d})))"
-            where = f"dim = {d} AND embedder_id = :m AND scope = :s"
-            stmt = text(
-                # how many rows the scope has, counted up to :exact (the btree, no vector
-                # read); each branch runs only when its condition holds (a one-time filter)
-                f"WITH n AS MATERIALIZED (SELECT count(*) AS c FROM (SELECT 1 FROM {VECTORS} WHERE {where} LIMIT :exact) AS s) "
-                # a small scope: every distance, sorted ("+ 0": no index gives that order)
-                f"(SELECT key, {dist} + 0 AS d FROM {VECTORS} "
-                f"WHERE {where} AND (SELECT c FROM n) < :exact ORDER BY {dist} + 0, key LIMIT :k) "
-                "UNION ALL "
-                # a large one: the HNSW scan
-                f"(SELECT key, {dist} AS d FROM {VECTORS} "
-                f"WHERE {where} AND (SELECT c FROM n) >= :exact ORDER BY {dist} LIMIT :k)"
-            )
-            self._search_stmts[dim] = stmt
+            stmt = self._search_stmts[dim] = text(search_sql(dim))
         return stmt
 
     def vector_search(
