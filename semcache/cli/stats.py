@@ -26,35 +26,20 @@ def stats(ctx: CliContext, as_json: bool) -> None:
         return
     hits, misses = data.get("hits", 0), data.get("misses", 0)
     total = hits + misses
-    if data.get("namespace") is not None:
-        # a tenant token's stats: its own tenant's counters, nothing cache-wide
-        kv(
-            {
-                "sidecar": data.get("target"),
-                "tenant": data["namespace"],
-                "hits": hits,
-                "misses": misses,
-                "hit rate": f"{hits / total:.1%}" if total else "-",
-                "hits by tier/kind": data.get("hits_by") or None,
-                "sets": data.get("sets"),
-                "invalidated": data.get("invalidated"),
-                "tokens saved": data.get("saved_tokens"),
-                "money saved": f"${data.get('saved_cost_usd', 0):.4f}",
-            }
-        )
-        return
-    kv(
-        {
-            "sidecar": data.get("target"),
-            "hits": hits,
-            "misses": misses,
-            "hit rate": f"{hits / total:.1%}" if total else "-",
-            "hits by tier/kind": data.get("hits_by") or None,
-            "sets": data.get("sets"),
-            "invalidated": data.get("invalidated"),
-            "tokens saved": data.get("saved_tokens"),
-            "money saved": f"${data.get('saved_cost_usd', 0):.4f}",
-            "index vectors": (data.get("index") or {}).get("entries"),
-            "tier errors": data.get("tier_errors") or None,
-        }
-    )
+    tenant = data.get("namespace")  # set for a tenant token: its own tenant's counters
+    shown = {
+        "sidecar": data.get("target"),
+        **({"tenant": tenant} if tenant is not None else {}),
+        "hits": hits,
+        "misses": misses,
+        "hit rate": f"{hits / total:.1%}" if total else "-",
+        "hits by tier/kind": data.get("hits_by") or None,
+        "sets": data.get("sets"),
+        "invalidated": data.get("invalidated"),
+        "tokens saved": data.get("saved_tokens"),
+        "money saved": f"${data.get('saved_cost_usd', 0):.4f}",
+    }
+    if tenant is None:  # the admin's: the cache-wide figures too
+        shown["index vectors"] = (data.get("index") or {}).get("entries")
+        shown["tier errors"] = data.get("tier_errors") or None
+    kv(shown)
