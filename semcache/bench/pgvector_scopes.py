@@ -44,7 +44,7 @@ from semcache.tiers.sql_vectors import search_sql as product_search_sql  # noqa:
 #: The planner settings of each way to search.
 MODES: dict[str, dict[str, str]] = {
     # what PgVectorIndex runs: exact below 1,000 rows in the scope, else HNSW (iterative)
-    "semcache": {"hnsw.iterative_scan": "strict_order"},
+    "semcache": {"hnsw.iterative_scan": "strict_order", "max_parallel_workers_per_gather": "0"},
     # HNSW forced (no sort allowed), still iterative: the filter inside the scan
     "hnsw, iterative": {"hnsw.iterative_scan": "strict_order", "enable_sort": "off", "enable_bitmapscan": "off"},
     # HNSW forced, not iterative: the ef_search nearest of every scope, then the filter

@@ -63,13 +63,18 @@ _table: Table | None = None
 #: The search's settings, for the session of the pooled connection that runs it: the
 #: HNSW candidate list, the iterative scan with its budget, and a plan made for each
 #: search's own scope (never a generic plan of the prepared statement: a small scope takes
-#: its btree and an exact sort, a large one the HNSW scan). They change nothing else the
-#: SQL tier runs on that connection, but for re-planning its prepared statements.
+#: its btree and an exact sort, a large one the HNSW scan), and no parallel workers: the
+#: planner plans the exact branch of a large scope with a Gather of two workers that are
+#: started even though its one-time filter is false, which cost 5-6 ms of a 9 ms search of
+#: a 50,000-vector scope. Besides that, they change nothing else the SQL tier runs on that
+#: connection (its other statements are key lookups, which never run in parallel anyway)
+#: but for re-planning its prepared statements.
 _SETTINGS = text(
     "SELECT set_config('hnsw.ef_search', :ef, false), "
     "set_config('hnsw.iterative_scan', 'strict_order', false), "
     "set_config('hnsw.max_scan_tuples', :mst, false), "
-    "set_config('plan_cache_mode', 'force_custom_plan', false)"
+    "set_config('plan_cache_mode', 'force_custom_plan', false), "
+    "set_config('max_parallel_workers_per_gather', '0', false)"
 )
 _SETTINGS_MARK = "semcache_vector_search"
 #: Scopes with fewer vectors than this are searched exactly (every distance computed),

@@ -17,6 +17,7 @@ from semcache.embedders import HashingEmbedder
 from semcache.errors import ConfigurationError
 from semcache.index.faiss import FaissIndex
 from semcache.index.pgvector import PgVectorIndex
+from semcache.tiers import sql_vectors
 
 pytestmark = pytest.mark.pgvector
 
@@ -168,6 +169,25 @@ def test_the_search_of_a_large_scope_uses_the_hnsw_index(pgvector_schema_url):
         )
     eng.dispose()
     assert hnsw_index_name(8) in plan, plan
+
+    # semcache's own statement with its own settings: the HNSW branch runs, the exact one
+    # does not, and no parallel worker is started for it (the session is set up to make a
+    # parallel plan as cheap as can be, so only the search's own setting keeps them out)
+    eng = create_engine(pgvector_schema_url)
+    with eng.begin() as conn:
+        conn.execute(text("SET LOCAL parallel_setup_cost = 0"))
+        conn.execute(text("SET LOCAL parallel_tuple_cost = 0"))
+        conn.execute(text("SET LOCAL min_parallel_table_scan_size = 0"))
+        conn.execute(sql_vectors._SETTINGS, {"ef": "96", "mst": "20000"})
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                text("EXPLAIN (ANALYZE, COSTS OFF) " + sql_vectors.search_sql(8)),
+                {"s": scope, "m": "fixed-8", "k": 4, "exact": sql_vectors.EXACT_BELOW, "q": "[" + ",".join(["0.1"] * 8) + "]"},
+            )
+        )
+    eng.dispose()
+    assert hnsw_index_name(8) in plan and "Workers" not in plan and "Gather" not in plan, plan
 
 
 def test_the_embedder_is_a_hard_filter(pgvector_schema_url):
