@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, Table, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, delete, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import SQLConfig
@@ -288,7 +288,7 @@ class SQLBackend(ChangeLogPart, LabelsPart, VectorsPart):
 
         def attempt() -> list[str]:
             with self._guard(), engine.begin() as conn:
-                floor = self._floor(conn) if check_floor else 0
+                floor = self._floor(conn, lock=True) if check_floor else 0
                 # rows in key order: overlapping batches lock rows in one order, never deadlock
                 rows = [self._row(newest[k], now) for k in sorted(newest) if not floor or newest[k].version > floor]
                 if not rows:
@@ -332,7 +332,18 @@ class SQLBackend(ChangeLogPart, LabelsPart, VectorsPart):
         at = time_now()
         conn.execute(insert(_L), [{**r, "at": at} for r in rows])
 
-    def _floor(self, conn: Any) -> int:
+    def _floor(self, conn: Any, *, lock: bool = False) -> int:
+        """The flush floor. With ``lock`` (a replayed write's transaction), its row is
+        made if missing and held with a share lock until the transaction ends: a flush,
+        which updates that row, then waits for the replay to commit, so its delete sees
+        the replayed row (and removes it); or the replay waits for the flush to commit
+        and reads its floor (and refuses the write). Without the lock a replay that read
+        the floor before a concurrent flush committed could commit its older row after
+        the flush's delete had looked, and a flushed entry came back."""
+        if lock:
+            conn.execute(dialect_insert(self.engine)(_M).values(name=FLOOR, value=0).on_conflict_do_nothing())
+            q = select(_M.c.value).where(_M.c.name == FLOOR).with_for_update(read=True)
+            return int(conn.execute(q).scalar() or 0)
         v = conn.execute(select(_M.c.value).where(_M.c.name == FLOOR)).scalar()
         return int(v or 0)
 
@@ -463,11 +474,11 @@ class SQLBackend(ChangeLogPart, LabelsPart, VectorsPart):
         engine = self.engine
         try:
             with self._guard(), engine.begin() as conn:
+                # the floor rises (never falls) in one statement, which waits for a
+                # replay holding the floor's row (see _floor); what it deletes is read after
+                up = dialect_insert(engine)(_M).values(name=FLOOR, value=version)
+                conn.execute(up.on_conflict_do_update(index_elements=[_M.c.name], set_={"value": version}, where=_M.c.value < version))
                 keys = [r[0] for r in conn.execute(select(_E.c.key).where(_E.c.deleted.is_(False), _E.c.version < version))]
-                floor = self._floor(conn)
-                if version > floor:
-                    if conn.execute(update(_M).where(_M.c.name == FLOOR).values(value=version)).rowcount == 0:
-                        conn.execute(insert(_M).values(name=FLOOR, value=version))
                 # live rows older than the flush go, with their tags (cascade); a newer
                 # write that committed meanwhile keeps its row and tags; tombstones stay
                 # (they refuse replays until swept)
