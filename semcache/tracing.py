@@ -1,7 +1,7 @@
 """OpenTelemetry traces (the ``otel`` extra): a span per lookup, per store and per
 upstream call, and the sidecar's server spans.
 
-Without ``opentelemetry-api`` installed every helper here does nothing. With it,
+Without ``opentelemetry-api`` installed every function here does nothing. With it,
 spans go to the tracer provider set by :func:`set_tracer_provider` or, by default,
 to OpenTelemetry's global one; while neither is configured nothing is recorded (no
 span is started), and attributes are only computed for a span that records.
@@ -41,7 +41,7 @@ try:
     from opentelemetry import propagate, trace
 
     AVAILABLE = True
-except ImportError:  # the otel extra is not installed: every helper is a no-op
+except ImportError:  # the otel extra is not installed: every function is a no-op
     AVAILABLE = False
 
 __all__ = [
