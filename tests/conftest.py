@@ -27,6 +27,28 @@ class FakeClock:
 
 
 @pytest.fixture
+def exporter() -> Iterator:
+    """The spans semcache records during a test, in memory (needs the OpenTelemetry SDK):
+    a provider of the test's own, given to :func:`semcache.tracing.set_tracer_provider`,
+    so the process-wide provider is never set."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from semcache import tracing
+
+    provider = TracerProvider()
+    out = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(out))
+    tracing.set_tracer_provider(provider)
+    try:
+        yield out
+    finally:
+        tracing.set_tracer_provider(None)
+        provider.shutdown()
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

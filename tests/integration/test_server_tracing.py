@@ -20,10 +20,7 @@ pytest.importorskip("opentelemetry.sdk")
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from semcache import tracing
 from semcache.server.app import create_app
 from tests._sidecar import TENANT_A, auth, in_process, server_config
 from tests.upstream import StandInUpstream
@@ -39,19 +36,6 @@ TENANT = "tenant-a"  # TENANT_A's namespace
 def upstream():
     with StandInUpstream(delay_seconds=0.0, chunk_delay_seconds=0.0) as up:
         yield up
-
-
-@pytest.fixture
-def exporter():
-    provider = TracerProvider()
-    out = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(out))
-    tracing.set_tracer_provider(provider)
-    try:
-        yield out
-    finally:
-        tracing.set_tracer_provider(None)
-        provider.shutdown()
 
 
 @pytest.fixture

@@ -29,8 +29,6 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from semcache import CacheConfig, MemoryConfig, Policy, SemanticCache, SQLConfig, tracing
 from semcache.embedders import HashingEmbedder
@@ -40,19 +38,6 @@ NS = "acme-secret-tenant"
 HASHED = hashlib.sha256(NS.encode()).hexdigest()[:16]
 Q = "What is the capital of France?"
 NEAR = "what is the capital of france"
-
-
-@pytest.fixture
-def exporter():
-    provider = TracerProvider()
-    out = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(out))
-    tracing.set_tracer_provider(provider)
-    try:
-        yield out
-    finally:
-        tracing.set_tracer_provider(None)
-        provider.shutdown()
 
 
 def _cache(sqlite_url: str | None = None, verifier: object = None, **policy: object) -> SemanticCache:
