@@ -5,25 +5,8 @@ proxy stored for a one-turn chat is found by ``/v1/lookup`` with the prompt."""
 from __future__ import annotations
 
 import openai
-import pytest
 
-from semcache.server.app import create_app
-from tests._sidecar import TENANT_A, auth, in_process, server_config
-from tests.upstream import StandInUpstream
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with StandInUpstream(delay_seconds=0.0, chunk_delay_seconds=0.0) as up:
-        yield up
-
-
-@pytest.fixture
-async def sidecar(tmp_path, upstream):
-    upstream.reset()
-    cfg = server_config(tmp_path, upstream_url=upstream.base_url, upstream_api_key="sk-upstream")
-    async with in_process(create_app(cfg)) as client:
-        yield client
+from tests._sidecar import TENANT_A, auth
 
 
 def oai(client):

@@ -23,27 +23,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from semcache.server.app import create_app
 from tests._sidecar import TENANT_A, auth, in_process, server_config
-from tests.upstream import StandInUpstream
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 BODY = {"model": "stand-in-1", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 TENANT = "tenant-a"  # TENANT_A's namespace
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with StandInUpstream(delay_seconds=0.0, chunk_delay_seconds=0.0) as up:
-        yield up
-
-
-@pytest.fixture
-async def sidecar(tmp_path, upstream):
-    upstream.reset()
-    cfg = server_config(tmp_path, upstream_url=upstream.base_url, upstream_api_key="sk-upstream")
-    async with in_process(create_app(cfg)) as client:
-        yield client
 
 
 def _hex(n: int, width: int) -> str:
